@@ -1,0 +1,67 @@
+"""The MLP layers of the NumPy reference path: y = act(x @ W + b), backward by hand.
+
+For one layer with input x (B, I), weight W (I, O), bias b (O,) and output y (B, O):
+    forward:  a = x @ W + b,  y = act(a)
+    backward: da = dy * act'(a)          (act' is computed from y, so a is never stored)
+              dW = x^T @ da,  db = sum_b da,  dx = da @ W^T
+The derivative of each activation is written in terms of its output:
+    relu:     y > 0
+    tanh:     1 - y^2
+    softplus: sigmoid(a) = 1 - exp(-y) = -expm1(-y)   (since exp(-y) = 1 / (1 + exp(a)))
+Gradients are written with `=` into caller-provided views of the flat gradient buffer.
+Kernel twin: kernels/linear.cu.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Activation:
+    forward: Callable[[np.ndarray], np.ndarray]       # in place on the pre-activation
+    derivative: Callable[[np.ndarray], np.ndarray]    # act'(a) from y = act(a)
+    code: int                                         # the kernels' ACT_* constant
+
+
+ACTIVATIONS: Registry[Activation] = Registry("activation")
+
+
+def _relu(a):
+    return np.maximum(a, 0, out=a)
+
+
+def _tanh(a):
+    return np.tanh(a, out=a)
+
+
+def _softplus(a):
+    # log1p(exp(a)) overflows for a > 88 in float32; max(a,0) + log1p(exp(-|a|)) never does.
+    return np.add(np.maximum(a, 0), np.log1p(np.exp(-np.abs(a))), out=a)
+
+
+ACTIVATIONS.register("identity")(Activation(lambda a: a, lambda y: np.ones_like(y), 0))
+ACTIVATIONS.register("relu")(Activation(_relu, lambda y: (y > 0).astype(y.dtype), 1))
+ACTIVATIONS.register("tanh")(Activation(_tanh, lambda y: 1 - y * y, 2))
+ACTIVATIONS.register("softplus")(Activation(_softplus, lambda y: -np.expm1(-y), 3))
+
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, activation: str) -> np.ndarray:
+    """y = act(x @ W + b)."""
+    a = x @ w
+    a += b
+    return ACTIVATIONS.get(activation).forward(a)
+
+
+def linear_backward(x: np.ndarray, w: np.ndarray, y: np.ndarray, dy: np.ndarray, activation: str,
+                    dw: np.ndarray, db: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+    """Writes dW and db (with `=`) and returns dx, or None when the caller needs no dx
+    (the encoder's first layer: the data are not trained)."""
+    da = dy if activation == "identity" else dy * ACTIVATIONS.get(activation).derivative(y)
+    np.matmul(x.T, da, out=dw)
+    np.sum(da, axis=0, out=db)
+    return da @ w.T if need_dx else None

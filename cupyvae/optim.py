@@ -1,0 +1,76 @@
+"""Adam on the flat parameter buffer (NumPy reference; kernel twin: kernels/adam.cu).
+
+With gradient g, step t = 1, 2, ... and L2 weight decay wd (added to the gradient, as in
+the original Adam and torch.optim.Adam, so the PyTorch baseline matches):
+    g  = g + wd * p
+    m  = b1 m + (1 - b1) g
+    v  = b2 v + (1 - b2) g^2
+    p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Adam:
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    step_count: int = 0
+    m: np.ndarray | None = field(default=None, repr=False)
+    v: np.ndarray | None = field(default=None, repr=False)
+    _scratch: tuple | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def step(self, p: np.ndarray, g: np.ndarray) -> None:
+        """Update p in place from g; g is left untouched."""
+        if self.m is None:
+            self.m, self.v = np.zeros_like(p), np.zeros_like(p)
+        if self._scratch is None:
+            self._scratch = (np.empty_like(p), np.empty_like(p))
+        self.step_count += 1
+        t = self.step_count
+        m, v = self.m, self.v
+        s, u = self._scratch
+        if self.weight_decay:
+            g = np.add(np.multiply(p, self.weight_decay, out=u), g, out=u)
+        m *= self.beta1
+        m += np.multiply(g, 1 - self.beta1, out=s)
+        v *= self.beta2
+        np.multiply(g, g, out=s)
+        v += np.multiply(s, 1 - self.beta2, out=s)
+        # Fold both bias corrections into one step size and eps, saving two passes:
+        # lr*mhat/(sqrt(vhat)+eps) = (lr*sqrt(c2)/c1) * m / (sqrt(v) + eps*sqrt(c2)).
+        c1, c2 = 1 - self.beta1 ** t, 1 - self.beta2 ** t
+        denom = np.sqrt(v, out=s)
+        denom += self.eps * c2 ** 0.5
+        np.divide(m, denom, out=denom)
+        denom *= self.lr * c2 ** 0.5 / c1
+        p -= denom
+
+    def state(self) -> dict:
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self.weight_decay, "step_count": self.step_count}
+
+    def snapshot(self) -> tuple:
+        """Everything step() changes, to undo an epoch that diverged."""
+        copy = None if self.m is None else (self.m.copy(), self.v.copy())
+        return self.step_count, copy
+
+    def restore(self, snapshot: tuple) -> None:
+        self.step_count, moments = snapshot
+        if moments is not None:
+            self.m[:], self.v[:] = moments

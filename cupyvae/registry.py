@@ -1,0 +1,42 @@
+"""Name -> class registries, filled by decorators.
+
+Every place that chooses a component by name goes through a Registry, so there is no
+if/elif chain over names anywhere: registering a name twice and asking for an unknown
+name both raise, the latter listing what exists.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named table of components of one role (e.g. 'likelihood')."""
+
+    def __init__(self, role: str):
+        self.role = role
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: `@REG.register("gaussian")` adds the decorated object under `name`."""
+        def add(obj: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.role} {name!r} is already registered "
+                                 f"(by {self._entries[name]!r})")
+            self._entries[name] = obj
+            return obj
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.role} {name!r}; available: "
+                             f"{', '.join(sorted(self._entries)) or '(none)'}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
