@@ -45,7 +45,7 @@ def _softplus(a):
 
 
 ACTIVATIONS.register("identity")(Activation(lambda a: a, lambda y: np.ones_like(y), 0))
-ACTIVATIONS.register("relu")(Activation(_relu, lambda y: (y > 0).astype(y.dtype), 1))
+ACTIVATIONS.register("relu")(Activation(_relu, lambda y: y > 0, 1))   # bool: multiplies without a cast pass
 ACTIVATIONS.register("tanh")(Activation(_tanh, lambda y: 1 - y * y, 2))
 ACTIVATIONS.register("softplus")(Activation(_softplus, lambda y: -np.expm1(-y), 3))
 

@@ -84,9 +84,8 @@ class VAE:
         self._ensure_optimizer(lr, weight_decay)
         if binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
-        rng = np.random.default_rng([self.config.seed, len(self.history["epoch"])])
         for _ in range(int(epochs)):
-            record = self._train_one_epoch(x_train, x_val, rng, int(batch_size), binarize, progress)
+            record = self._train_one_epoch(x_train, x_val, int(batch_size), binarize, progress)
             if checkpoint is not None:
                 self.save(checkpoint)
             if verbose:
@@ -95,15 +94,17 @@ class VAE:
                 on_epoch(record)
         return self.history
 
-    def _train_one_epoch(self, x_train, x_val, rng, batch_size, binarize, progress) -> dict:
+    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress) -> dict:
         start = time.perf_counter()
+        epoch = len(self.history["epoch"]) + 1
+        # Keyed by epoch, so a run resumed from a checkpoint replays exactly the same orders.
+        rng = np.random.default_rng([self.config.seed, epoch])
         saved = self._executor.host_flat()
         saved_opt = self.optimizer.snapshot()
         perm = rng.permutation(len(x_train)).astype(np.int64)
         train_loss = self._executor.train_epoch(x_train, perm, batch_size, self.optimizer,
                                                 binarize, progress)
         val_loss = None if x_val is None else self.loss(x_val)
-        epoch = len(self.history["epoch"]) + 1
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             self._executor.load_flat(saved)
             self.optimizer.restore(saved_opt)

@@ -23,9 +23,15 @@ def bernoulli_nll(logits: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray,
     dlogits (B, D) = scale * (sigmoid(l) - x), where `scale` is the upstream
     gradient of the loss with respect to each row's nll (1/B for a batch mean).
     """
-    nll = (np.maximum(logits, 0) - x * logits + np.log1p(np.exp(-np.abs(logits)))).sum(axis=1)
-    dlogits = scale * (sigmoid(logits) - x)
-    return nll, dlogits.astype(logits.dtype, copy=False)
+    e = np.exp(-np.abs(logits))                  # shared by the loss and the sigmoid
+    nll = np.maximum(logits, 0)
+    nll -= x * logits
+    nll += np.log1p(e)
+    dlogits = np.where(logits >= 0, 1, e)
+    dlogits /= 1 + e                             # sigmoid(l), overflow-free
+    dlogits -= x
+    dlogits *= scale
+    return nll.sum(axis=1), dlogits.astype(logits.dtype, copy=False)
 
 
 def sigmoid(l: np.ndarray) -> np.ndarray:
