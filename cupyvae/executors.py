@@ -60,7 +60,9 @@ class NumpyExecutor:
         loss = negative_elbo_and_grads(self.spec, self.params, self.grads, x, eps)
         return loss, self.grad_flat.copy()
 
-    def loss_rows(self, x: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    def loss_rows(self, x: np.ndarray, step: int, stream: int) -> np.ndarray:
+        """Per-example negative ELBO with the Philox noise of (step, stream)."""
+        eps = philox.normal(self.spec.config.seed, step, len(x), self.spec.latent_dim, stream)
         return negative_elbo_rows(self.spec, self.params, x, eps)
 
     def encode_raw(self, x: np.ndarray) -> np.ndarray:

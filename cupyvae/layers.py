@@ -65,3 +65,31 @@ def linear_backward(x: np.ndarray, w: np.ndarray, y: np.ndarray, dy: np.ndarray,
     np.matmul(x.T, da, out=dw)
     np.sum(da, axis=0, out=db)
     return da @ w.T if need_dx else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel-shaped twins of kernels/linear.cu (linear_forward is the twin of its forward kernel).
+# The kernels take the gradient wrt the PRE-activation, da = dy * act'(y), and hand the
+# previous layer its own pre-activation gradient, so a backward chain is
+#     dx_pre = linear_backward_input(da, W, x, activation_x)
+#     dW, db = linear_backward_weight(x, da)
+# where x = act_x(a_prev) is this layer's input (the previous layer's output):
+#     dx = da @ W^T  and  d a_prev = dx * act_x'(a_prev) = dx * act_x'-from-output(x).
+# Same math as linear_backward above (which starts from dy), for any float dtype.
+# ---------------------------------------------------------------------------------------------
+
+def linear_backward_input(da: np.ndarray, w: np.ndarray, x: np.ndarray,
+                          activation_x: str) -> np.ndarray:
+    """dx_pre (B, I) = (da @ W^T) * act_x'(x): the previous layer's pre-activation gradient.
+
+    da (B, O), w (I, O), x (B, I) = act_x(a_prev).  activation_x "identity" gives plain dx.
+    """
+    act = ACTIVATIONS.get(activation_x)  # unknown names raise, listing the registered ones
+    dx = da @ w.T
+    return dx if activation_x == "identity" else dx * act.derivative(x)
+
+
+def linear_backward_weight(x: np.ndarray, da: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dW (I, O), db (O,)) = (x^T @ da, column sums of da) for x (B, I), da (B, O)."""
+    return x.T @ da, da.sum(axis=0)
+# ------------------------------------------------------------- end of kernels/linear.cu twins

@@ -131,9 +131,7 @@ class VAE:
         x = self._as_data(x, "x")
         total = 0.0
         for chunk, start in _chunks(x):
-            eps = philox.normal(self.config.seed, start // EVAL_CHUNK, len(chunk),
-                                self.config.latent_dim, STREAM_EVAL)
-            total += float(self._executor.loss_rows(chunk, eps).sum())
+            total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, STREAM_EVAL).sum())
         return total / len(x)
 
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:

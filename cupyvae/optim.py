@@ -74,3 +74,34 @@ class Adam:
         self.step_count, moments = snapshot
         if moments is not None:
             self.m[:], self.v[:] = moments
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel-shaped twin of kernels/adam.cu: the same arguments as the kernel (the step count
+# read from a uint32 `counters` array), float32 arithmetic in the kernel's order.
+# ---------------------------------------------------------------------------------------
+
+def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray,
+                counters: np.ndarray, lr, beta1, beta2, eps, weight_decay) -> None:
+    """One Adam step with t = counters[0] + 1; updates p, m, v in place, g untouched.
+
+    Like the kernel, every scalar is a float32 (so beta2 = 0.999 is really 0.99900001),
+    and the bias corrections c = 1 - b^t are those of the float32 betas, here computed
+    in float64 and rounded (the kernel gets them to a few float32 ulp).  Adam.step takes
+    c1, c2 from the float64 betas but scales v's increment by float32(1 - 0.999): its v
+    differs from this one by 1.3e-5 relative for beta2 = 0.999 while v / c2, and so the
+    update, agree to rounding; for betas exact in float32 everything agrees to rounding.
+    """
+    t = int(counters[0]) + 1
+    b1, b2 = np.float32(beta1), np.float32(beta2)
+    c1 = 1.0 - float(b1) ** t
+    sqrt_c2 = (1.0 - float(b2) ** t) ** 0.5
+    step_size = np.float32(np.float32(lr) * sqrt_c2 / c1)
+    eps_hat = np.float32(np.float32(eps) * sqrt_c2)
+    one = np.float32(1.0)
+    g = g + np.float32(weight_decay) * p
+    m *= b1
+    m += (one - b1) * g
+    v *= b2
+    v += (one - b2) * (g * g)
+    p -= step_size * (m / (np.sqrt(v) + eps_hat))

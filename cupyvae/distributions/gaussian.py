@@ -7,8 +7,8 @@ Posterior q(z|x) = N(mu, diag(exp(lv))), raw = [mu | lv], both (B, Z):
     log q(z)     = -1/2 sum_j (log 2pi + lv + (z-mu)^2 exp(-lv))
     dlog q/dmu   = (z-mu) exp(-lv),  dlog q/dlv = ((z-mu)^2 exp(-lv) - 1) / 2,
     dlog q/dz    = -(z-mu) exp(-lv)
-    KL(q||N(0,I)) = -1/2 sum_j (1 + lv - mu^2 - exp(lv))
-    dKL/dmu = mu,  dKL/dlv = (exp(lv) - 1) / 2
+    KL(q||N(0,I)) = -1/2 sum_j (1 + lv - mu^2 - exp(lv)) = -1/2 sum_j (lv - expm1(lv) - mu^2)
+    dKL/dmu = mu,  dKL/dlv = expm1(lv) / 2
 
 Likelihood p(x|z) = N(m, exp(s)) per pixel, raw = [a | r], both (B, D):
     m = sigmoid(a)                     (grey levels live in [0, 1])
@@ -16,8 +16,8 @@ Likelihood p(x|z) = N(m, exp(s)) per pixel, raw = [a | r], both (B, D):
         collapse to 0, which sends the likelihood to +inf on 8-bit data, nor blow up;
         unlike a hard clip its gradient never vanishes, so no unit gets stuck)
     nll = 1/2 sum_j (log 2pi + s + (x-m)^2 exp(-s))
-    da  = -(x-m) exp(-s) * m (1-m)
-    dr  = (1 - (x-m)^2 exp(-s)) / 2 * (1 - tanh(r/S)^2)
+    da  = -(x-m) exp(-s) * m (1-m)                       m(1-m) = e/(1+e)^2, e = exp(-|a|)
+    dr  = (1 - (x-m)^2 exp(-s)) / 2 * (1 - tanh(r/S)^2)  1-tanh^2(y) = 4e2/(1+e2)^2, e2 = exp(-2|y|)
 
 Prior p(z) = N(0, I):  log p = -1/2 sum_j (log 2pi + z^2),  dlog p/dz = -z.
 """
@@ -63,9 +63,9 @@ def kl_gaussian_normal(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form KL(N(mu, exp(lv)) || N(0, I)) per row and its gradient wrt [mu | lv]."""
     z_dim = raw.shape[1] // 2
     mu, lv = raw[:, :z_dim], raw[:, z_dim:]
-    var = np.exp(lv)
-    kl = -0.5 * (1 + lv - mu * mu - var).sum(axis=1)
-    return kl, np.concatenate([mu, 0.5 * (var - 1)], axis=1)
+    expm1 = np.expm1(lv)   # exp(lv) - 1 without cancellation near lv = 0
+    kl = -0.5 * (lv - expm1 - mu * mu).sum(axis=1)
+    return kl, np.concatenate([mu, 0.5 * expm1], axis=1)
 
 
 @register_likelihood("gaussian")
@@ -82,13 +82,18 @@ class GaussianLikelihood(Likelihood):
         return sigmoid(a), self.LOGVAR_BOUND * t, t
 
     def nll(self, raw, x, scale):
-        m, s, t = self._mean_logvar(raw)
+        a, r = self.split(raw)
+        m, s, _ = self._mean_logvar(raw)
         inv_var = np.exp(-s)
         diff = x - m
         sq = diff * diff * inv_var
         nll = 0.5 * (LOG_2PI + s + sq).sum(axis=1)
-        da = -diff * inv_var * m * (1 - m)
-        dr = 0.5 * (1 - sq) * (1 - t * t)
+        # m(1-m) = e/(1+e)^2 with e = exp(-|a|), and 1 - tanh(y)^2 = 4 e2/(1+e2)^2 with
+        # e2 = exp(-2|y|): the naive 1-m and 1-t^2 cancel to 0 in float32 for |a| > 17.
+        e = np.exp(-np.abs(a))
+        e2 = np.exp(-2 * np.abs(r / self.LOGVAR_BOUND))
+        da = -diff * inv_var * (e / ((1 + e) * (1 + e)))
+        dr = 0.5 * (1 - sq) * (4 * e2 / ((1 + e2) * (1 + e2)))
         return nll, scale * np.concatenate([da, dr], axis=1)
 
     def mean(self, raw):
@@ -114,3 +119,46 @@ class NormalPrior(Prior):
 
     def sample(self, params, u, eps):
         return eps.copy()
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel-shaped twins: the same arguments as the kernels in kernels/gaussian_posterior.cu
+# and kernels/gaussian_likelihood.cu (counters a NumPy uint32 array, seed one uint64,
+# outputs returned instead of written), built on the reference methods above, so a test
+# swaps a twin for its launch builder in cupyvae.cuda.ops and compares.
+# ---------------------------------------------------------------------------------------
+
+def gaussian_posterior_forward(qraw: np.ndarray, counters: np.ndarray, seed: int,
+                               stream: int) -> tuple[np.ndarray, np.ndarray]:
+    """z (B, Z) = mu + exp(lv/2) eps and kl (B,) = KL(q || N(0, I)) for qraw = [mu | lv].
+
+    eps = cupyvae.philox.normal(seed, step=counters[0], B, Z, stream): the noise the
+    kernel draws in-kernel from the device counters.
+    """
+    from .. import philox
+
+    batch, z_dim = qraw.shape[0], qraw.shape[1] // 2
+    eps = philox.normal(seed, int(counters[0]), batch, z_dim, stream)
+    z = GaussianPosterior(z_dim).rsample(qraw, eps)
+    kl, _ = kl_gaussian_normal(qraw)
+    return z, kl
+
+
+def gaussian_posterior_backward(qraw: np.ndarray, dz: np.ndarray, counters: np.ndarray,
+                                seed: int, stream: int, kl_scale) -> np.ndarray:
+    """dqraw (B, 2Z) = d/d[mu | lv] of (loss through z) + kl_scale * KL, eps recomputed.
+
+    dmu = dz + kl_scale mu;  dlv = dz eps exp(lv/2) / 2 + kl_scale (exp(lv) - 1) / 2.
+    """
+    from .. import philox
+
+    batch, z_dim = qraw.shape[0], qraw.shape[1] // 2
+    eps = philox.normal(seed, int(counters[0]), batch, z_dim, stream)
+    dqraw = GaussianPosterior(z_dim).rsample_backward(qraw, eps, dz)
+    dqraw += np.asarray(kl_scale, qraw.dtype) * kl_gaussian_normal(qraw)[1]
+    return dqraw
+
+
+def gaussian_likelihood_nll(raw: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
+    """nll (B,) and draw = scale * d nll / d raw (B, 2D) for raw = [a | r]; see GaussianLikelihood."""
+    return GaussianLikelihood(x.shape[1]).nll(raw, x, scale)

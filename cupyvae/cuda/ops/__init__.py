@@ -1,0 +1,17 @@
+"""Launch builders, one per kernel entry and named after it; one module per kernel file.
+
+Each builder takes the same leading arguments as its NumPy twin plus preallocated outputs,
+checks shapes/dtypes/contiguity (ValueError naming the shapes), converts every scalar to
+the exact NumPy type the kernel expects, picks grid and block, and returns a Launch
+(cupyvae.cuda.launch).  Arrays are all NumPy (emulated) or all CuPy (cuda).
+"""
+from .bernoulli import bernoulli_nll
+from .linear import linear_backward_input, linear_backward_weight, linear_forward
+from .normal import normal_fill
+from .step import (adam_update, advance_counters, batch_loss, start_epoch, gather_rows,
+                   gaussian_likelihood_nll, gaussian_posterior_backward, gaussian_posterior_forward)
+
+__all__ = ["adam_update", "advance_counters", "batch_loss", "bernoulli_nll", "gather_rows",
+           "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",
+           "linear_backward_input", "linear_backward_weight", "linear_forward", "normal_fill",
+           "start_epoch"]

@@ -1,0 +1,66 @@
+"""Validation and sizing shared by every launch builder.
+
+Builders check shapes, dtypes and contiguity through .shape/.dtype/.flags only (arrays are
+NumPy for "emulated" and CuPy for "cuda"; nothing is read back, nothing synchronizes) and
+convert every scalar to the exact NumPy type of the kernel parameter: a Python float
+would reach a `float` parameter as 8 bytes through CuPy.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+_INT32_MAX = 2 ** 31 - 1
+_UINT32_MAX = 2 ** 32 - 1
+WARP_SIZE = 32
+# Per-row reductions: enough threads to cover D in one sweep, capped where more threads
+# only add reduction depth.  Never below a warp: the shuffles use a full-warp mask.
+ROW_BLOCK_MAX = 256
+# Element-wise grid-stride kernels: block size and a grid cap (more blocks add nothing
+# once every SM is busy; the loop covers the rest).
+ELEMENTWISE_BLOCK = 256
+ELEMENTWISE_MAX_BLOCKS = 1024
+
+
+def row_block_size(dim: int) -> int:
+    """Smallest power of two >= dim, clamped to [WARP_SIZE, ROW_BLOCK_MAX]."""
+    return min(max(WARP_SIZE, 1 << max(dim - 1, 0).bit_length()), ROW_BLOCK_MAX)
+
+
+def elementwise_grid_size(total: int) -> int:
+    """Blocks for a grid-stride loop over `total` elements (at least 1: an empty grid is invalid)."""
+    return min(max(-(-total // ELEMENTWISE_BLOCK), 1), ELEMENTWISE_MAX_BLOCKS)
+
+
+def require_float32_contiguous(**arrays) -> None:
+    for name, array in arrays.items():
+        if array.dtype != np.float32:
+            raise ValueError(f"{name} must be float32, got {array.dtype} with shape {array.shape}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous, got strides {array.strides} "
+                             f"for shape {array.shape}")
+
+
+def require_same_array_kind(*arrays) -> None:
+    kinds = {type(array) for array in arrays}
+    if len(kinds) != 1:
+        raise ValueError(f"arrays must all be NumPy or all CuPy, got {sorted(k.__name__ for k in kinds)} "
+                         f"for shapes {[a.shape for a in arrays]}")
+
+
+def require_int32_dims(shape) -> None:
+    if any(extent > _INT32_MAX for extent in shape):
+        raise ValueError(f"every dimension must fit in int32, got shape {shape}")
+
+
+def float32_scalar(name: str, value) -> np.float32:
+    if np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
+    return np.float32(value)
+
+
+def uint32_scalar(name: str, value) -> np.uint32:
+    if np.ndim(value) != 0 or not 0 <= operator.index(value) <= _UINT32_MAX:
+        raise ValueError(f"{name} must be a uint32 scalar, got {value!r}")
+    return np.uint32(operator.index(value))

@@ -1,0 +1,46 @@
+"""NumPy twins of kernels/step.cu: the glue of a training step driven by device counters.
+
+`counters` is a uint32 array of two: counters[0] = global step (the Adam step count
+before this step's update, and the Philox `step` key), counters[1] = batch index within
+the epoch.  Each twin takes the kernel's arguments (seed as one uint64) and either
+returns its output or, like the kernel, updates `losses` / `counters` in place.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .executors import binarize_batch
+
+
+def gather_rows(data: np.ndarray, perm: np.ndarray, counters: np.ndarray, batch_size: int,
+                binarize: bool, seed: int) -> np.ndarray:
+    """xb (B, D) = data[perm[counters[1] B : (counters[1] + 1) B]], binarized if asked.
+
+    Binarization is executors.binarize_batch keyed by step = counters[0]: the very
+    numbers NumpyExecutor.train_epoch draws for that step.
+    """
+    start = int(counters[1]) * int(batch_size)
+    xb = data[perm[start:start + int(batch_size)]]
+    if binarize:
+        xb = binarize_batch(xb, seed, int(counters[0]))
+    return xb
+
+
+def batch_loss(nll: np.ndarray, kl: np.ndarray, counters: np.ndarray,
+               losses: np.ndarray) -> np.ndarray:
+    """losses[counters[1]] = (1/B) sum_b (nll[b] + kl[b]) (float64 sum, rounded); returns losses."""
+    total = nll.astype(np.float64).sum() + kl.astype(np.float64).sum()
+    losses[int(counters[1])] = total / nll.shape[0]
+    return losses
+
+
+def advance_counters(counters: np.ndarray) -> np.ndarray:
+    """counters[0] += 1 (next global step), counters[1] += 1 (next batch); in place."""
+    counters += np.uint32(1)
+    return counters
+
+
+def start_epoch(counters: np.ndarray) -> np.ndarray:
+    """counters[1] = 0 (first batch of an epoch); the global step runs on; in place."""
+    counters[1] = 0
+    return counters

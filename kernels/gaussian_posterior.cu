@@ -1,0 +1,95 @@
+// gaussian_posterior: the reparameterized sample of q(z|x) = N(mu, diag(exp(lv))) and its
+// closed-form KL to N(0, I), forward and backward.
+//
+// Forward (qraw = [mu | lv], eps = Philox normal of element (b, j), see philox.cuh):
+//     eps[b, j] = normal(seed, step = counters[0], row = b, col = j, stream)
+//     z[b, j]   = mu + expf(lv / 2) * eps
+//     kl[b]     = -1/2 sum_j (1 + lv - mu^2 - exp(lv))
+//               = -1/2 sum_j ((lv - expm1(lv)) - mu^2)
+//       (the expm1 form is the same number without the cancellation of 1 + lv - exp(lv)
+//        near lv = 0, where the float32 sum of three O(1) terms would lose ~ulp(1))
+// Backward, given dz = d loss / dz and kl_scale = d loss / d kl[b] (1/B for a batch mean):
+//     dmu[b, j] = dz + kl_scale * mu
+//     dlv[b, j] = dz * eps * exp(lv / 2) / 2  +  kl_scale * expm1(lv) / 2
+//       (d z / d lv = eps exp(lv/2) / 2;  d kl / d mu = mu,  d kl / d lv = (exp(lv) - 1) / 2)
+//     eps is recomputed from the counters, never stored.
+// Layouts:  qraw, dqraw: (B, 2Z) float32 row-major, [mu | lv] / [dmu | dlv] per row;
+//           z, dz: (B, Z); kl: (B,); counters: unsigned int[2] on the device,
+//           counters[0] = global step (the Adam step count before this update).
+// Outputs:  z, kl, dqraw are written with `=` (never accumulated).
+//
+// Launch:   both entries: one warp per row, block = (32 W,) with W rows per block,
+//           grid = (ceil(B / W),); a smaller grid also works (warps stride over rows).
+//           Lanes stride over Z (small: 2..256).  The forward's KL partials meet in a
+//           shuffle tree (reduce.cuh), so no barrier is needed; the backward has no
+//           reduction and shares the geometry (no per-element index division).
+// NumPy twins: cupyvae.distributions.gaussian.gaussian_posterior_forward / _backward.
+#include "philox.cuh"
+#include "reduce.cuh"
+
+extern "C" __global__ void gaussian_posterior_forward(const float* qraw,
+                                                      const unsigned int* counters,
+                                                      float* z, float* kl, int B, int Z,
+                                                      unsigned int seed_lo,
+                                                      unsigned int seed_hi,
+                                                      unsigned int stream)
+{
+    int lane = threadIdx.x % REDUCE_WARP_SIZE;
+    int warps_per_block = blockDim.x / REDUCE_WARP_SIZE;
+    int row_stride = gridDim.x * warps_per_block;
+    unsigned int step = counters[0];
+    // `row` is the same in every lane of a warp, so each warp enters and leaves the loop
+    // whole and the shuffles always see all 32 lanes.
+    for (int row = blockIdx.x * warps_per_block + threadIdx.x / REDUCE_WARP_SIZE; row < B;
+         row += row_stride) {
+        const float* mu = qraw + (unsigned long long)row * (2ull * (unsigned long long)Z);
+        const float* lv = mu + Z;
+        float* z_row = z + (unsigned long long)row * (unsigned long long)Z;
+
+        float partial = 0.0f;
+        for (int j = lane; j < Z; j += REDUCE_WARP_SIZE) {
+            float m = mu[j];
+            float l = lv[j];
+            float eps = philox_element_normal(seed_lo, seed_hi, step, stream,
+                                              (unsigned int)row, (unsigned int)j);
+            z_row[j] = m + expf(0.5f * l) * eps;
+            partial += (l - expm1f(l)) - m * m;
+        }
+        float total = reduce_warp_sum(partial);
+        if (lane == 0) {
+            kl[row] = -0.5f * total;
+        }
+    }
+}
+
+extern "C" __global__ void gaussian_posterior_backward(const float* qraw, const float* dz,
+                                                       const unsigned int* counters,
+                                                       float* dqraw, int B, int Z,
+                                                       unsigned int seed_lo,
+                                                       unsigned int seed_hi,
+                                                       unsigned int stream, float kl_scale)
+{
+    int lane = threadIdx.x % REDUCE_WARP_SIZE;
+    int warps_per_block = blockDim.x / REDUCE_WARP_SIZE;
+    int row_stride = gridDim.x * warps_per_block;
+    unsigned int step = counters[0];
+    for (int row = blockIdx.x * warps_per_block + threadIdx.x / REDUCE_WARP_SIZE; row < B;
+         row += row_stride) {
+        unsigned long long row_start = (unsigned long long)row * (2ull * (unsigned long long)Z);
+        const float* mu = qraw + row_start;
+        const float* lv = mu + Z;
+        const float* dz_row = dz + (unsigned long long)row * (unsigned long long)Z;
+        float* dmu = dqraw + row_start;
+        float* dlv = dmu + Z;
+
+        for (int j = lane; j < Z; j += REDUCE_WARP_SIZE) {
+            float m = mu[j];
+            float l = lv[j];
+            float g = dz_row[j];
+            float eps = philox_element_normal(seed_lo, seed_hi, step, stream,
+                                              (unsigned int)row, (unsigned int)j);
+            dmu[j] = g + kl_scale * m;
+            dlv[j] = 0.5f * g * eps * expf(0.5f * l) + kl_scale * 0.5f * expm1f(l);
+        }
+    }
+}

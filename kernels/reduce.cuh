@@ -1,0 +1,45 @@
+// reduce.cuh: float sums over a warp and over a block, for kernels that reduce rows.
+//
+// reduce_warp_sum(v):  sum of v over the 32 lanes of the calling warp, by shuffles
+//                      (tree order fixed by the lane index, so deterministic); the total
+//                      is valid in lane 0.  All 32 lanes must call it (full-warp mask):
+//                      launchers never pick a block that is not a multiple of 32, and a
+//                      kernel that exits early does so for whole warps.
+// reduce_block_sum(v, warp_totals):
+//                      sum of v over the block; the total is valid in thread 0 only.
+//                      warp_totals is the caller's __shared__ float[REDUCE_MAX_WARPS].
+//                      It ends with warp 0 still reading warp_totals: a kernel calling it
+//                      twice must __syncthreads() in between.
+// Both trees are fixed by the thread indices, so the same launch shape always gives
+// the same bits (the order of thread execution does not matter).
+#pragma once
+
+#define REDUCE_WARP_SIZE 32
+#define REDUCE_MAX_WARPS 32
+#define REDUCE_FULL_MASK 0xffffffffu
+
+__device__ inline float reduce_warp_sum(float value)
+{
+    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
+        value += __shfl_down_sync(REDUCE_FULL_MASK, value, offset);
+    }
+    return value;
+}
+
+__device__ inline float reduce_block_sum(float value, float* warp_totals)
+{
+    int lane = threadIdx.x % REDUCE_WARP_SIZE;
+    int warp = threadIdx.x / REDUCE_WARP_SIZE;
+    int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
+
+    value = reduce_warp_sum(value);
+    if (lane == 0) {
+        warp_totals[warp] = value;
+    }
+    __syncthreads();  // every warp total is stored before warp 0 reads them
+    if (warp == 0) {
+        value = lane < warp_count ? warp_totals[lane] : 0.0f;
+        value = reduce_warp_sum(value);
+    }
+    return value;
+}

@@ -1,0 +1,226 @@
+"""kernels/step.cu (gather_rows, batch_loss, advance_counters, start_epoch) against the
+NumPy twins in cupyvae.step_twins, on every backend."""
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+
+from cupyvae import step_twins
+from cupyvae.cuda import ops
+from cupyvae.cuda.launch import run, to_device, to_host
+from cupyvae.cuda.loader import load_source, module_from_source
+from cupyvae.executors import binarize_batch
+
+THREAD_ORDERS = ["forward", "reverse", "random"]
+SEED = 2 ** 33 + 2 ** 20 + 5
+# batch_loss: a float32 tree sum of B (<= 1000) terms against a float64 sum: each level of
+# the ~log2(B) <= 10 levels rounds by at most 2^-24 of the partial magnitudes, so the error
+# is <= 10 * 6e-8 = 6e-7 of sum |nll + kl|; 1e-6 bounds it.
+LOSS_RTOL = 1e-6
+
+
+@functools.lru_cache(maxsize=None)
+def emulated_module(thread_order):
+    return module_from_source(load_source("step"), "emulated", thread_order=thread_order, seed=11)
+
+
+def launch_on(backend, launch, thread_order=None):
+    if thread_order is None:
+        run(launch, backend)
+    else:
+        emulated_module(thread_order).get_function(launch.entry)(
+            launch.grid, launch.block, launch.args, shared_mem=launch.shared_mem)
+
+
+def make_data(n, dim, seed=0):
+    """Grey levels in [0, 1] with exact 0s and 1s, and a permutation of the rows (int32)."""
+    rng = np.random.default_rng(seed)
+    data = rng.random((n, dim), dtype=np.float32)
+    data.flat[::3] = 0.0
+    data.flat[1::7] = 1.0
+    return data, rng.permutation(n).astype(np.int32)
+
+
+def gather(backend, data, perm, counters, batch, binarize, seed=SEED, grid=None):
+    xb = to_device(np.full((batch, data.shape[1]), np.nan, np.float32), backend)
+    launch = ops.gather_rows(to_device(data, backend), to_device(perm, backend),
+                                  to_device(counters, backend), batch, binarize, seed, xb)
+    if grid is not None:
+        launch = dataclasses.replace(launch, grid=grid)
+    run(launch, backend)
+    return to_host(xb)
+
+
+@pytest.mark.parametrize("binarize", [False, True])
+@pytest.mark.parametrize("dim", [1, 5, 33, 784])
+@pytest.mark.parametrize("batch", [1, 3, 7])
+def test_gather_rows_equals_twin_exactly(backend, batch, dim, binarize):
+    data, perm = make_data(40, dim, seed=dim)
+    counters = np.array([77 + batch, 40 // batch - 1], np.uint32)   # the epoch's last batch
+    xb = gather(backend, data, perm, counters, batch, binarize)
+    expected = step_twins.gather_rows(data, perm, counters, batch, binarize, SEED)
+    np.testing.assert_array_equal(xb, expected, err_msg=f"xb (B, D) = ({batch}, {dim})")
+    rows = perm[int(counters[1]) * batch:(int(counters[1]) + 1) * batch]
+    if binarize:
+        # Uniforms are bit-exact, so binarization is too: it is executors.binarize_batch.
+        np.testing.assert_array_equal(xb, binarize_batch(data[rows], SEED, int(counters[0])))
+        assert set(np.unique(xb)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(xb[data[rows] == 0.0], 0.0)   # u > 0 always
+        np.testing.assert_array_equal(xb[data[rows] == 1.0], 1.0)   # u < 1 always
+    else:
+        np.testing.assert_array_equal(xb, data[rows])
+
+
+def test_gather_rows_binarization_follows_the_step(backend):
+    data, perm = make_data(20, 300, seed=1)
+    a = gather(backend, data, perm, np.array([5, 1], np.uint32), 4, True)
+    b = gather(backend, data, perm, np.array([6, 1], np.uint32), 4, True)
+    assert np.mean(a != b) > 0.05, "a new step must draw new binarization noise"
+    np.testing.assert_array_equal(b, step_twins.gather_rows(data, perm, np.array([6, 1], np.uint32),
+                                                            4, True, SEED))
+
+
+def test_gather_rows_grid_stride_loop(backend):
+    """Two blocks for 7 rows of 784: blocks loop over rows, 256 threads loop over columns."""
+    data, perm = make_data(30, 784, seed=2)
+    counters = np.array([3, 2], np.uint32)
+    xb = gather(backend, data, perm, counters, 7, True, grid=(2,))
+    np.testing.assert_array_equal(xb, step_twins.gather_rows(data, perm, counters, 7, True, SEED))
+
+
+def loss_inputs(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    nll = rng.uniform(50.0, 300.0, batch).astype(np.float32)
+    kl = rng.uniform(0.0, 30.0, batch).astype(np.float32)
+    return nll, kl
+
+
+def batch_loss(backend, nll, kl, counters, n_slots, thread_order=None):
+    losses = to_device(np.full(n_slots, np.nan, np.float32), backend)
+    launch = ops.batch_loss(to_device(nll, backend), to_device(kl, backend),
+                                 to_device(counters, backend), losses)
+    launch_on(backend, launch, thread_order)
+    return to_host(losses)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 37, 100, 1000])
+def test_batch_loss_matches_twin(backend, batch):
+    nll, kl = loss_inputs(batch, seed=batch)
+    counters = np.array([9, 2], np.uint32)
+    losses = batch_loss(backend, nll, kl, counters, 4)
+    expected = step_twins.batch_loss(nll, kl, counters, np.full(4, np.nan, np.float32))
+    assert np.isnan(losses[[0, 1, 3]]).all(), "only slot counters[1] may be written"
+    bound = LOSS_RTOL * (np.abs(nll.astype(np.float64)) + np.abs(kl)).sum() / batch
+    assert abs(float(losses[2]) - float(expected[2])) <= bound, \
+        f"loss {losses[2]!r} vs twin {expected[2]!r} (B = {batch}, bound {bound:.3g})"
+
+
+@pytest.mark.parametrize("batch", [37, 1000])
+def test_batch_loss_is_deterministic_across_thread_orders(batch):
+    """The reduction tree is fixed by the thread indices, so every execution order must give
+    the very same bits (missing barriers would make the sum order-dependent)."""
+    nll, kl = loss_inputs(batch, seed=1)
+    counters = np.array([0, 0], np.uint32)
+    results = {order: batch_loss("emulated", nll, kl, counters, 1, thread_order=order)[0]
+               for order in THREAD_ORDERS}
+    results["again"] = batch_loss("emulated", nll, kl, counters, 1, thread_order="random")[0]
+    assert len({r.tobytes() for r in results.values()}) == 1, f"order-dependent sums: {results}"
+    expected = step_twins.batch_loss(nll, kl, counters, np.zeros(1, np.float32))[0]
+    assert abs(float(results["forward"]) - float(expected)) <= \
+        LOSS_RTOL * (nll.astype(np.float64) + kl).sum() / batch
+
+
+def counters_after(backend, launches_of, counters):
+    device_counters = to_device(np.array(counters, np.uint32), backend)
+    for build in launches_of:
+        run(build(device_counters), backend)
+    return to_host(device_counters)
+
+
+@pytest.mark.parametrize("start", [(0, 0), (41, 3), (2 ** 32 - 1, 7)])
+def test_advance_counters_and_start_epoch(backend, start):
+    """advance: step and batch both +1 (uint32, wrapping like the twin); start_epoch: batch = 0."""
+    twin = np.array(start, np.uint32)
+    got = counters_after(backend, [ops.advance_counters], start)
+    np.testing.assert_array_equal(got, step_twins.advance_counters(twin.copy()))
+    got = counters_after(backend, [ops.advance_counters, ops.start_epoch], start)
+    expected = step_twins.start_epoch(step_twins.advance_counters(twin.copy()))
+    np.testing.assert_array_equal(got, expected)
+    assert int(got[1]) == 0 and int(got[0]) == (start[0] + 1) % 2 ** 32
+
+
+def test_two_epochs_of_step_glue_match_the_numpy_executor_loop(backend):
+    """start_epoch, then per batch: gather (binarized), batch_loss, advance_counters -- all
+    driven by the device counters alone, exactly as NumpyExecutor.train_epoch keys its
+    batches (perm slice i) and noise (step = optimizer.step_count before the update)."""
+    n, dim, batch = 23, 10, 5
+    n_batches = n // batch                      # whole batches only, as train_epoch
+    data, _ = make_data(n, dim, seed=3)
+    rng = np.random.default_rng(4)
+    counters = to_device(np.array([100, 17], np.uint32), backend)   # stale batch index
+    data_d = to_device(data, backend)
+    xb = to_device(np.zeros((batch, dim), np.float32), backend)
+    nll = to_device(np.zeros(batch, np.float32), backend)
+    kl = to_device(np.zeros(batch, np.float32), backend)
+    step_count = 100                            # the optimizer's step count
+    for epoch in range(2):
+        perm = rng.permutation(n).astype(np.int32)
+        perm_d = to_device(perm, backend)
+        losses = to_device(np.full(n_batches, np.nan, np.float32), backend)
+        run(ops.start_epoch(counters), backend)
+        expected_losses = []
+        for i in range(n_batches):
+            run(ops.gather_rows(data_d, perm_d, counters, batch, True, SEED, xb), backend)
+            expected_xb = binarize_batch(data[perm[i * batch:(i + 1) * batch]], SEED, step_count)
+            np.testing.assert_array_equal(to_host(xb), expected_xb,
+                                          err_msg=f"epoch {epoch} batch {i}")
+            # stand-ins for the model's per-row nll and kl
+            nll_h, kl_h = expected_xb.sum(axis=1) + i, np.full(batch, 0.5 * epoch, np.float32)
+            nll[...], kl[...] = to_device(nll_h.astype(np.float32), backend), to_device(kl_h, backend)
+            run(ops.batch_loss(nll, kl, counters, losses), backend)
+            run(ops.advance_counters(counters), backend)
+            expected_losses.append((nll_h.astype(np.float64) + kl_h).mean())
+            step_count += 1
+        np.testing.assert_allclose(to_host(losses), expected_losses, rtol=LOSS_RTOL)
+        np.testing.assert_array_equal(to_host(counters), [step_count, n_batches])
+
+
+def test_launch_shapes_and_types():
+    data, perm = make_data(10, 4)
+    counters = np.zeros(2, np.uint32)
+    launch = ops.gather_rows(data, perm, counters, 3, True, 2 ** 32 + 9, np.zeros((3, 4), np.float32))
+    assert [type(a) for a in launch.args[4:]] == [np.int32] * 3 + [np.uint32] * 2
+    assert [int(a) for a in launch.args[4:]] == [3, 4, 1, 9, 1]
+    loss = ops.batch_loss(np.zeros(37, np.float32), np.zeros(37, np.float32), counters,
+                               np.zeros(5, np.float32))
+    assert loss.grid == (1,) and loss.block == (64,) and type(loss.args[-1]) is np.int32
+    for build in (ops.advance_counters, ops.start_epoch):
+        assert build(counters).grid == (1,) and build(counters).args == (counters,)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(perm=np.zeros(10, np.int64)), "perm .*int32"),     # cast int64 permutations first
+    (dict(batch_size=11), r"batch_size .*\[1, 10\]"),
+    (dict(xb=np.zeros((3, 5), np.float32)), r"xb must have shape \(3, 4\).*\(3, 5\)"),
+    (dict(data=np.zeros(40, np.float32)), r"data .*2-D .*\(40,\)"),
+    (dict(counters=np.zeros(2, np.uint64)), "counters"),
+])
+def test_gather_rows_rejects_bad_arguments(change, message):
+    args = dict(data=np.zeros((10, 4), np.float32), perm=np.zeros(10, np.int32),
+                counters=np.zeros(2, np.uint32), batch_size=3, binarize=False, seed=1,
+                xb=np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match=message):
+        ops.gather_rows(**{**args, **change})
+
+
+def test_batch_loss_rejects_bad_arguments():
+    counters = np.zeros(2, np.uint32)
+    with pytest.raises(ValueError, match=r"nll \(4,\) and kl \(5,\)"):
+        ops.batch_loss(np.zeros(4, np.float32), np.zeros(5, np.float32), counters,
+                            np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="losses"):
+        ops.batch_loss(np.zeros(4, np.float32), np.zeros(4, np.float32), counters,
+                            np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="counters"):
+        ops.advance_counters(np.zeros(3, np.uint32))
