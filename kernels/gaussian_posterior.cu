@@ -13,6 +13,8 @@
 //     dlv[b, j] = dz * eps * exp(lv / 2) / 2  +  kl_scale * expm1(lv) / 2
 //       (d z / d lv = eps exp(lv/2) / 2;  d kl / d mu = mu,  d kl / d lv = (exp(lv) - 1) / 2)
 //     eps is recomputed from the counters, never stored.
+// Given noise: with eps_given != 0 both kernels read eps (B, Z) instead of drawing it
+// (model.loss_and_grads(x, eps) takes the caller's noise); otherwise eps is never read.
 // Layouts:  qraw, dqraw: (B, 2Z) float32 row-major, [mu | lv] / [dmu | dlv] per row;
 //           z, dz: (B, Z); kl: (B,); counters: unsigned int[2] on the device,
 //           counters[0] = global step (the Adam step count before this update).
@@ -32,7 +34,8 @@ extern "C" __global__ void gaussian_posterior_forward(const float* qraw,
                                                       float* z, float* kl, int B, int Z,
                                                       unsigned int seed_lo,
                                                       unsigned int seed_hi,
-                                                      unsigned int stream)
+                                                      unsigned int stream,
+                                                      const float* eps_in, int eps_given)
 {
     int lane = threadIdx.x % REDUCE_WARP_SIZE;
     int warps_per_block = blockDim.x / REDUCE_WARP_SIZE;
@@ -50,8 +53,9 @@ extern "C" __global__ void gaussian_posterior_forward(const float* qraw,
         for (int j = lane; j < Z; j += REDUCE_WARP_SIZE) {
             float m = mu[j];
             float l = lv[j];
-            float eps = philox_element_normal(seed_lo, seed_hi, step, stream,
-                                              (unsigned int)row, (unsigned int)j);
+            float eps = eps_given ? eps_in[(unsigned long long)row * (unsigned long long)Z + j]
+                                  : philox_element_normal(seed_lo, seed_hi, step, stream,
+                                                          (unsigned int)row, (unsigned int)j);
             z_row[j] = m + expf(0.5f * l) * eps;
             partial += (l - expm1f(l)) - m * m;
         }
@@ -67,7 +71,8 @@ extern "C" __global__ void gaussian_posterior_backward(const float* qraw, const 
                                                        float* dqraw, int B, int Z,
                                                        unsigned int seed_lo,
                                                        unsigned int seed_hi,
-                                                       unsigned int stream, float kl_scale)
+                                                       unsigned int stream, float kl_scale,
+                                                       const float* eps_in, int eps_given)
 {
     int lane = threadIdx.x % REDUCE_WARP_SIZE;
     int warps_per_block = blockDim.x / REDUCE_WARP_SIZE;
@@ -86,8 +91,9 @@ extern "C" __global__ void gaussian_posterior_backward(const float* qraw, const 
             float m = mu[j];
             float l = lv[j];
             float g = dz_row[j];
-            float eps = philox_element_normal(seed_lo, seed_hi, step, stream,
-                                              (unsigned int)row, (unsigned int)j);
+            float eps = eps_given ? eps_in[(unsigned long long)row * (unsigned long long)Z + j]
+                                  : philox_element_normal(seed_lo, seed_hi, step, stream,
+                                                          (unsigned int)row, (unsigned int)j);
             dmu[j] = g + kl_scale * m;
             dlv[j] = 0.5f * g * eps * expf(0.5f * l) + kl_scale * 0.5f * expm1f(l);
         }

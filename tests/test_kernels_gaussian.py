@@ -369,7 +369,8 @@ def test_posterior_launch_checks_and_types():
     qraw, counters = np.zeros((3, 8), np.float32), counters_array()
     z, kl = np.zeros((3, 4), np.float32), np.zeros(3, np.float32)
     launch = ops.gaussian_posterior_forward(qraw, counters, 2 ** 33 + 1, 0, z, kl)
-    assert [type(v) for v in launch.args[4:]] == [np.int32, np.int32] + [np.uint32] * 3
+    assert [type(v) for v in launch.args[4:9]] == [np.int32, np.int32] + [np.uint32] * 3
+    assert type(launch.args[-1]) is np.int32 and launch.args[-1] == 0        # draws its own noise
     assert [int(v) for v in launch.args[6:8]] == [1, 2]
     assert launch.block == (96,) and launch.grid == (1,)   # 3 rows, one warp each
     with pytest.raises(ValueError, match=r"qraw .*\(3, 7\)"):
@@ -383,4 +384,28 @@ def test_posterior_launch_checks_and_types():
         ops.gaussian_posterior_backward(qraw, np.zeros((4, 3), np.float32), counters, 1, 0,
                                              1.0, np.zeros_like(qraw))
     backward = ops.gaussian_posterior_backward(qraw, z, counters, 1, 0, 1 / 3, np.zeros_like(qraw))
-    assert type(backward.args[-1]) is np.float32
+    assert type(backward.args[-3]) is np.float32
+    with pytest.raises(ValueError, match=r"eps must have shape \(3, 4\)"):
+        ops.gaussian_posterior_forward(qraw, counters, 1, 0, z, kl, eps=np.zeros((3, 3), np.float32))
+
+
+def test_posterior_kernels_take_given_noise(backend):
+    """loss_and_grads(x, eps) passes the caller's noise: both kernels must use it, not Philox."""
+    qraw = make_qraw(7, 3, seed=11)
+    eps = np.random.default_rng(2).standard_normal((7, 3)).astype(np.float32)
+    dz = np.random.default_rng(3).standard_normal((7, 3)).astype(np.float32)
+    counters = counters_array()
+    z, kl = (to_device(np.full(shape, np.nan, np.float32), backend) for shape in ((7, 3), (7,)))
+    dqraw = to_device(np.full((7, 6), np.nan, np.float32), backend)
+    d = {name: to_device(a, backend) for name, a in (("q", qraw), ("c", counters), ("e", eps), ("dz", dz))}
+    launch_on(backend, ops.gaussian_posterior_forward(d["q"], d["c"], SEED, 0, z, kl, eps=d["e"]), None)
+    launch_on(backend, ops.gaussian_posterior_backward(d["q"], d["dz"], d["c"], SEED, 0, 0.25, dqraw,
+                                                       eps=d["e"]), None)
+    post = gaussian.GaussianPosterior(3)
+    # float32 kernel vs float64 reference of the same formulas: a few ulp of expf and the sum.
+    np.testing.assert_allclose(to_host(z), post.rsample(qraw.astype(np.float64), eps), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_host(kl), gaussian.kl_gaussian_normal(qraw.astype(np.float64))[0],
+                               rtol=1e-5, atol=1e-5)
+    expected = post.rsample_backward(qraw.astype(np.float64), eps, dz)
+    expected += 0.25 * gaussian.kl_gaussian_normal(qraw.astype(np.float64))[1]
+    np.testing.assert_allclose(to_host(dqraw), expected, rtol=1e-5, atol=1e-6)

@@ -39,10 +39,11 @@ GATHER_MAX_BLOCKS = 65535
 ADAM_VECTOR_WIDTH = 4
 
 
-def gaussian_posterior_forward(qraw, counters, seed, stream, z, kl) -> Launch:
+def gaussian_posterior_forward(qraw, counters, seed, stream, z, kl, eps=None) -> Launch:
     """z (B, Z) = mu + exp(lv/2) eps, kl (B,) = KL(N(mu, exp(lv)) || N(0, I)), both `=`.
 
-    qraw (B, 2Z) = [mu | lv]; eps = Philox normal(seed, counters[0], row, col, stream).
+    qraw (B, 2Z) = [mu | lv]; eps = Philox normal(seed, counters[0], row, col, stream),
+    or the given (B, Z) array `eps`.
     """
     require_float32_contiguous(qraw=qraw, z=z, kl=kl)
     _require_counters(counters)
@@ -60,11 +61,11 @@ def gaussian_posterior_forward(qraw, counters, seed, stream, z, kl) -> Launch:
         grid=grid,
         block=block,
         args=(qraw, counters, z, kl, np.int32(batch), np.int32(z_dim), np.uint32(seed_lo),
-              np.uint32(seed_hi), uint32_scalar("stream", stream)),
+              np.uint32(seed_hi), uint32_scalar("stream", stream), *_given_noise(eps, qraw, z_dim)),
     )
 
 
-def gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale, dqraw) -> Launch:
+def gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale, dqraw, eps=None) -> Launch:
     """dqraw (B, 2Z) = [dz + kl_scale mu | dz eps exp(lv/2)/2 + kl_scale (exp(lv) - 1)/2], `=`."""
     require_float32_contiguous(qraw=qraw, dz=dz, dqraw=dqraw)
     _require_counters(counters)
@@ -83,7 +84,7 @@ def gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale, dqra
         block=block,
         args=(qraw, dz, counters, dqraw, np.int32(batch), np.int32(z_dim), np.uint32(seed_lo),
               np.uint32(seed_hi), uint32_scalar("stream", stream),
-              float32_scalar("kl_scale", kl_scale)),
+              float32_scalar("kl_scale", kl_scale), *_given_noise(eps, qraw, z_dim)),
     )
 
 
@@ -200,6 +201,19 @@ def start_epoch(counters) -> Launch:
     """counters[1] = 0: before the first step of every epoch."""
     _require_counters(counters)
     return Launch(kernel="step", entry="start_epoch", grid=(1,), block=(1,), args=(counters,))
+
+
+def _given_noise(eps, qraw, z_dim: int) -> tuple:
+    """(eps pointer, eps_given flag).  Without given noise the kernel draws Philox and never
+    reads the pointer, so qraw stands in for it (CuPy has no NULL array)."""
+    if eps is None:
+        return qraw, np.int32(0)
+    require_float32_contiguous(eps=eps)
+    require_same_array_kind(qraw, eps)
+    if eps.shape != (qraw.shape[0], z_dim):
+        raise ValueError(f"eps must have shape ({qraw.shape[0]}, {z_dim}) for qraw {qraw.shape}, "
+                         f"got {eps.shape}")
+    return eps, np.int32(1)
 
 
 def _warp_per_row(batch: int) -> tuple[tuple[int], tuple[int]]:
