@@ -18,9 +18,7 @@
 //           shuffles, then across warps through shared memory.
 // NumPy twin: cupyvae.distributions.bernoulli.bernoulli_nll(logits, x, scale).
 
-#define BERNOULLI_WARP_SIZE 32
-#define BERNOULLI_MAX_WARPS 32
-#define BERNOULLI_FULL_MASK 0xffffffffu
+#include "reduce.cuh"
 
 __device__ inline float bernoulli_neg_log_prob(float l, float x, float e)
 {
@@ -32,38 +30,10 @@ __device__ inline float stable_sigmoid(float l, float e)
     return l >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
 }
 
-__device__ inline float warp_sum(float value)
-{
-    for (int offset = BERNOULLI_WARP_SIZE / 2; offset > 0; offset /= 2) {
-        value += __shfl_down_sync(BERNOULLI_FULL_MASK, value, offset);
-    }
-    return value;
-}
-
-// Sum over the block; the total is valid in thread 0 only.  warp_totals is the
-// kernel's __shared__ scratch of BERNOULLI_MAX_WARPS floats.
-__device__ inline float block_sum(float value, float* warp_totals)
-{
-    int lane = threadIdx.x % BERNOULLI_WARP_SIZE;
-    int warp = threadIdx.x / BERNOULLI_WARP_SIZE;
-    int warp_count = (blockDim.x + BERNOULLI_WARP_SIZE - 1) / BERNOULLI_WARP_SIZE;
-
-    value = warp_sum(value);
-    if (lane == 0) {
-        warp_totals[warp] = value;
-    }
-    __syncthreads();  // every warp total is stored before warp 0 reads them
-    if (warp == 0) {
-        value = lane < warp_count ? warp_totals[lane] : 0.0f;
-        value = warp_sum(value);
-    }
-    return value;
-}
-
 extern "C" __global__ void bernoulli_nll(const float* logits, const float* x, float* nll,
                                          float* dlogits, int B, int D, float scale)
 {
-    __shared__ float warp_totals[BERNOULLI_MAX_WARPS];
+    __shared__ float warp_totals[REDUCE_MAX_WARPS];
     int row = blockIdx.x;
     if (row >= B) {
         return;  // uniform across the block, so no thread misses the barrier below
@@ -82,7 +52,7 @@ extern "C" __global__ void bernoulli_nll(const float* logits, const float* x, fl
         row_dlogits[j] = scale * (stable_sigmoid(l, e) - target);
     }
 
-    float total = block_sum(partial, warp_totals);
+    float total = reduce_block_sum(partial, warp_totals);
     if (threadIdx.x == 0) {
         nll[row] = total;
     }
