@@ -201,11 +201,9 @@ def _dataset_reference(data: str) -> str:
 
 
 def _check_data(model: VAE, x: np.ndarray, what: str) -> np.ndarray:
-    """Validate data against the model before anything is written or trained.
-
-    Uses the model's own boundary check, so the CLI and the library accept exactly the
-    same data (a public VAE.validate_data would be the tidier hook)."""
-    return model._as_data(x, what)
+    """Validate data against the model before anything is written or trained, with the
+    model's own boundary check, so the CLI and the library accept exactly the same data."""
+    return model.validate_data(x, what)
 
 
 def _validation_split(model: VAE, dataset, binarize: bool) -> np.ndarray | None:
@@ -394,10 +392,8 @@ def _train_run(run_dir: Path, config: dict, model: VAE, dataset, x_train, x_val)
     click.echo(f"training {model!r} on {dataset.name}: {len(x_train)} examples, "
                f"epochs {done + 1}-{target}, run folder {run_dir}", err=True)
     try:
-        for epoch in range(done + 1, target + 1):
-            _train_one_epoch(model, x_train, x_val, training, run_dir, epoch, target)
-            _write_metrics(run_dir / METRICS_FILE, model.history)
-            click.echo(format_epoch(_last_record(model.history)))
+        if target > done:
+            _fit_with_progress(model, x_train, x_val, training, run_dir, done, target)
         click.echo("writing plots ...", err=True)
         from .plots import write_all
         write_all(model, dataset, model.history, run_dir)
@@ -407,19 +403,32 @@ def _train_run(run_dir: Path, config: dict, model: VAE, dataset, x_train, x_val)
         kept = (f"The checkpoint of the last good epoch is kept in {run_dir / CHECKPOINT_FILE}."
                 if model.history["epoch"] else "No epoch completed, so there is no checkpoint.")
         raise RunError(f"{exc} {kept}") from None
-    click.echo(f"done: {run_dir} ({len(model.history['epoch'])} epochs); "
+    epochs = len(model.history["epoch"])
+    click.echo(f"done: {run_dir} ({epochs} epoch{'' if epochs == 1 else 's'}); "
                f"next: cupyvae evaluate {shlex.quote(str(run_dir))}")
 
 
-def _train_one_epoch(model: VAE, x_train, x_val, training: dict, run_dir: Path,
-                     epoch: int, target: int) -> None:
-    """fit() one epoch at a time: fit seeds each call's shuffling from the epoch count, so
-    a resumed run repeats exactly what an uninterrupted one would have done."""
+def _fit_with_progress(model: VAE, x_train, x_val, training: dict, run_dir: Path,
+                       done: int, target: int) -> None:
+    """One fit() call for the remaining epochs (the data are checked and, on a GPU,
+    uploaded once), a progress bar per epoch, metrics and the epoch line after each."""
     batches = len(x_train) // training["batch_size"]
-    with _progress_bar(batches, f"epoch {epoch}/{target}") as bar:
-        model.fit(x_train, x_val, epochs=1, batch_size=training["batch_size"], lr=training["lr"],
-                  weight_decay=training["weight_decay"], binarize=training["binarize"],
-                  checkpoint=run_dir / CHECKPOINT_FILE, progress=bar.update)
+    bars = contextlib.ExitStack()
+    bar = bars.enter_context(_progress_bar(batches, f"epoch {done + 1}/{target}"))
+
+    def after_epoch(record: dict) -> None:
+        nonlocal bar
+        bars.close()
+        _write_metrics(run_dir / METRICS_FILE, model.history)
+        click.echo(format_epoch(record))
+        if record["epoch"] < target:
+            bar = bars.enter_context(_progress_bar(batches, f"epoch {record['epoch'] + 1}/{target}"))
+
+    with bars:
+        model.fit(x_train, x_val, epochs=target - done, batch_size=training["batch_size"],
+                  lr=training["lr"], weight_decay=training["weight_decay"],
+                  binarize=training["binarize"], checkpoint=run_dir / CHECKPOINT_FILE,
+                  progress=lambda n: bar.update(n), on_epoch=after_epoch)
 
 
 @contextlib.contextmanager
@@ -579,6 +588,10 @@ def _parse_latent_point(text: str | None, latent_dim: int) -> np.ndarray | None:
                                  param_hint="--at") from None
     if z.shape != (latent_dim,) or not np.isfinite(z).all():
         raise click.BadParameter(f"needs {latent_dim} finite numbers (the latent dimension), "
+                                 f"got {text!r}", param_hint="--at")
+    from .plots import MAX_SLIDERS, SLIDER_RANGE
+    if np.abs(z[:MAX_SLIDERS]).max() > SLIDER_RANGE:
+        raise click.BadParameter(f"the sliders span [-{SLIDER_RANGE:g}, {SLIDER_RANGE:g}]; "
                                  f"got {text!r}", param_hint="--at")
     return z
 

@@ -72,8 +72,8 @@ class VAE:
         so a crash loses at most one epoch.  `progress(n)` is called after every batch,
         `on_epoch(record)` after every epoch.  Calling fit again continues training.
         """
-        x_train = self._as_data(x_train, "x_train")
-        x_val = None if x_val is None else self._as_data(x_val, "x_val")
+        x_train = self.validate_data(x_train, "x_train")
+        x_val = None if x_val is None else self.validate_data(x_val, "x_val")
         if int(epochs) != epochs or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         if int(batch_size) != batch_size or batch_size < 1:
@@ -128,7 +128,7 @@ class VAE:
     def loss(self, x) -> float:
         """Mean negative ELBO in nats per example (one posterior sample per example,
         drawn from a fixed Philox stream, so the value is repeatable)."""
-        x = self._as_data(x, "x")
+        x = self.validate_data(x, "x")
         total = 0.0
         for chunk, start in _chunks(x):
             total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, STREAM_EVAL).sum())
@@ -137,14 +137,14 @@ class VAE:
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
         """Mean negative ELBO of the batch x with noise eps (B, latent_dim), and its gradient
         keyed like `params`."""
-        x = self._as_data(x, "x")
+        x = self.validate_data(x, "x")
         eps = self._as_latent(eps, "eps", rows=len(x))
         loss, grad_flat = self._executor.loss_and_grads(x, eps)
         return loss, self.spec.layout.views(grad_flat)
 
     def encode(self, x, sample: bool = False) -> np.ndarray:
         """Posterior mean (N, latent_dim), or one reparameterized draw if `sample`."""
-        x = self._as_data(x, "x")
+        x = self.validate_data(x, "x")
         out = []
         for chunk, start in _chunks(x):
             raw = self._executor.encode_raw(chunk)
@@ -181,7 +181,7 @@ class VAE:
         """Importance-sampled log p(x) per example (nats), with q(z|x) as proposal:
         log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K."""
         from scipy.special import logsumexp
-        x = self._as_data(x, "x")
+        x = self.validate_data(x, "x")
         if int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         post, lik, prior = self.spec.posterior, self.spec.likelihood, self.spec.prior
@@ -211,8 +211,9 @@ class VAE:
         save_checkpoint(path, tensors, meta)
 
     # ---------------------------------------------------------------- validation
-    def _as_data(self, x, what: str) -> np.ndarray:
-        """(N, D) float32 C-contiguous, finite and inside the likelihood's support."""
+    def validate_data(self, x, what: str = "data") -> np.ndarray:
+        """x as (N, D) float32 C-contiguous; ValueError naming the problem unless it is
+        non-empty, of this model's shape, finite and inside the likelihood's support."""
         x = np.asarray(x)
         shape = self.config.data_shape
         if x.dtype.kind not in "fb":

@@ -30,7 +30,7 @@ MAX_ZOOM = 32
 MARGIN_PX = 10
 LINE_PX = 24                # one line of title or label text, with its padding
 CHAR_PX = 8                 # a generous width of one title character
-ROW_LABEL_PX = 110          # room for "reconstruction" left of a mosaic row
+ROW_LABEL_PX = 120          # room for "reconstruction" left of a mosaic row
 
 PLOT_FILES = {"latent": "latent.png", "manifold": "manifold.png",
               "reconstructions": "reconstructions.png", "samples": "samples.png",
@@ -191,8 +191,9 @@ def image_grid(x, path, data_shape=None, ncols: int | None = None, title: str | 
 # ---------------------------------------------------------------------- the explorer
 def explorer_figure(model, figure: Figure | None = None, z=None):
     """Build the latent explorer on `figure` (a new Agg figure if None): the decoded
-    image of z above one slider per latent dimension (the first MAX_SLIDERS only; the
-    others stay at 0).  Returns (figure, sliders); keep the sliders referenced, or
+    image of z (default 0, the prior mean) above one slider per latent dimension, each
+    spanning +-SLIDER_RANGE (the first MAX_SLIDERS dimensions only; the others keep
+    their value from z).  Returns (figure, sliders); keep the sliders referenced, or
     matplotlib forgets their callbacks."""
     from matplotlib.widgets import Slider
     config = model.config
@@ -212,7 +213,8 @@ def explorer_figure(model, figure: Figure | None = None, z=None):
     image_ax = figure.add_axes((left, (slider_in + below) / height, 0.92 - left,
                                 (image_in - 0.6 - below) / height))
     view = _DatumView(image_ax, config.data_shape, model.decode(z[None])[0])
-    figure.suptitle(_explorer_title(config.latent_dim, n_sliders), fontsize=10)
+    figure.suptitle(_explorer_title(config.latent_dim, n_sliders, not z[n_sliders:].any()),
+                    fontsize=10)
     sliders = []
     for i in range(n_sliders):
         bottom = (slider_in - 0.32 * (i + 1)) / height
@@ -246,10 +248,11 @@ def explore(model, z=None) -> None:
     plt.show()
 
 
-def _explorer_title(latent_dim: int, n_sliders: int) -> str:
+def _explorer_title(latent_dim: int, n_sliders: int, fixed_at_zero: bool = True) -> str:
     if n_sliders < latent_dim:
+        fixed = "stay at 0" if fixed_at_zero else "stay fixed"
         return (f"Latent explorer: sliders for z1–z{n_sliders} of {latent_dim} "
-                f"(at most {MAX_SLIDERS} sliders);\n{_dims(n_sliders + 1, latent_dim)} stay at 0")
+                f"(at most {MAX_SLIDERS} sliders);\n{_dims(n_sliders + 1, latent_dim)} {fixed}")
     return f"Latent explorer: {latent_dim}-D latent, decoded live"
 
 
@@ -340,7 +343,7 @@ def _mosaic_figure(mosaic, vmin, vmax, *, title=None, xlabel=None, ylabel=None,
     if ylabel:
         ax.set_ylabel(ylabel)
     for text, row_centre in row_labels:
-        ax.text(-6 / zoom, row_centre, text, ha="right", va="center", fontsize=10)
+        ax.text(-10 / zoom, row_centre, text, ha="right", va="center", fontsize=10)
     return fig
 
 
