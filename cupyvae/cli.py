@@ -134,10 +134,10 @@ def _read_config(run_dir: Path) -> dict:
     return config
 
 
-def _load_run(run_dir: Path, device: str) -> tuple[dict, VAE]:
+def _load_run(run_dir: Path, device: str, execution: str | None = None) -> tuple[dict, VAE]:
     """config.json and the model of its checkpoint (CheckpointError names the file)."""
     config = _read_config(run_dir)
-    model = load(run_dir / CHECKPOINT_FILE, device=device)
+    model = load(run_dir / CHECKPOINT_FILE, device=device, execution=execution)
     if _model_section(model.config) != _normalised(config["model"]):
         raise RunError(f"{run_dir / CHECKPOINT_FILE} does not belong to {run_dir / CONFIG_FILE}: "
                        "their model configs differ")
@@ -258,6 +258,10 @@ def main():
                    "(the validation set is binarized once).")
 @click.option("--device", type=_device_choice(), default="auto", show_default=True,
               help="Where to train; auto picks cuda when a GPU is usable, else cpu.")
+@click.option("--execution", type=click.Choice(["auto", "eager", "graph"]), default="auto",
+              show_default=True,
+              help="Kernel devices only: replay each training step from a CUDA graph, or launch "
+                   "eagerly; auto is graph on cuda. Both give the same numbers.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the initialization and all training noise.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
@@ -294,7 +298,8 @@ def _new_run(options: dict):
     model = VAE(dataset.data_shape, latent_dim=options["latent_dim"], hidden=options["hidden"],
                 activation=options["activation"], posterior=options["posterior"],
                 likelihood=options["likelihood"], prior=options["prior"],
-                device=options["device"], seed=options["seed"])
+                device=options["device"], seed=options["seed"],
+                execution=_execution(options["execution"]))
     training = {name: options[name] for name in TRAINING_OPTIONS}
     training.update(data=data, epochs=options["epochs"], device=options["device"])
     x_train, x_val = _training_data(model, dataset, training)
@@ -324,7 +329,7 @@ def _resume_run(ctx, options: dict):
     if not (run_dir / CHECKPOINT_FILE).is_file():
         raise RunError(f"{run_dir} has no {CHECKPOINT_FILE}: no epoch was completed; "
                        "start it again with --force")
-    config, model = _load_run(run_dir, options["device"])
+    config, model = _load_run(run_dir, options["device"], _execution(options["execution"]))
     done = len(model.history["epoch"])
     if done >= options["epochs"]:
         click.echo(f"{run_dir} already has {done} epochs (--epochs {options['epochs']}); nothing "
@@ -351,6 +356,11 @@ def _refuse_changed_options(ctx, options: dict, config: dict) -> None:
                 f"{flag} {options[name]} differs from the run's {stored.get(name)} "
                 f"({CONFIG_FILE}); a resumed run keeps its options (only --epochs and --device "
                 "may change)")
+
+
+def _execution(choice: str) -> str | None:
+    """'auto' leaves the choice to the device (graph on cuda, eager elsewhere)."""
+    return None if choice == "auto" else choice
 
 
 def _training_data(model: VAE, dataset, training: dict):

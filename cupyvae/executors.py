@@ -25,7 +25,10 @@ EXECUTORS: Registry[type] = Registry("device")
 class NumpyExecutor:
     """The NumPy reference path; the default wherever no GPU is present."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, execution: str | None = None):
+        if execution not in (None, "eager"):
+            raise ValueError(f"execution {execution!r}: the NumPy path runs eagerly only; graph "
+                             "execution needs device 'cuda' (or 'emulated' to test it)")
         self.spec = spec
         self.flat = spec.layout.zeros()
         self.grad_flat = spec.layout.zeros()

@@ -36,13 +36,15 @@ class VAE:
 
     def __init__(self, data_shape, latent_dim: int = 2, hidden=(200,), activation="relu",
                  posterior: str = "gaussian", likelihood: str = "bernoulli", prior: str = "normal",
-                 device: str = "cpu", seed: int = 0):
+                 device: str = "cpu", seed: int = 0, execution: str | None = None):
         self.config = VAEConfig(data_shape=tuple(np.atleast_1d(data_shape)), latent_dim=latent_dim,
                                 hidden=tuple(hidden), activation=activation, posterior=posterior,
                                 likelihood=likelihood, prior=prior, seed=seed)
         self.spec = ModelSpec(self.config)
         self.device = resolve_device(device)
-        self._executor = EXECUTORS.get(self.device)(self.spec)
+        # execution: "eager" or "graph" (a CUDA graph per chunk of steps); None is the
+        # device's default (graph on cuda).  A run-time choice, so not part of the config.
+        self._executor = EXECUTORS.get(self.device)(self.spec, execution=execution)
         flat = self.spec.layout.zeros()
         self.spec.init_params(flat)
         self._executor.load_flat(flat)
@@ -255,7 +257,7 @@ class VAE:
                 f"device={self.device!r})")
 
 
-def load(path, device: str = "cpu") -> VAE:
+def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     """Rebuild a model (config, parameters, optimizer state, history) from a checkpoint."""
     tensors, meta = read_checkpoint(path)
     try:
@@ -264,7 +266,7 @@ def load(path, device: str = "cpu") -> VAE:
         raise CheckpointError(f"checkpoint {path} has an unusable config ({exc})") from None
     model = VAE(**{k: getattr(config, k) for k in ("data_shape", "latent_dim", "hidden", "activation",
                                                   "posterior", "likelihood", "prior", "seed")},
-                device=device)
+                device=device, execution=execution)
     flat = tensors.get("params")
     if flat is None or flat.shape != (model.spec.layout.size,) or flat.dtype != np.float32:
         raise CheckpointError(f"checkpoint {path}: parameter buffer is "

@@ -135,3 +135,16 @@ def test_models_without_kernels_are_refused_at_construction():
     # ...while the NumPy path trains it with the Monte-Carlo KL.
     model = cupyvae.VAE((5, 7), prior="test-normal-no-kl", hidden=(8,))
     model.fit(binary_data(20), epochs=1, batch_size=10)
+
+
+def test_graph_and_eager_execution_train_identically_through_the_api(backend):
+    x = binary_data(30)
+    runs = {}
+    for execution in ("eager", "graph"):
+        model = cupyvae.VAE((5, 7), latent_dim=3, hidden=(9,), seed=2, device=backend,
+                            execution=execution)
+        model.fit(x, epochs=2, batch_size=10)
+        runs[execution] = model._executor.host_flat()
+    np.testing.assert_array_equal(runs["graph"], runs["eager"])
+    with pytest.raises(ValueError, match="eagerly only"):
+        cupyvae.VAE((5, 7), execution="graph")

@@ -21,9 +21,17 @@ The plan, for an MLP encoder/decoder with layers 0..L-1:
     batch_loss                   losses[batch] = mean_b (nll + kl)
     adam_update                  the whole flat buffer, one launch
     advance_counters             step += 1, batch += 1
+
+Execution (cupyvae.cuda.graph): "eager" issues the bound launches of every step from
+Python; "graph" (the default on "cuda") captures them once per plan into CUDA graphs of
+`steps_per_graph` steps and replays those; on "emulated" (eager by default) "graph"
+records the launches and replays the recording.  Both modes give the same bits:
+
+    EXECUTORS.get("cuda")(spec, execution="graph", steps_per_graph=50)
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +40,8 @@ from .. import philox
 from ..executors import EXECUTORS
 from ..spec import ModelSpec
 from . import ops
+from .graph import (DEFAULT_STEPS_PER_GRAPH, EagerSteps, ReplayedSteps, bind, check_steps_per_graph,
+                    issue, resolve_execution)
 from .launch import Launch, run, to_device, to_host
 
 
@@ -62,10 +72,16 @@ class BatchBuffers:
 
 
 class KernelExecutor:
-    """Runs the model on hand-written kernels; `device` is "cuda" or "emulated"."""
+    """Runs the model on hand-written kernels; `device` is "cuda" or "emulated".
+
+    `execution`: "eager", "graph", or None for the device's default ("graph" on cuda,
+    "eager" on the emulator); `steps_per_graph`: steps per captured graph, None for whole
+    epochs (cupyvae.cuda.graph).  Both can be changed between epochs.
+    """
     device = ""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, execution: str | None = None,
+                 steps_per_graph: int | None = DEFAULT_STEPS_PER_GRAPH):
         missing = supported(spec)
         if missing:
             raise ValueError(f"device {self.device!r} cannot run this model yet: it needs "
@@ -80,6 +96,29 @@ class KernelExecutor:
         self._data = None          # (host array identity, device copy)
         self._plan_key = None
         self._plan: list[Launch] = []
+        self._steps = None         # EagerSteps / ReplayedSteps of the current plan, built lazily
+        self._stream = None        # private CUDA stream of graph capture and replay
+        self._inference = None     # (batch size, forward-only BatchBuffers) of the last call
+        self.execution = execution
+        self.steps_per_graph = steps_per_graph
+
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, execution: str | None) -> None:
+        self._execution = resolve_execution(self.device, execution)
+        self._steps = None
+
+    @property
+    def steps_per_graph(self) -> int | None:
+        return self._steps_per_graph
+
+    @steps_per_graph.setter
+    def steps_per_graph(self, steps_per_graph: int | None) -> None:
+        self._steps_per_graph = check_steps_per_graph(steps_per_graph)
+        self._steps = None
 
     # ------------------------------------------------------------------ state
     def load_flat(self, flat: np.ndarray) -> None:
@@ -97,18 +136,64 @@ class KernelExecutor:
         if optimizer.step_count + n_batches >= 2 ** 32:
             raise OverflowError("the step counter would pass 2^32 (it keys Philox and Adam in "
                                 "uint32 device memory)")
-        perm_dev = self._perm            # overwritten in place: the plan keeps its address
-        perm_dev[...] = to_device(perm.astype(np.int32), self.device)
-        plan = self._training_plan(data, perm_dev, batch_size, optimizer, binarize, n_batches)
-        self._upload_optimizer(optimizer)
-        self.counters[...] = to_device(np.array([optimizer.step_count, 0], np.uint32), self.device)
-        for _ in range(n_batches):
-            run(plan, self.device)
-            if progress is not None:
-                progress(1)
-        losses = to_host(self._losses[:n_batches])        # the one read-back of the epoch
-        self._download_optimizer(optimizer, n_batches)
+        with self._epoch_stream():
+            perm_dev = self._perm            # overwritten in place: the plan keeps its address
+            perm_dev[...] = to_device(perm.astype(np.int32), self.device)
+            plan = self._training_plan(data, perm_dev, batch_size, optimizer, binarize, n_batches)
+            self._upload_optimizer(optimizer)
+            self.counters[...] = to_device(np.array([optimizer.step_count, 0], np.uint32),
+                                           self.device)
+            self._step_runner(plan, n_batches).run(n_batches, progress)
+            losses = to_host(self._losses[:n_batches])        # the one read-back of the epoch
+            self._download_optimizer(optimizer, n_batches)
         return float(np.mean(losses, dtype=np.float64))
+
+    def _step_runner(self, plan: list[Launch], n_batches: int):
+        """The plan's steps, eager or replayed; built (bound, warmed up, captured) once per plan.
+        Called with the epoch's counters, permutation and moments already uploaded."""
+        if self._steps is None:
+            step = bind(plan, self.device)
+            if self.execution == "eager":
+                self._steps = EagerSteps(step)
+            else:
+                self._warm_up(step)
+                self._steps = ReplayedSteps(step, n_batches, self.steps_per_graph, self.device,
+                                            self._stream)
+        return self._steps
+
+    def _warm_up(self, step) -> None:
+        """One eager step before capture, then every buffer it wrote to restored bit for bit.
+
+        Capture cannot compile, load modules or lazily load kernels, so each kernel runs once
+        first; the restore makes the warm-up invisible (activations are rewritten by every
+        step, so only the state that carries over is saved)."""
+        saved = [(a, a.copy()) for a in (self.flat, self.grad_flat, self.m, self.v, self.counters,
+                                         self._losses)]
+        issue(step)
+        for array, copy in saved:
+            array[...] = copy
+
+    @contextmanager
+    def _epoch_stream(self):
+        """Where an epoch's work is queued: the current stream, except for CUDA graphs, which
+        are captured and replayed on a private non-blocking stream (the legacy default stream
+        cannot be captured).  That stream does not wait for the default stream by itself, so
+        it first waits (on the device) for everything queued before, e.g. by load_flat; the
+        epoch's read-backs then synchronize it before the caller queues anything else."""
+        if self.device != "cuda" or self.execution != "graph":
+            yield
+            return
+        import cupy
+
+        if self._stream is None:
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+        caller = cupy.cuda.get_current_stream()
+        self._stream.wait_event(caller.record())
+        try:
+            with self._stream:
+                yield
+        finally:
+            caller.wait_event(self._stream.record())
 
     def _device_data(self, x: np.ndarray):
         """The training set, uploaded once and kept resident while the same array is used."""
@@ -136,29 +221,61 @@ class KernelExecutor:
             self._plan = build_training_plan(self, data, perm_dev, batch_size, optimizer, binarize,
                                              n_batches)
             self._plan_key = key
+            self._steps = None
         return self._plan
 
-    # ------------------------------------------------------------------ inference
-    def loss_rows(self, x: np.ndarray, step: int, stream: int) -> np.ndarray:
+    def loss_and_grads(self, x: np.ndarray, eps: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean negative ELBO with the caller's noise, and the flat gradient (host copies)."""
         buffers = self._batch_buffers(len(x))
+        buffers.enc[0][...] = to_device(x, self.device)
+        eps_dev = to_device(np.ascontiguousarray(eps, np.float32), self.device)
+        counters = self.xp.zeros(2, np.uint32)
+        run(self._forward_backward(buffers, counters, philox.STREAM_POSTERIOR, eps_dev), self.device)
+        loss = float(np.mean(to_host(buffers.nll) + to_host(buffers.kl), dtype=np.float64))
+        return loss, np.array(to_host(self.grad_flat))
+
+    # ------------------------------------------------------------------ inference
+    # Each call evaluates a whole chunk (the model sends up to 10000 rows) in one batch:
+    # one upload, the launches, one read-back -- no synchronization in between.
+    def loss_rows(self, x: np.ndarray, step: int, stream: int) -> np.ndarray:
+        buffers = self._inference_buffers(len(x))
         buffers.enc[0][...] = to_device(x, self.device)
         counters = to_device(np.array([step, 0], np.uint32), self.device)
         launches = [*self._forward(buffers, counters, stream),
                     self._likelihood_launch(buffers, 1.0)]
         run(launches, self.device)
-        return np.array(to_host(buffers.nll) + to_host(buffers.kl), np.float64)
+        # Summed on the device (the same float32 rounding as on the host): one read-back.
+        return np.array(to_host(buffers.nll + buffers.kl), np.float64)
 
     def encode_raw(self, x: np.ndarray) -> np.ndarray:
-        buffers = self._batch_buffers(len(x))
+        buffers = self._inference_buffers(len(x))
         buffers.enc[0][...] = to_device(x, self.device)
         run(self._mlp_forward(self.spec.encoder, buffers.enc), self.device)
-        return np.array(to_host(buffers.enc[-1]))
+        return np.array(to_host(buffers.enc[-1]))     # a copy: the buffer is reused
 
     def decode_raw(self, z: np.ndarray) -> np.ndarray:
-        buffers = self._batch_buffers(len(z))
+        buffers = self._inference_buffers(len(z))
         buffers.dec[0][...] = to_device(z, self.device)
         run(self._mlp_forward(self.spec.decoder, buffers.dec), self.device)
         return np.array(to_host(buffers.dec[-1]))
+
+    def _inference_buffers(self, batch: int) -> BatchBuffers:
+        """Forward-only buffers for `batch` rows, kept while calls come with the same batch
+        (evaluation sends equal chunks).  Only the likelihood's input gradient is allocated,
+        since its fused kernel writes it; every buffer is fully written before it is read."""
+        if self._inference is None or self._inference[0] != batch:
+            self._inference = None     # free the old buffers before allocating the new
+            xp, spec = self.xp, self.spec
+            enc = [xp.empty((batch, w), np.float32)
+                   for w in [spec.data_dim] + [layer.n_out for layer in spec.encoder]]
+            dec = [xp.empty((batch, w), np.float32)
+                   for w in [spec.latent_dim] + [layer.n_out for layer in spec.decoder]]
+            buffers = BatchBuffers(enc=enc, enc_grad=[], z=dec[0], dz=None,
+                                   kl=xp.empty(batch, np.float32), dec=dec,
+                                   dec_grad=[None] * (len(dec) - 1) + [xp.empty_like(dec[-1])],
+                                   nll=xp.empty(batch, np.float32))
+            self._inference = (batch, buffers)
+        return self._inference[1]
 
     # ------------------------------------------------------------------ plan pieces
     def _batch_buffers(self, batch: int) -> BatchBuffers:
@@ -199,12 +316,28 @@ class KernelExecutor:
     def _seed_words(self) -> tuple[int, int]:
         return philox.split_seed(self.spec.config.seed)
 
-    def _forward(self, buffers: BatchBuffers, counters, stream: int) -> list[Launch]:
+    def _forward(self, buffers: BatchBuffers, counters, stream: int, eps=None) -> list[Launch]:
+        """Encoder, posterior sample and KL, decoder.  Noise: Philox keyed by `counters` and
+        `stream`, or the given device array `eps`."""
         posterior = self.spec.posterior.kernel
         return [*self._mlp_forward(self.spec.encoder, buffers.enc),
                 getattr(ops, f"{posterior}_forward")(buffers.enc[-1], counters, self.spec.config.seed,
-                                                     stream, buffers.z, buffers.kl),
+                                                     stream, buffers.z, buffers.kl, eps=eps),
                 *self._mlp_forward(self.spec.decoder, buffers.dec)]
+
+    def _forward_backward(self, buffers: BatchBuffers, counters, stream: int, eps=None) -> list[Launch]:
+        """Everything from the batch in buffers.enc[0] to every gradient in grad_flat."""
+        scale = 1.0 / buffers.enc[0].shape[0]
+        posterior = self.spec.posterior.kernel
+        return [
+            *self._forward(buffers, counters, stream, eps),
+            self._likelihood_launch(buffers, scale),
+            *self._mlp_backward(self.spec.decoder, buffers.dec, buffers.dec_grad, buffers.dz),
+            getattr(ops, f"{posterior}_backward")(buffers.enc[-1], buffers.dz, counters,
+                                                  self.spec.config.seed, stream, scale,
+                                                  buffers.enc_grad[-1], eps=eps),
+            *self._mlp_backward(self.spec.encoder, buffers.enc, buffers.enc_grad, None),
+        ]
 
     def _likelihood_launch(self, buffers: BatchBuffers, scale: float) -> Launch:
         return getattr(ops, f"{self.spec.likelihood.kernel}_nll")(
@@ -216,20 +349,11 @@ def build_training_plan(ex: KernelExecutor, data, perm_dev, batch_size: int, opt
     """The ordered launches of one training step (see the module docstring)."""
     spec = ex.spec
     buffers = ex._batch_buffers(batch_size)
-    ex._batch = buffers
     ex._losses = ex.xp.zeros(max(n_batches, 1), np.float32)
-    scale = 1.0 / batch_size
-    posterior = spec.posterior.kernel
     return [
         ops.gather_rows(data, perm_dev, ex.counters, batch_size, binarize, spec.config.seed,
                         buffers.enc[0]),
-        *ex._forward(buffers, ex.counters, philox.STREAM_POSTERIOR),
-        ex._likelihood_launch(buffers, scale),
-        *ex._mlp_backward(spec.decoder, buffers.dec, buffers.dec_grad, buffers.dz),
-        getattr(ops, f"{posterior}_backward")(buffers.enc[-1], buffers.dz, ex.counters,
-                                              spec.config.seed, philox.STREAM_POSTERIOR, scale,
-                                              buffers.enc_grad[-1]),
-        *ex._mlp_backward(spec.encoder, buffers.enc, buffers.enc_grad, None),
+        *ex._forward_backward(buffers, ex.counters, philox.STREAM_POSTERIOR),
         ops.batch_loss(buffers.nll, buffers.kl, ex.counters, ex._losses),
         ops.adam_update(ex.flat, ex.grad_flat, ex.m, ex.v, ex.counters, optimizer.lr,
                         optimizer.beta1, optimizer.beta2, optimizer.eps, optimizer.weight_decay),
@@ -259,11 +383,12 @@ class CudaExecutor(KernelExecutor):
     """The kernel path on a GPU through CuPy."""
     device = "cuda"
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, execution: str | None = None,
+                 steps_per_graph: int | None = DEFAULT_STEPS_PER_GRAPH):
         try:
             import cupy
             cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # ImportError, or CUDARuntimeError without a driver/device
             raise ValueError(f"device 'cuda' needs CuPy and a CUDA GPU ({exc}); install "
                              "cupyvae[cuda12] or cupyvae[cuda13], or use device='cpu'") from None
-        super().__init__(spec)
+        super().__init__(spec, execution, steps_per_graph)

@@ -1,0 +1,377 @@
+"""Kernel microbenchmarks on one GPU: each kernel checked against its NumPy twin, then timed.
+
+    kernel                     measure        against
+    bernoulli_nll              GB/s           the device's peak memory bandwidth
+    gaussian_likelihood_nll    GB/s           the device's peak memory bandwidth
+    linear_forward             GFLOP/s        cuBLAS (cupy.matmul) on the same GEMM
+    linear_backward_input      GFLOP/s        cuBLAS: da @ W^T
+    linear_backward_weight     GFLOP/s        cuBLAS: x^T @ da
+    adam_update                GB/s           the device's peak memory bandwidth
+
+Losses at batch 4096 x 784; GEMMs at the shapes of training: (B, I, O) = (100, 784, 200) and
+(100, 200, 784) (784-200-Z at batch 100), and (1024, 784, 1024), (1024, 1024, 1024),
+(1024, 1024, 784) (784-1024-1024-64 at batch 1024); Adam over the flat buffers of both
+models.  Ours fuse more than cuBLAS's plain GEMM does (bias and activation; the activation
+derivative; the bias gradient), so equal time means ours does more per byte.
+
+Like cupy's examples/gemm: correctness first (a kernel that disagrees with its twin is not
+timed), then CUDA events on the same device.  Timing replays a CUDA graph of --repeat
+back-to-back launches, so a kernel of a few microseconds is measured on the GPU rather than
+through Python's launch overhead; where a baseline cannot be captured (cuBLAS may refuse),
+a plain loop of launches is timed instead and labelled so (an upper bound).  Peak bandwidth
+= 2 (DDR) x memory clock x bus width, from cudaDeviceGetAttribute (CUDA 13 removed the
+clock from cudaDeviceProp); recorded as unavailable where the driver does not report it.
+
+    python benchmarks/bench_kernels.py [--repeat 200] [--out benchmarks/results/gpu-kernels.json]
+    python benchmarks/bench_kernels.py --device emulated --tiny     # harness smoke test, no GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:          # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from cupyvae import layers, optim                                     # noqa: E402
+from cupyvae.cuda import ops                                          # noqa: E402
+from cupyvae.cuda.graph import GraphCaptureError, bind, capture, issue  # noqa: E402
+from cupyvae.cuda.launch import to_device, to_host                    # noqa: E402
+from cupyvae.distributions.bernoulli import bernoulli_nll            # noqa: E402
+from cupyvae.distributions.gaussian import gaussian_likelihood_nll   # noqa: E402
+
+LOSS_SHAPE = (4096, 784)
+GEMM_SHAPES = [(100, 784, 200), (100, 200, 784),
+               (1024, 784, 1024), (1024, 1024, 1024), (1024, 1024, 784)]
+ADAM_MODELS = {"784-200-2": ((200,), 2), "784-1024-1024-64": ((1024, 1024), 64)}  # hidden, Z
+TINY = dict(loss=(8, 33), gemms=[(5, 33, 7), (5, 7, 33)], adam={"tiny": 1029})
+TRIALS = 5
+# Checks against the NumPy twin (a wrong kernel is not timed).  Loose next to the unit tests
+# (tests/test_kernels_*), tight enough for a 0.1% bug: a float32 sum of K products carries
+# at most ~K 2^-24 of sum |x_i w_i| and typically sqrt(K) 2^-24 (K <= 1024: 6e-5 / 2e-6).
+GEMM_RTOL = 2e-5
+# Row sums of D loss terms: relative to the sum of |terms|, which is at most |nll| + 8 D
+# (Bernoulli terms are >= 0; Gaussian ones are >= -(log 2 pi + 7) / 2 since |log var| <= 7).
+SUM_RTOL = 1e-5
+# Loss gradients: relative to the tensor's largest element (their formulas cancel where
+# the mean meets the target, so a per-element relative bound would be meaningless there).
+GRAD_RTOL = 1e-5
+MOMENT_RTOL = 1e-6      # Adam moments: the same float32 multiply-adds, a few ulp
+
+
+# ------------------------------------------------------------------------------ device
+def require_gpu() -> None:
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # ImportError, or CUDARuntimeError without driver/device
+        sys.exit(f"no CUDA GPU: CuPy cannot reach one ({type(exc).__name__}: {exc}); "
+                 "this benchmark needs a GPU (smoke-test the harness with --device emulated --tiny)")
+    if count < 1:
+        sys.exit("no CUDA GPU: CuPy sees 0 devices")
+
+
+def peak_bandwidth() -> tuple[float | None, str]:
+    """(GB/s, how it was obtained) of the current device's memory."""
+    import cupy
+
+    runtime, dev = cupy.cuda.runtime, cupy.cuda.Device().id
+    props = runtime.getDeviceProperties(dev)
+    try:
+        clock_khz = props.get("memoryClockRate") or runtime.deviceGetAttribute(
+            getattr(runtime, "cudaDevAttrMemoryClockRate", 36), dev)
+        bus_bits = props.get("memoryBusWidth") or runtime.deviceGetAttribute(
+            getattr(runtime, "cudaDevAttrGlobalMemoryBusWidth", 37), dev)
+    except Exception as exc:  # an attribute the driver does not support
+        return None, f"unavailable ({type(exc).__name__}: {exc})"
+    if not clock_khz or not bus_bits:
+        return None, f"unavailable (memory clock {clock_khz} kHz, bus {bus_bits} bits)"
+    peak = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
+    return peak, f"2 x {clock_khz / 1e6:.3f} GHz x {bus_bits} bit / 8"
+
+
+# ------------------------------------------------------------------------------ timing
+class CudaTimer:
+    """Seconds per launch of a step (a list of callables), from CUDA events around a graph
+    of `repeat` steps; a plain loop where the step cannot be captured."""
+
+    def __init__(self, repeat: int):
+        import cupy
+
+        self.cupy, self.repeat = cupy, repeat
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    def __call__(self, step) -> dict:
+        cupy, stream = self.cupy, self.stream
+        with stream:
+            issue(step)                                    # loads kernels, cuBLAS heuristics
+            stream.synchronize()
+        try:
+            graph = capture(step, self.repeat, "cuda", stream)
+            run, method = graph.launch, f"CUDA graph of {self.repeat} launches"
+        except GraphCaptureError as exc:
+            def run():
+                with stream:
+                    issue(step, self.repeat)
+            method = (f"loop of {self.repeat} launches (capture refused: "
+                      f"{str(exc).splitlines()[0][:80]}); host-bound upper bound")
+        times = []
+        for _ in range(TRIALS + 1):                        # the first trial warms up
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(stream)
+            run()
+            end.record(stream)
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3 / self.repeat)
+        return {"seconds": statistics.median(times[1:]), "method": method}
+
+
+class HostTimer:
+    """The emulator's stand-in: wall time of a few launches (exercises the harness only)."""
+
+    def __init__(self, repeat: int):
+        self.repeat = max(1, min(repeat, 3))
+
+    def __call__(self, step) -> dict:
+        issue(step)
+        start = time.perf_counter()
+        issue(step, self.repeat)
+        return {"seconds": (time.perf_counter() - start) / self.repeat,
+                "method": f"emulator wall time of {self.repeat} launches (not a GPU number)"}
+
+
+# ------------------------------------------------------------------------------ checks
+def check(name: str, got, want, bound) -> str | None:
+    """None when |got - want| <= bound everywhere, else a message naming the worst element."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    err = np.abs(got - want)
+    bad = ~(err <= bound)                                  # NaN counts as bad
+    if not bad.any():
+        return None
+    rank = np.where(bad, np.where(np.isnan(err), np.inf, err), -1.0)   # NaN is the worst
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(rank)), err.shape))
+    bound_at = np.broadcast_to(bound, err.shape)[worst]
+    return (f"{name}: {int(bad.sum())} of {bad.size} beyond tolerance; worst at {worst}: "
+            f"got {got[worst]:.8g}, want {want[worst]:.8g} (bound {bound_at:.3g})")
+
+
+def first_failure(*messages) -> str:
+    failures = [m for m in messages if m]
+    return failures[0] if failures else "ok"
+
+
+# ------------------------------------------------------------------------------ benchmarks
+def bench_losses(device, timer, shape, peak) -> list[dict]:
+    batch, dim = shape
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, dim), dtype=np.float32)
+    scale = 1.0 / batch
+    rows = []
+    cases = {
+        "bernoulli_nll": (rng.normal(0, 3, (batch, dim)).astype(np.float32), bernoulli_nll,
+                          ops.bernoulli_nll),
+        "gaussian_likelihood_nll": (rng.normal(0, 2, (batch, 2 * dim)).astype(np.float32),
+                                    gaussian_likelihood_nll, ops.gaussian_likelihood_nll),
+    }
+    for name, (raw, twin, builder) in cases.items():
+        raw_d, x_d = to_device(raw, device), to_device(x, device)
+        nll_d = to_device(np.zeros(batch, np.float32), device)
+        draw_d = to_device(np.zeros_like(raw), device)
+        step = bind([builder(raw_d, x_d, scale, nll_d, draw_d)], device)
+        issue(step)
+        want_nll, want_draw = twin(raw.astype(np.float64), x.astype(np.float64), scale)
+        status = first_failure(
+            check(f"{name} nll", to_host(nll_d), want_nll, SUM_RTOL * (np.abs(want_nll) + 8 * dim)),
+            check(f"{name} draw", to_host(draw_d), want_draw, GRAD_RTOL * np.abs(want_draw).max()))
+        moved = (raw.nbytes + x.nbytes) + (raw.nbytes + batch * 4)   # read raw, x; write draw, nll
+        rows.append(_bandwidth_row(name, f"B x D = {batch} x {dim}", status, step, timer, moved, peak))
+    return rows
+
+
+def bench_adam(device, timer, sizes, peak) -> list[dict]:
+    rows = []
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+    for model, n in sizes.items():
+        if not isinstance(n, int):          # (hidden, Z): the flat buffer of that model
+            n = flat_size(*n)
+        rng = np.random.default_rng(1)
+        p, g = rng.normal(0, 0.05, n).astype(np.float32), rng.normal(0, 1e-3, n).astype(np.float32)
+        m, v = rng.normal(0, 1e-4, n).astype(np.float32), (rng.random(n, dtype=np.float32) * 1e-6)
+        counters = np.array([9, 0], np.uint32)
+        want = [a.copy() for a in (p, m, v)]     # first: on the emulator buffers alias p, m, v
+        optim.adam_update(want[0], g, want[1], want[2], counters, **hyper)
+        buffers = [to_device(a, device) for a in (p, g, m, v)]
+        step = bind([ops.adam_update(*buffers, to_device(counters, device), **hyper)], device)
+        issue(step)
+        got_p, got_m, got_v = (to_host(buffers[i]) for i in (0, 2, 3))
+        # p moves by ~lr per step: a few ulp of p plus 1e-5 of the step size
+        status = first_failure(
+            check("adam p", got_p, want[0], 2.0 ** -22 * np.abs(want[0]) + 1e-5 * hyper["lr"]),
+            check("adam m", got_m, want[1], MOMENT_RTOL * (np.abs(want[1]) + np.abs(g))),
+            check("adam v", got_v, want[2], MOMENT_RTOL * (np.abs(want[2]) + g * g)))
+        moved = 4 * n * 4 + 3 * n * 4                        # read p, g, m, v; write p, m, v
+        rows.append(_bandwidth_row("adam_update", f"n = {n} ({model})", status, step, timer, moved, peak))
+    return rows
+
+
+def flat_size(hidden: tuple, z_dim: int) -> int:
+    import cupyvae
+
+    return cupyvae.VAE((28, 28), latent_dim=z_dim, hidden=hidden, device="cpu").spec.layout.size
+
+
+def _bandwidth_row(name, shape, status, step, timer, moved_bytes, peak) -> dict:
+    row = {"kernel": name, "shape": shape, "check": status, "bytes": moved_bytes}
+    if status != "ok":
+        return row
+    timing = timer(step)
+    gbs = moved_bytes / timing["seconds"] / 1e9
+    row.update(timing, gb_per_s=gbs, pct_of_peak=None if peak is None else 100 * gbs / peak)
+    return row
+
+
+def bench_gemms(device, timer, shapes) -> list[dict]:
+    rows = []
+    for batch, n_in, n_out in shapes:
+        rng = np.random.default_rng(2)
+        limit = np.sqrt(6.0 / (n_in + n_out))
+        x = rng.random((batch, n_in), dtype=np.float32)                    # ReLU outputs / pixels
+        w = rng.uniform(-limit, limit, (n_in, n_out)).astype(np.float32)
+        b = rng.uniform(-0.1, 0.1, n_out).astype(np.float32)
+        da = (rng.normal(0, 1e-3, (batch, n_out))).astype(np.float32)
+        d = {k: to_device(a, device) for k, a in dict(x=x, w=w, b=b, da=da).items()}
+        y_d = to_device(np.zeros((batch, n_out), np.float32), device)
+        dx_d = to_device(np.zeros((batch, n_in), np.float32), device)
+        dw_d = to_device(np.zeros((n_in, n_out), np.float32), device)
+        db_d = to_device(np.zeros(n_out, np.float32), device)
+        x64, w64, da64 = (a.astype(np.float64) for a in (x, w, da))
+        abs_xw = np.abs(x64) @ np.abs(w64) + np.abs(b)
+        cases = {
+            # name: (launch, outputs and twins with bounds, cuBLAS GEMM, (M, N, K))
+            "linear_forward": (
+                ops.linear_forward(d["x"], d["w"], d["b"], "relu", y_d),
+                [("y", y_d, layers.linear_forward(x64, w64, b.astype(np.float64), "relu"),
+                  GEMM_RTOL * abs_xw)],
+                (d["x"], d["w"]), (batch, n_out, n_in)),
+            "linear_backward_input": (
+                ops.linear_backward_input(d["da"], d["w"], d["x"], "relu", dx_d),
+                [("dx_pre", dx_d, layers.linear_backward_input(da64, w64, x64, "relu"),
+                  GEMM_RTOL * (np.abs(da64) @ np.abs(w64).T))],
+                (d["da"], d["w"].T), (batch, n_in, n_out)),
+            "linear_backward_weight": (
+                ops.linear_backward_weight(d["x"], d["da"], dw_d, db_d),
+                list(zip(("dw", "db"), (dw_d, db_d), layers.linear_backward_weight(x64, da64),
+                         (GEMM_RTOL * (np.abs(x64).T @ np.abs(da64)),
+                          GEMM_RTOL * np.abs(da64).sum(axis=0)))),
+                (d["x"].T, d["da"]), (n_in, n_out, batch)),
+        }
+        for name, (launch, outputs, (lhs, rhs), (m, n, k)) in cases.items():
+            step = bind([launch], device)
+            issue(step)
+            status = first_failure(*(check(f"{name} {out}", to_host(got), want, bound)
+                                     for out, got, want, bound in outputs))
+            row = {"kernel": name, "shape": f"(B, I, O) = ({batch}, {n_in}, {n_out})",
+                   "gemm_mnk": [m, n, k], "check": status}
+            if status == "ok":
+                flops = 2.0 * m * n * k
+                row.update(timer(step))
+                row["gflop_per_s"] = flops / row["seconds"] / 1e9
+                row["cublas"] = cublas_row(device, timer, lhs, rhs, flops)
+                if row["cublas"].get("seconds"):
+                    row["time_vs_cublas"] = row["seconds"] / row["cublas"]["seconds"]
+            rows.append(row)
+    return rows
+
+
+def cublas_row(device, timer, lhs, rhs, flops) -> dict:
+    """cupy.matmul into a preallocated output (the GEMM alone), checked, then timed."""
+    if device != "cuda":
+        return {"status": "skipped (no cuBLAS on the emulator)"}
+    import cupy
+
+    out = cupy.empty((lhs.shape[0], rhs.shape[1]), np.float32)
+    step = [lambda: cupy.matmul(lhs, rhs, out=out)]
+    issue(step)
+    want = to_host(lhs).astype(np.float64) @ to_host(rhs).astype(np.float64)
+    bound = GEMM_RTOL * (np.abs(to_host(lhs)).astype(np.float64) @ np.abs(to_host(rhs)))
+    status = first_failure(check("cublas", to_host(out), want, bound))
+    if status != "ok":
+        return {"status": status}
+    row = {"status": "ok", **timer(step)}
+    row["gflop_per_s"] = flops / row["seconds"] / 1e9
+    return row
+
+
+# ------------------------------------------------------------------------------ report
+def print_rows(rows: list[dict]) -> None:
+    for row in rows:
+        head = f"{row['kernel']:24s} {row['shape']:34s}"
+        if row["check"] != "ok":
+            print(f"{head} CHECK FAILED: {row['check']}", flush=True)
+        elif "gflop_per_s" in row:
+            blas = row.get("cublas", {})
+            blas_text = (f"  cuBLAS {blas['gflop_per_s']:8.1f} GFLOP/s, ours take "
+                         f"{row['time_vs_cublas']:.2f}x its time" if "gflop_per_s" in blas
+                         else f"  cuBLAS: {blas.get('status')}")
+            print(f"{head} {row['seconds'] * 1e6:8.2f} us {row['gflop_per_s']:8.1f} GFLOP/s{blas_text}",
+                  flush=True)
+        else:
+            pct = "" if row["pct_of_peak"] is None else f" ({row['pct_of_peak']:.0f}% of peak)"
+            print(f"{head} {row['seconds'] * 1e6:8.2f} us {row['gb_per_s']:8.1f} GB/s{pct}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=200, help="launches per timed graph")
+    ap.add_argument("--out", default="benchmarks/results/gpu-kernels.json")
+    ap.add_argument("--device", choices=["cuda", "emulated"], default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke test)")
+    args = ap.parse_args()
+    if args.device == "cuda":
+        require_gpu()
+        import cupy
+
+        timer = CudaTimer(args.repeat)
+        peak, peak_note = peak_bandwidth()
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        env = {"gpu": name, "cupy": cupy.__version__,
+               "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+               "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
+    else:
+        timer, peak, peak_note = HostTimer(args.repeat), None, "emulator: no device bandwidth"
+        env = {"gpu": None, "cpu": platform.processor() or platform.machine()}
+    shapes = TINY if args.tiny else dict(loss=LOSS_SHAPE, gemms=GEMM_SHAPES, adam=ADAM_MODELS)
+    print(f"{env.get('gpu') or env.get('cpu')}: peak bandwidth "
+          f"{'n/a' if peak is None else f'{peak:.0f} GB/s'} ({peak_note})", flush=True)
+    rows = []
+    for part in (lambda: bench_losses(args.device, timer, shapes["loss"], peak),
+                 lambda: bench_gemms(args.device, timer, shapes["gemms"]),
+                 lambda: bench_adam(args.device, timer, shapes["adam"], peak)):
+        new = part()
+        print_rows(new)
+        rows.extend(new)
+    result = {"benchmark": "kernels", "date": date.today().isoformat(), "device": args.device,
+              "command": "python benchmarks/bench_kernels.py " + " ".join(sys.argv[1:]),
+              "python": platform.python_version(), "numpy": np.__version__, **env,
+              "peak_bandwidth_gb_per_s": peak, "peak_bandwidth_note": peak_note,
+              "repeat": args.repeat, "trials": TRIALS, "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    if any(row["check"] != "ok" for row in rows):
+        sys.exit("some kernels disagree with their NumPy twins (see CHECK FAILED above)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Markdown tables of the committed benchmark results, for the README.
+
+Reads every JSON under --results (default benchmarks/results, sub-folders included) that a
+benchmark wrote -- bench_train_cpu.py ("train_cpu"), bench_train_gpu.py ("train_gpu"),
+bench_kernels.py ("kernels") -- and prints one table per file, each with a line naming the
+machine, the versions, the date, the dataset and the command that produced it.
+
+    python benchmarks/make_readme_table.py [--results benchmarks/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# What each benchmark's rows hold: (column title, function of the row).
+CPU_COLUMNS = [
+    ("model", lambda r: r["model"]),
+    ("batch", lambda r: r["batch"]),
+    ("cupyvae NumPy (s/epoch)", lambda r: _num(r["cupyvae_numpy_s_per_epoch"], 2)),
+    ("PyTorch CPU eager (s/epoch)", lambda r: _num(r["torch_cpu_eager_s_per_epoch"], 2)),
+    ("cupyvae / PyTorch", lambda r: _num(r["ratio"], 2)),
+]
+GPU_VARIANTS = [
+    ("cupyvae eager", "cupyvae-eager"),
+    ("cupyvae graph (50 steps)", "cupyvae-graph-50"),
+    ("cupyvae graph (1 step)", "cupyvae-graph-1"),
+    ("cupyvae graph (epoch)", "cupyvae-graph-epoch"),
+    ("PyTorch eager", "torch-eager"),
+    ("torch.compile reduce-overhead", "torch-compile-reduce-overhead"),
+    ("torch.compile max-autotune", "torch-compile-max-autotune"),
+]
+GPU_COLUMNS = [("model", lambda r: r["model"]), ("batch", lambda r: r["batch"])] + [
+    (f"{title} (ms/epoch)", lambda r, key=key: _ms(r, key)) for title, key in GPU_VARIANTS
+] + [("PyTorch eager / cupyvae graph",
+      lambda r: _num(r.get("time_relative_to_cupyvae_graph", {}).get("torch-eager"), 2))]
+KERNEL_COLUMNS = [
+    ("kernel", lambda r: f"`{r['kernel']}`"),
+    ("shape", lambda r: r["shape"]),
+    ("time (us)", lambda r: "check failed" if r.get("check") != "ok" else _num(r["seconds"] * 1e6, 2)),
+    ("GB/s (% of peak)", lambda r: "" if "gb_per_s" not in r else
+     f"{r['gb_per_s']:.0f}" + ("" if r.get("pct_of_peak") is None else f" ({r['pct_of_peak']:.0f}%)")),
+    ("GFLOP/s", lambda r: _num(r.get("gflop_per_s"), 0)),
+    ("cuBLAS GFLOP/s", lambda r: _num(r.get("cublas", {}).get("gflop_per_s"), 0)),
+    ("time / cuBLAS time", lambda r: _num(r.get("time_vs_cublas"), 2)),
+]
+
+
+def _num(value, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(row: dict, key: str) -> str:
+    seconds = row.get("seconds_per_epoch", {}).get(key)
+    if seconds is not None:
+        return f"{seconds * 1e3:.1f}"
+    status = row.get("results", {}).get(key, {}).get("status", "")
+    return status.split(" (")[0]           # "skipped", "timeout after 150 s", ...
+
+
+def table(columns, rows) -> str:
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(cell(row)) for _, cell in columns) + " |")
+    return "\n".join(lines)
+
+
+def caption(result: dict, path: Path) -> str:
+    machine = result.get("gpu") or result.get("machine") or result.get("cpu") or "unknown machine"
+    versions = ", ".join(f"{name} {result[key]}" for name, key in (
+        ("Python", "python"), ("NumPy", "numpy"), ("CuPy", "cupy"), ("PyTorch", "torch"),
+        ("CUDA runtime", "cuda_runtime"), ("driver", "cuda_driver"), ("cupyvae", "cupyvae"))
+        if result.get(key))
+    command = result.get("command") or DEFAULT_COMMANDS.get(result.get("benchmark"), "")
+    parts = [f"**{machine}**", versions, result.get("date", ""), result.get("dataset", "")]
+    if result.get("peak_bandwidth_gb_per_s"):
+        parts.append(f"peak bandwidth {result['peak_bandwidth_gb_per_s']:.0f} GB/s")
+    return "; ".join(p for p in parts if p) + f". Produced by `{command}` ({path.name})."
+
+
+DEFAULT_COMMANDS = {"train_cpu": "python benchmarks/bench_train_cpu.py"}
+TITLES = {"train_cpu": "Training on the CPU (seconds per epoch, lower is better)",
+          "train_gpu": "Training on the GPU (milliseconds per epoch, lower is better)",
+          "kernels": "Kernels on the GPU"}
+COLUMNS = {"train_cpu": CPU_COLUMNS, "train_gpu": GPU_COLUMNS, "kernels": KERNEL_COLUMNS}
+
+
+def render(path: Path) -> str | None:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    kind = result.get("benchmark") if isinstance(result, dict) else None
+    if kind not in COLUMNS:
+        return None            # not a benchmark result (e.g. the suite's summary.json)
+    title = TITLES[kind]
+    if result.get("device") == "emulated":
+        title += " -- emulator smoke run, not GPU numbers"
+    return f"#### {title}\n\n{table(COLUMNS[kind], result.get('rows', []))}\n\n{caption(result, path)}\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args()
+    order = {"train_cpu": 0, "train_gpu": 1, "kernels": 2}
+    rendered = []
+    for path in sorted(args.results.rglob("*.json")):
+        text = render(path)
+        if text is not None:
+            kind = json.loads(path.read_text())["benchmark"]
+            rendered.append((order[kind], str(path), text))
+    if not rendered:
+        print(f"no benchmark results under {args.results}", file=sys.stderr)
+        return 1
+    print("\n".join(text for _, _, text in sorted(rendered)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
