@@ -3,10 +3,11 @@
 Same model (784-H-Z Bernoulli VAE, ReLU, Glorot init copied into PyTorch), same data
 (Fashion-MNIST from Debian's dataset-fashion-mnist), same batch order, batch size and
 Adam settings; each side draws its reparameterization noise its own way (Philox for
-cupyvae, torch.randn for PyTorch).  Prints seconds per epoch, the ratio and the final
-losses; writes JSON.
+cupyvae, torch.randn for PyTorch).  Epochs alternate between the two sides, and the
+median seconds per epoch of each is reported with their ratio and the final losses;
+writes JSON.
 
-    python benchmarks/bench_train_cpu.py [--epochs 1] [--out benchmarks/results/cpu.json]
+    python benchmarks/bench_train_cpu.py [--epochs 5] [--out benchmarks/results/cpu.json]
 """
 from __future__ import annotations
 
@@ -28,17 +29,15 @@ BATCH = 100
 LR = 1e-3
 
 
-def time_cupyvae(x, hidden, z_dim, epochs, perms):
+def cupyvae_trainer(x, hidden, z_dim):
+    """(model, initial flat parameters, run_epoch(perm) -> mean loss)."""
     model = cupyvae.VAE((28, 28), latent_dim=z_dim, hidden=(hidden,), seed=0)
     init = model.flat_params.copy()
     model.fit(x[:BATCH * 5], epochs=1, batch_size=BATCH, lr=LR)      # warm-up (caches, BLAS threads)
     model._executor.load_flat(init)
     model.optimizer = None
     model._ensure_optimizer(LR, 0.0)
-    start = time.perf_counter()
-    losses = [model._executor.train_epoch(x, perm, BATCH, model.optimizer, False) for perm in perms[:epochs]]
-    seconds = (time.perf_counter() - start) / epochs
-    return seconds, losses[-1], init, model
+    return model, init, lambda perm: model._executor.train_epoch(x, perm, BATCH, model.optimizer, False)
 
 
 def torch_model(spec_params, z_dim):
@@ -57,14 +56,14 @@ def torch_model(spec_params, z_dim):
     return enc, dec
 
 
-def time_torch(x, z_dim, epochs, perms, init_params):
+def torch_trainer(x, z_dim, init_params):
+    """run_epoch(perm) -> mean loss for the same model in PyTorch eager."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(0)
     enc, dec = torch_model(init_params, z_dim)
-    params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.Adam(params, lr=LR)
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=LR)
     xt = torch.from_numpy(x)
 
     def step(xb):
@@ -88,19 +87,25 @@ def time_torch(x, z_dim, epochs, perms, init_params):
             total += step(xt[idx[i * BATCH:(i + 1) * BATCH]])
         return float(total) / n
 
-    for i in range(5):                     # warm-up, then restore the initial weights
-        step(xt[i * BATCH:(i + 1) * BATCH])
-    enc, dec = torch_model(init_params, z_dim)
-    params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.Adam(params, lr=LR)
-    start = time.perf_counter()
-    losses = [epoch(perm) for perm in perms[:epochs]]
-    return (time.perf_counter() - start) / epochs, losses[-1]
+    return epoch
+
+
+def interleaved_epochs(trainers: dict, perms) -> dict:
+    """Epoch i of every trainer back to back before epoch i + 1, so a machine whose speed
+    drifts (a shared VM) slows both sides alike; per-epoch seconds and the last loss."""
+    seconds = {name: [] for name in trainers}
+    losses = {}
+    for perm in perms:
+        for name, run_epoch in trainers.items():
+            start = time.perf_counter()
+            losses[name] = run_epoch(perm)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: (seconds[name], losses[name]) for name in trainers}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=5, help="epochs per side (median reported)")
     ap.add_argument("--out", default="benchmarks/results/cpu.json")
     args = ap.parse_args()
     import torch
@@ -111,15 +116,20 @@ def main():
     perms = [rng.permutation(len(x)) for _ in range(args.epochs)]
     rows = []
     for hidden, z_dim in MODELS:
-        ours, our_loss, init, model = time_cupyvae(x, hidden, z_dim, args.epochs, perms)
-        theirs, their_loss = time_torch(x, z_dim, args.epochs, perms, model.spec.layout.views(init))
+        model, init, ours = cupyvae_trainer(x, hidden, z_dim)
+        theirs = torch_trainer(x, z_dim, model.spec.layout.views(init))
+        runs = interleaved_epochs({"cupyvae": ours, "torch": theirs}, perms)
+        (our_s, our_loss), (their_s, their_loss) = runs["cupyvae"], runs["torch"]
+        ours_med, theirs_med = float(np.median(our_s)), float(np.median(their_s))
         row = {"model": f"784-{hidden}-{z_dim}", "batch": BATCH, "epochs": args.epochs,
-               "cupyvae_numpy_s_per_epoch": ours, "torch_cpu_eager_s_per_epoch": theirs,
-               "ratio": ours / theirs, "cupyvae_final_train_loss": our_loss,
+               "cupyvae_numpy_s_per_epoch": ours_med, "torch_cpu_eager_s_per_epoch": theirs_med,
+               "ratio": ours_med / theirs_med, "cupyvae_epoch_seconds": our_s,
+               "torch_epoch_seconds": their_s, "cupyvae_final_train_loss": our_loss,
                "torch_final_train_loss": their_loss}
         rows.append(row)
-        print(f"{row['model']}: cupyvae {ours:.2f} s/epoch, torch {theirs:.2f} s/epoch, "
-              f"ratio {row['ratio']:.2f}  (loss {our_loss:.2f} vs {their_loss:.2f})", flush=True)
+        print(f"{row['model']}: cupyvae {ours_med:.2f} s/epoch, torch {theirs_med:.2f} s/epoch, "
+              f"ratio {row['ratio']:.2f}  (loss after {args.epochs} epochs {our_loss:.2f} vs "
+              f"{their_loss:.2f})", flush=True)
     result = {"benchmark": "train_cpu", "date": date.today().isoformat(),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "numpy": np.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
