@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:          # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, Path(__file__).resolve().parent):   # a checkout without `pip install -e .`
+    if str(_path) not in sys.path:                       # and benchmarks/_gpu.py
+        sys.path.insert(0, str(_path))
+from _gpu import require_gpu                              # noqa: E402
 
 from cupyvae import layers, optim                                     # noqa: E402
 from cupyvae.cuda import ops                                          # noqa: E402
@@ -69,16 +71,6 @@ MOMENT_RTOL = 1e-6      # Adam moments: the same float32 multiply-adds, a few ul
 
 
 # ------------------------------------------------------------------------------ device
-def require_gpu() -> None:
-    try:
-        import cupy
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # ImportError, or CUDARuntimeError without driver/device
-        sys.exit(f"no CUDA GPU: CuPy cannot reach one ({type(exc).__name__}: {exc}); "
-                 "this benchmark needs a GPU (smoke-test the harness with --device emulated --tiny)")
-    if count < 1:
-        sys.exit("no CUDA GPU: CuPy sees 0 devices")
-
 
 def peak_bandwidth() -> tuple[float | None, str]:
     """(GB/s, how it was obtained) of the current device's memory."""

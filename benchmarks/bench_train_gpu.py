@@ -38,8 +38,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:          # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, Path(__file__).resolve().parent):   # a checkout without `pip install -e .`
+    if str(_path) not in sys.path:                       # and benchmarks/_gpu.py
+        sys.path.insert(0, str(_path))
+from _gpu import require_gpu                              # noqa: E402
 
 LR = 1e-3
 DATA_SHAPE = (28, 28)
@@ -68,17 +70,6 @@ MIN_COMPILE_S = 30.0                 # no torch.compile child starts with less t
 
 
 # ------------------------------------------------------------------------------ setup
-def require_gpu() -> None:
-    """Exit at once, with a clear message, where CuPy sees no GPU (before importing torch)."""
-    try:
-        import cupy
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # ImportError, or CUDARuntimeError without driver/device
-        sys.exit(f"no CUDA GPU: CuPy cannot reach one ({type(exc).__name__}: {exc}); "
-                 "this benchmark needs a GPU (smoke-test the harness with --device emulated --tiny)")
-    if count < 1:
-        sys.exit("no CUDA GPU: CuPy sees 0 devices")
-
 
 def load_data(dataset: str, tiny: bool) -> tuple[np.ndarray, str]:
     """(N, 784) float32 in [0, 1] and a description.  Offline only: a missing dataset

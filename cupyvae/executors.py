@@ -82,6 +82,7 @@ def binarize_batch(xb: np.ndarray, seed: int, step: int) -> np.ndarray:
 
 
 def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
     try:
         import cupy
         return cupy.cuda.runtime.getDeviceCount() > 0

@@ -1,14 +1,7 @@
 """Shared fixtures: the kernel backends every kernel test runs on."""
 import pytest
 
-
-def cuda_available() -> bool:
-    """True when CuPy imports and sees at least one GPU."""
-    try:
-        import cupy
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, or no device: all mean "no GPU here"
-        return False
+from cupyvae.executors import cuda_available  # noqa: F401  (tests import it from here too)
 
 
 @pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
