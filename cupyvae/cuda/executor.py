@@ -303,18 +303,15 @@ class KernelExecutor:
         launches = []
         for i in reversed(range(len(layers))):
             layer = layers[i]
-            launches.extend(_as_tuple(ops.linear_backward_weight(
+            launches.append(ops.linear_backward_weight(
                 acts[i], grads[i + 1], self.grads[f"{layer.name}.weight"],
-                self.grads[f"{layer.name}.bias"])))
+                self.grads[f"{layer.name}.bias"]))
             target = grads[i] if i > 0 else input_grad
             if target is not None:
                 act_below = layers[i - 1].activation if i > 0 else "identity"
                 launches.append(ops.linear_backward_input(grads[i + 1], self.params[f"{layer.name}.weight"],
                                                           acts[i], act_below, target))
         return launches
-
-    def _seed_words(self) -> tuple[int, int]:
-        return philox.split_seed(self.spec.config.seed)
 
     def _forward(self, buffers: BatchBuffers, counters, stream: int, eps=None) -> list[Launch]:
         """Encoder, posterior sample and KL, decoder.  Noise: Philox keyed by `counters` and
@@ -359,10 +356,6 @@ def build_training_plan(ex: KernelExecutor, data, perm_dev, batch_size: int, opt
                         optimizer.beta1, optimizer.beta2, optimizer.eps, optimizer.weight_decay),
         ops.advance_counters(ex.counters),
     ]
-
-
-def _as_tuple(launches) -> tuple:
-    return launches if isinstance(launches, tuple) else (launches,)
 
 
 def _array_module(device: str):
