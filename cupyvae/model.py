@@ -17,9 +17,6 @@ from .executors import EXECUTORS, binarize_batch, resolve_device
 from .optim import Adam
 from .spec import ModelSpec
 
-# Philox streams of evaluation-time noise (training uses philox.STREAM_*).
-STREAM_EVAL = 3
-STREAM_IMPORTANCE = 4
 EVAL_CHUNK = 10_000
 
 
@@ -133,7 +130,7 @@ class VAE:
         x = self.validate_data(x, "x")
         total = 0.0
         for chunk, start in _chunks(x):
-            total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, STREAM_EVAL).sum())
+            total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, philox.STREAM_EVAL).sum())
         return total / len(x)
 
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
@@ -195,7 +192,7 @@ class VAE:
             log_w = np.empty((n_samples, len(xb)))
             for k in range(n_samples):
                 eps = philox.normal(self.config.seed, i * n_samples + k, len(xb),
-                                    self.config.latent_dim, STREAM_IMPORTANCE)
+                                    self.config.latent_dim, philox.STREAM_IMPORTANCE)
                 z = post.rsample(raw, eps)
                 log_w[k] = (lik.log_prob(self._executor.decode_raw(z), xb)
                             + prior.log_prob(z, prior_params) - post.log_prob(raw, z))

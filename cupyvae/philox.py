@@ -41,6 +41,8 @@ import numpy as np
 STREAM_POSTERIOR = 0  # reparameterization noise eps in z = mu + sigma * eps
 STREAM_PRIOR = 1      # samples z ~ N(0, I) for generation
 STREAM_BINARIZE = 2   # dynamic binarization of [0, 1] data: x = (u < p)
+STREAM_EVAL = 3       # the one posterior draw per example of VAE.loss (repeatable values)
+STREAM_IMPORTANCE = 4 # the K posterior draws per example of VAE.log_likelihood
 
 # Philox4x32 round multipliers and Weyl key increments (Salmon et al., SC'11).
 PHILOX_M0 = 0xD2511F53

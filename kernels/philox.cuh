@@ -25,6 +25,8 @@
 #define PHILOX_STREAM_POSTERIOR 0u
 #define PHILOX_STREAM_PRIOR 1u
 #define PHILOX_STREAM_BINARIZE 2u
+#define PHILOX_STREAM_EVAL 3u
+#define PHILOX_STREAM_IMPORTANCE 4u
 
 // Round multipliers and Weyl key increments (Salmon et al., SC'11).
 #define PHILOX_M0 0xD2511F53u

@@ -157,8 +157,15 @@ def test_rows_and_cols_are_not_interchangeable():
     assert np.all(sample[off_diagonal] != sample.T[off_diagonal])
 
 
-def test_stream_constants_are_distinct():
-    assert len({philox.STREAM_POSTERIOR, philox.STREAM_PRIOR, philox.STREAM_BINARIZE}) == 3
+def test_stream_constants_are_distinct_and_mirrored_in_the_header():
+    import re
+    from cupyvae.cuda.loader import kernel_dir
+    streams = {name[len("STREAM_"):]: value for name, value in vars(philox).items()
+               if name.startswith("STREAM_")}
+    assert len(set(streams.values())) == len(streams) >= 5
+    header = (kernel_dir() / "philox.cuh").read_text()
+    defined = {m[0]: int(m[1]) for m in re.findall(r"#define PHILOX_STREAM_(\w+) (\d+)u", header)}
+    assert defined == streams
 
 
 @pytest.mark.parametrize("bad", [dict(seed=-1), dict(seed=2 ** 64), dict(step=2 ** 32),
