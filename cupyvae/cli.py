@@ -458,10 +458,6 @@ def _checkpoint_history(path: Path) -> dict | None:
         return None
 
 
-def _last_record(history: dict) -> dict:
-    return {key: values[-1] for key, values in history.items()}
-
-
 def _report_interrupt(run_dir: Path, config: dict) -> None:
     """Say which epoch the checkpoint holds, read back from the file itself (Ctrl-C may
     have landed between writing it and updating metrics.csv), and align metrics.csv."""

@@ -158,6 +158,7 @@ def get_module(name: str, device: str):
 
 @functools.lru_cache(maxsize=None)
 def _cached_module(name: str, device: str, device_id):
+    # device_id is only a cache key: a CuPy module is loaded into the current device.
     return _MODULE_FACTORIES[device](load_source(name))
 
 
