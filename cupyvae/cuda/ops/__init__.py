@@ -5,11 +5,13 @@ checks shapes/dtypes/contiguity (ValueError naming the shapes), converts every s
 the exact NumPy type the kernel expects, picks grid and block, and returns a Launch
 (cupyvae.cuda.launch).  Arrays are all NumPy (emulated) or all CuPy (cuda).
 """
+from .adam import adam_update
 from .bernoulli import bernoulli_nll
+from .gaussian_likelihood import gaussian_likelihood_nll
+from .gaussian_posterior import gaussian_posterior_backward, gaussian_posterior_forward
 from .linear import linear_backward_input, linear_backward_weight, linear_forward
 from .normal import normal_fill
-from .step import (adam_update, advance_counters, batch_loss, start_epoch, gather_rows,
-                   gaussian_likelihood_nll, gaussian_posterior_backward, gaussian_posterior_forward)
+from .step import advance_counters, batch_loss, gather_rows, start_epoch
 
 __all__ = ["adam_update", "advance_counters", "batch_loss", "bernoulli_nll", "gather_rows",
            "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",

@@ -64,3 +64,9 @@ def uint32_scalar(name: str, value) -> np.uint32:
     if np.ndim(value) != 0 or not 0 <= operator.index(value) <= _UINT32_MAX:
         raise ValueError(f"{name} must be a uint32 scalar, got {value!r}")
     return np.uint32(operator.index(value))
+
+
+def require_counters(counters) -> None:
+    if counters.shape != (2,) or counters.dtype != np.uint32 or not counters.flags.c_contiguous:
+        raise ValueError(f"counters must be a contiguous (2,) uint32 array [step, batch], "
+                         f"got {counters.dtype} with shape {counters.shape}")

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-
 from ..launch import Launch
-from ._checks import (float32_scalar, require_float32_contiguous,
-                      require_int32_dims, require_same_array_kind, row_block_size)
+from ._checks import (
+    float32_scalar,
+    require_float32_contiguous,
+    require_int32_dims,
+    require_same_array_kind,
+    row_block_size,
+)
 
 
 def bernoulli_nll(logits, x, scale, nll, dlogits) -> Launch:

@@ -6,8 +6,13 @@ import numpy as np
 from cupyvae.philox import split_seed
 
 from ..launch import Launch
-from ._checks import (ELEMENTWISE_BLOCK, elementwise_grid_size, require_float32_contiguous,
-                      require_int32_dims, uint32_scalar)
+from ._checks import (
+    ELEMENTWISE_BLOCK,
+    elementwise_grid_size,
+    require_float32_contiguous,
+    require_int32_dims,
+    uint32_scalar,
+)
 
 
 def normal_fill(out, seed, step, stream) -> Launch:
