@@ -27,7 +27,8 @@ import click
 import numpy as np
 
 from . import __version__
-from .checkpoint import CheckpointError, read_checkpoint, write_atomic
+from .checkpoint import CheckpointError, read_checkpoint
+from .files import write_atomic
 from .config import VAEConfig
 from .datasets import available_datasets, load_dataset
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS

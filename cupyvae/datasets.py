@@ -33,6 +33,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import io
 import os
 import pathlib
 import sys
@@ -45,6 +46,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
+
+from .files import write_atomic
+from .registry import Registry
 
 __all__ = [
     "Dataset",
@@ -191,7 +195,7 @@ class Dataset:
 
 
 Loader = Callable[[pathlib.Path, bool], Dataset]
-_REGISTRY: dict[str, Loader] = {}
+DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
@@ -200,17 +204,12 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
     ``directory`` is the dataset's own folder inside the cache; ``download``
     says whether the loader may fetch missing files.
     """
-    def decorate(loader: Loader) -> Loader:
-        if name in _REGISTRY:
-            raise DatasetError(f"dataset {name!r} is already registered (by {_REGISTRY[name].__qualname__})")
-        _REGISTRY[name] = loader
-        return loader
-    return decorate
+    return DATASETS.register(name)
 
 
 def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset` (besides .npy/.npz paths)."""
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -233,9 +232,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLik
     ``download=False`` a missing file raises instead of being fetched.
     """
     key = os.fspath(name_or_path)
-    if key in _REGISTRY:
+    if key in DATASETS:
         root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        return _REGISTRY[key](root.expanduser() / key, download)
+        return DATASETS.get(key)(root.expanduser() / key, download)
     path = pathlib.Path(key).expanduser()
     suffix = path.suffix.lower()
     if suffix in _ARRAY_FILE_READERS:
@@ -592,7 +591,9 @@ def _load_binarized_split(split: str, directory: pathlib.Path, download: bool) -
         return parsed
     _, bits = _fetch(f"binarized_mnist_{split}.amat", BINARIZED_MNIST_MIRRORS, directory, download,
                      lambda path: _parse_binary_amat(path, rows))
-    _save_npy_atomically(parsed_path, bits)
+    buffer = io.BytesIO()
+    np.save(buffer, bits)
+    write_atomic(parsed_path, buffer.getvalue())
     return bits
 
 
@@ -608,17 +609,6 @@ def _read_parsed_amat_cache(path: pathlib.Path, rows: int) -> np.ndarray | None:
         path.unlink(missing_ok=True)
         return None
     return bits
-
-
-def _save_npy_atomically(path: pathlib.Path, array: np.ndarray) -> None:
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.save(f, array)
-        os.replace(name, path)
-    except BaseException:
-        pathlib.Path(name).unlink(missing_ok=True)
-        raise
 
 
 @register_dataset("binarized-mnist")
