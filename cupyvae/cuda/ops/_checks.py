@@ -67,6 +67,10 @@ def uint32_scalar(name: str, value) -> np.uint32:
 
 
 def require_counters(counters) -> None:
+    """`counters` is a (2,) uint32 device array: counters[0] = global step (the Adam step
+    count before the update, and the Philox step key), counters[1] = batch index within the
+    epoch.  Per-step values live there, never in launch arguments, so the launches of one
+    step are identical every step and can be captured in a CUDA graph once."""
     if counters.shape != (2,) or counters.dtype != np.uint32 or not counters.flags.c_contiguous:
         raise ValueError(f"counters must be a contiguous (2,) uint32 array [step, batch], "
                          f"got {counters.dtype} with shape {counters.shape}")

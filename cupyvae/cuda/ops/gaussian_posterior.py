@@ -1,10 +1,7 @@
 """Launch builders for kernels/gaussian_posterior.cu (twins: cupyvae.distributions.gaussian.
 gaussian_posterior_forward / gaussian_posterior_backward).
 
-`counters` is a (2,) uint32 device array: counters[0] = global step (the Adam step count
-before the update, and the Philox step key), counters[1] = batch index within the epoch.
-Per-step values live there, never in the launch arguments, so the launches of one step
-are identical every step and can be captured in a CUDA graph once.
+`counters`: the device step counters [step, batch] (see cupyvae.cuda.ops._checks.require_counters).
 """
 from __future__ import annotations
 
