@@ -62,7 +62,8 @@ def supported(spec: ModelSpec) -> list[str]:
 class BatchBuffers:
     """Activations and their gradients for one batch size; allocated once."""
     enc: list          # encoder outputs, input first: [xb, h1, ..., q_raw]
-    enc_grad: list     # d loss / d pre-activation of each encoder layer output (index like enc)
+    enc_grad: list     # d loss / d pre-activation of each encoder layer output (index like enc;
+                       # None at 0, the input)
     z: object
     dz: object
     kl: object
@@ -285,11 +286,15 @@ class KernelExecutor:
             widths = [first_width] + [layer.n_out for layer in layers]
             return [xp.zeros((batch, w), np.float32) for w in widths]
 
+        def gradients(acts):
+            # Index 0 (the layer input) has none: the encoder needs no d x, and the
+            # decoder's d z goes to `dz`, which the posterior's backward reads.
+            return [None] + [xp.zeros_like(a) for a in acts[1:]]
+
         enc = outputs(spec.encoder, spec.data_dim)
         dec = outputs(spec.decoder, spec.latent_dim)
-        return BatchBuffers(enc=enc, enc_grad=[xp.zeros_like(a) for a in enc], z=dec[0],
-                            dz=xp.zeros_like(dec[0]), kl=xp.zeros(batch, np.float32), dec=dec,
-                            dec_grad=[xp.zeros_like(a) for a in dec],
+        return BatchBuffers(enc=enc, enc_grad=gradients(enc), z=dec[0], dz=xp.zeros_like(dec[0]),
+                            kl=xp.zeros(batch, np.float32), dec=dec, dec_grad=gradients(dec),
                             nll=xp.zeros(batch, np.float32))
 
     def _mlp_forward(self, layers, acts) -> list[Launch]:
