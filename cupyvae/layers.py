@@ -59,12 +59,12 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, activation: str)
 
 def linear_backward(x: np.ndarray, w: np.ndarray, y: np.ndarray, dy: np.ndarray, activation: str,
                     dw: np.ndarray, db: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
-    """Writes dW and db (with `=`) and returns dx, or None when the caller needs no dx
-    (the encoder's first layer: the data are not trained)."""
+    """From dy (the gradient wrt the output y): writes dW and db (with `=`) and returns dx,
+    or None when the caller needs no dx (the encoder's first layer: the data are not
+    trained).  The math is the kernel-shaped twins' below, entered at da = dy * act'(y)."""
     da = dy if activation == "identity" else dy * ACTIVATIONS.get(activation).derivative(y)
-    np.matmul(x.T, da, out=dw)
-    np.sum(da, axis=0, out=db)
-    return da @ w.T if need_dx else None
+    linear_backward_weight(x, da, dw, db)
+    return linear_backward_input(da, w, x, "identity") if need_dx else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def linear_backward(x: np.ndarray, w: np.ndarray, y: np.ndarray, dy: np.ndarray,
 #     dW, db = linear_backward_weight(x, da)
 # where x = act_x(a_prev) is this layer's input (the previous layer's output):
 #     dx = da @ W^T  and  d a_prev = dx * act_x'(a_prev) = dx * act_x'-from-output(x).
-# Same math as linear_backward above (which starts from dy), for any float dtype.
+# linear_backward above enters this chain from dy; any float dtype.
 # ---------------------------------------------------------------------------------------------
 
 def linear_backward_input(da: np.ndarray, w: np.ndarray, x: np.ndarray,
@@ -89,7 +89,9 @@ def linear_backward_input(da: np.ndarray, w: np.ndarray, x: np.ndarray,
     return dx if activation_x == "identity" else dx * act.derivative(x)
 
 
-def linear_backward_weight(x: np.ndarray, da: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dW (I, O), db (O,)) = (x^T @ da, column sums of da) for x (B, I), da (B, O)."""
-    return x.T @ da, da.sum(axis=0)
+def linear_backward_weight(x: np.ndarray, da: np.ndarray, dw: np.ndarray | None = None,
+                           db: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(dW (I, O), db (O,)) = (x^T @ da, column sums of da) for x (B, I), da (B, O);
+    written with `=` into dw and db when given (the training path's flat gradient views)."""
+    return np.matmul(x.T, da, out=dw), np.sum(da, axis=0, out=db)
 # ------------------------------------------------------------- end of kernels/linear.cu twins
