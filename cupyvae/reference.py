@@ -12,7 +12,8 @@ log q(z_b|x_b) - log p(z_b).  Backward, with every upstream gradient scaled by 1
     closed-form KL:  d q_raw = rsample_backward(dz) + dKL/d q_raw
     Monte-Carlo KL:  dz += dlog q/dz - dlog p/dz,
                      d q_raw = rsample_backward(dz) + dlog q/d q_raw |_z,
-                     d prior params = -dlog p/d params
+                     d prior params = -dlog p/d params  (added after the encoder's pass:
+                     see "the prior pass" below)
     encoder backward (d q_raw)   (no dx for the first layer: the data are not trained)
 This module is the oracle for every kernel; it works in any float dtype, so the tests can
 run it in float64 against central finite differences.
@@ -65,7 +66,35 @@ def negative_elbo_rows(spec: ModelSpec, params: dict, x: np.ndarray, eps: np.nda
 def _kl_rows(spec, params, q_raw, z):
     if spec.analytic_kl is not None:
         return spec.analytic_kl(q_raw)[0]
-    return spec.posterior.log_prob(q_raw, z) - spec.prior.log_prob(z, spec.prior_params(params))
+    return spec.posterior.log_prob(q_raw, z) - prior_log_prob(spec, params, z)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The prior pass: the one seam through which every objective reaches log p(z).  A prior whose
+# density depends on more than its own tensors (the VampPrior encodes pseudo-inputs) does that
+# extra work inside these two functions, so no objective needs to know.  Backward is split in
+# two because d/dz is needed before the encoder's data pass writes its gradients (with `=`),
+# while a prior's parameter gradients may flow into the encoder too and so are ADDED after it.
+# ---------------------------------------------------------------------------------------------
+
+def prior_log_prob(spec: ModelSpec, params: dict, z: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(log p(z) per row (B,), the prior's parameters, passed on to the backward calls)."""
+    prior_params = spec.prior_params(params)
+    return spec.prior.log_prob(z, prior_params), prior_params
+
+
+def prior_log_prob_dz(spec: ModelSpec, z: np.ndarray, prior_params: dict,
+                      g: np.ndarray) -> np.ndarray:
+    """d/dz of sum_b g[b] log p(z_b): (B, Z); g (B,) is d loss / d log p(z_b)."""
+    return g[:, None] * spec.prior.log_prob_grads(z, prior_params, g)[0]
+
+
+def add_prior_param_grads(spec: ModelSpec, params: dict, grads: dict, z: np.ndarray,
+                          prior_params: dict, g: np.ndarray) -> None:
+    """ADDS (`+=`) d/d theta of sum_b g[b] log p(z_b) for every prior parameter theta.
+    Called after the encoder's data pass has written its gradients."""
+    for name, value in spec.prior.log_prob_grads(z, prior_params, g)[1].items():
+        grads[f"prior.{name}"] += value
 
 
 def negative_elbo_and_grads(spec: ModelSpec, params: dict, grads: dict,
@@ -84,17 +113,18 @@ def negative_elbo_and_grads(spec: ModelSpec, params: dict, grads: dict,
         kl, dkl = spec.analytic_kl(q_raw)
         dq_raw = spec.posterior.rsample_backward(q_raw, eps, dz)
         dq_raw += scale * dkl
+        mlp_backward(spec.encoder, params, grads, enc_acts, dq_raw, need_dx=False)
     else:
-        prior_params = spec.prior_params(params)
         log_q = spec.posterior.log_prob(q_raw, z)
-        log_p = spec.prior.log_prob(z, prior_params)
+        log_p, prior_params = prior_log_prob(spec, params, z)
         kl = log_q - log_p
         dlogq_raw, dlogq_z = spec.posterior.log_prob_grads(q_raw, z)
-        dlogp_z, dlogp_params = spec.prior.log_prob_grads(z, prior_params)
-        dz = dz + scale * (dlogq_z - dlogp_z)
+        g = np.full(batch, -scale, dtype=z.dtype)       # d loss / d log p(z_b)
+        dz = dz + scale * dlogq_z + prior_log_prob_dz(spec, z, prior_params, g)
         dq_raw = spec.posterior.rsample_backward(q_raw, eps, dz)
         dq_raw += scale * dlogq_raw
-        for name, g in dlogp_params.items():
-            grads[f"prior.{name}"][...] = -scale * g
-    mlp_backward(spec.encoder, params, grads, enc_acts, dq_raw, need_dx=False)
+        mlp_backward(spec.encoder, params, grads, enc_acts, dq_raw, need_dx=False)
+        for name in prior_params:
+            grads[f"prior.{name}"][...] = 0
+        add_prior_param_grads(spec, params, grads, z, prior_params, g)
     return float((nll + kl).sum() * scale)

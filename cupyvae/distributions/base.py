@@ -125,9 +125,12 @@ class Prior:
     def log_prob(self, z: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
-    def log_prob_grads(self, z: np.ndarray, params: dict[str, np.ndarray]
-                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(d log p / dz, {name: d sum_b log p(z_b) / d param})."""
+    def log_prob_grads(self, z: np.ndarray, params: dict[str, np.ndarray],
+                       g: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(d log p(z_b) / d z_b per row (B, Z), {name: d sum_b g[b] log p(z_b) / d param}).
+
+        g (B,) weights the rows of the parameter gradient (the upstream d loss / d log p(z_b));
+        None means all ones."""
         raise NotImplementedError
 
     def sample(self, params: dict[str, np.ndarray], u: np.ndarray, eps: np.ndarray) -> np.ndarray:

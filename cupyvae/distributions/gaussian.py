@@ -114,7 +114,7 @@ class NormalPrior(Prior):
     def log_prob(self, z, params):
         return -0.5 * (LOG_2PI + z * z).sum(axis=1)
 
-    def log_prob_grads(self, z, params):
+    def log_prob_grads(self, z, params, g=None):
         return -z, {}
 
     def sample(self, params, u, eps):
