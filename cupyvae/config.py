@@ -1,36 +1,74 @@
-"""The one description of a model: a frozen dataclass, written next to every checkpoint."""
+"""The one description of a model: a frozen dataclass, written next to every checkpoint.
+
+Its fields are validated options (cupyvae.options): the CLI's model flags (`--latent-dim`,
+`--hidden`, ...) are generated from them, and a hand-edited config.json is checked by the
+same rules.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .layers import ACTIVATIONS
+from .options import (Check, CommaList, ValidatedOptions, integer_at_least, option, positive_int,
+                      registered)
+
+
+def _positive_ints(values) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError("must be a list of positive integers")
+    try:
+        return tuple(positive_int.accept(v) for v in values)
+    except ValueError:
+        raise ValueError("must be a list of positive integers") from None
+
+
+def _activation(value) -> str | tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if names is None or not names:
+        raise ValueError("must be an activation name or a list of them, one per hidden layer")
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"{name!r} is not an activation name")
+        ACTIVATIONS.get(name)   # an unknown name: the registry's message lists the known ones
+    return value if isinstance(value, str) else names
+
+
+_data_shape = Check("must be a non-empty list of positive integers",
+                    lambda v: _nonempty(_positive_ints(v)))
+_hidden = Check("must be a list of positive integers", _positive_ints,
+                lambda: CommaList(int))
+_activations = Check("must be an activation name or a list of them", _activation,
+                     lambda: CommaList(str, single_as_scalar=True))
+
+
+def _nonempty(values: tuple) -> tuple:
+    if not values:
+        raise ValueError("must be a non-empty list of positive integers")
+    return values
 
 
 @dataclass(frozen=True)
-class VAEConfig:
-    data_shape: tuple[int, ...]
-    latent_dim: int = 2
-    hidden: tuple[int, ...] = (200,)
-    activation: str | tuple[str, ...] = "relu"   # one for all hidden layers, or one per layer
-    posterior: str = "gaussian"
-    likelihood: str = "bernoulli"
-    prior: str = "normal"
-    seed: int = 0
+class VAEConfig(ValidatedOptions):
+    owner = "model option"
+
+    data_shape: tuple[int, ...] = option((), _data_shape, "Shape of one example.", cli=False)
+    latent_dim: int = option(2, positive_int, "Latent dimensions.")
+    hidden: tuple[int, ...] = option(
+        (200,), _hidden, "Hidden layer widths of the encoder (the decoder mirrors them), "
+        "comma-separated; 'none' for no hidden layer.")
+    activation: str | tuple[str, ...] = option(
+        "relu", _activations, "Hidden activation, or a comma list with one per hidden layer.")
+    posterior: str = option("gaussian", registered(POSTERIORS), "Approximate posterior q(z|x).")
+    likelihood: str = option("bernoulli", registered(LIKELIHOODS), "Likelihood p(x|z).")
+    prior: str = option("normal", registered(PRIORS), "Prior p(z).")
+    seed: int = option(0, integer_at_least(0, 2 ** 64 - 1),
+                       "Seeds the initialization and all training noise.")
 
     def __post_init__(self):
-        object.__setattr__(self, "data_shape", _positive_ints(self.data_shape, "data_shape"))
-        object.__setattr__(self, "hidden", _positive_ints(self.hidden, "hidden", allow_empty=True))
-        if isinstance(self.activation, (list, tuple)):
-            object.__setattr__(self, "activation", tuple(self.activation))
-        if int(self.latent_dim) != self.latent_dim or self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
-        if not 0 <= int(self.seed) < 2 ** 64:
-            raise ValueError(f"seed must lie in [0, 2^64), got {self.seed}")
-        for act in self.activations:
-            ACTIVATIONS.get(act)
-        POSTERIORS.get(self.posterior), LIKELIHOODS.get(self.likelihood), PRIORS.get(self.prior)
+        super().__post_init__()
+        self.activations   # one per hidden layer, or one for all
 
     @property
     def data_dim(self) -> int:
@@ -54,19 +92,4 @@ class VAEConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "VAEConfig":
-        raw = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown config fields {sorted(unknown)}")
-        return cls(**raw)
-
-
-def _positive_ints(values, name: str, allow_empty: bool = False) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}") from None
-    if any(v < 1 for v in out) or (not out and not allow_empty):
-        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}")
-    return out
+        return cls.from_dict(json.loads(text), "model config")

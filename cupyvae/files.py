@@ -2,28 +2,33 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+# The kernel applies the process umask to this mode, exactly as for a plain open(); no
+# os.umask() round trip, which would race with other threads creating files.
+_FILE_MODE = 0o666
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes so that `path` holds either its old content or all of `data`."""
+    """Write bytes so that `path` holds either its old content or all of `data`.
+
+    The bytes go to `.<name>.<random>.tmp` beside `path`, are fsynced, and the temporary
+    file is renamed over `path` (a symlink at `path` is replaced, its target untouched).
+    The temporary name is chosen before the file is created, inside the clean-up's reach,
+    so an exception at any moment (Ctrl-C, SIGTERM) leaves no temporary file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp's 0600 would hide runs from other users
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

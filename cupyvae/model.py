@@ -16,6 +16,7 @@ from .config import VAEConfig
 from .executors import EXECUTORS, binarize_batch, resolve_device
 from .optim import Adam
 from .spec import ModelSpec
+from .training import TrainingOptions
 
 EVAL_CHUNK = 10_000
 
@@ -34,7 +35,7 @@ class VAE:
     def __init__(self, data_shape, latent_dim: int = 2, hidden=(200,), activation="relu",
                  posterior: str = "gaussian", likelihood: str = "bernoulli", prior: str = "normal",
                  device: str = "cpu", seed: int = 0, execution: str | None = None):
-        self.config = VAEConfig(data_shape=tuple(np.atleast_1d(data_shape)), latent_dim=latent_dim,
+        self.config = VAEConfig(data_shape=tuple(np.atleast_1d(data_shape).tolist()), latent_dim=latent_dim,
                                 hidden=tuple(hidden), activation=activation, posterior=posterior,
                                 likelihood=likelihood, prior=prior, seed=seed)
         self.spec = ModelSpec(self.config)
@@ -59,32 +60,33 @@ class VAE:
         return self._executor.flat
 
     # ---------------------------------------------------------------- training
-    def fit(self, x_train, x_val=None, *, epochs: int = 10, batch_size: int = 100,
-            lr: float = 1e-3, weight_decay: float = 0.0, binarize: bool = False,
+    def fit(self, x_train, x_val=None, options: TrainingOptions | None = None, *,
             checkpoint: str | Path | None = None, verbose: bool = False,
             progress: Callable[[int], None] | None = None,
-            on_epoch: Callable[[dict], None] | None = None) -> dict[str, list]:
+            on_epoch: Callable[[dict], None] | None = None, **option_changes) -> dict[str, list]:
         """Train with Adam; returns the history (per-epoch train and validation loss).
 
-        Only whole batches are used in an epoch (the order is reshuffled every epoch, so
-        every example is seen).  `checkpoint`: a path written atomically after every epoch,
-        so a crash loses at most one epoch.  `progress(n)` is called after every batch,
-        `on_epoch(record)` after every epoch.  Calling fit again continues training.
+        `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
+        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False`); every value
+        is validated (ValueError naming the field) before any work.  Only whole batches are
+        used in an epoch (the order is reshuffled every epoch, so every example is seen).
+        `checkpoint`: a path written atomically after every epoch, so a crash loses at most
+        one epoch.  `verbose`: print one line per epoch to stderr.  `progress(n)` is called
+        after every n batches, `on_epoch(record)` after every epoch.  Calling fit again
+        continues training (the optimizer keeps its state).
         """
+        options = TrainingOptions.build(options, **option_changes)
         x_train = self.validate_data(x_train, "x_train")
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
-        if int(epochs) != epochs or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if batch_size > len(x_train):
-            raise ValueError(f"batch_size {batch_size} is larger than the training set "
+        if options.batch_size > len(x_train):
+            raise ValueError(f"batch_size {options.batch_size} is larger than the training set "
                              f"({len(x_train)} examples)")
-        self._ensure_optimizer(lr, weight_decay)
-        if binarize and x_val is not None:
+        self._ensure_optimizer(options.lr, options.weight_decay)
+        if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
-        for _ in range(int(epochs)):
-            record = self._train_one_epoch(x_train, x_val, int(batch_size), binarize, progress)
+        for _ in range(options.epochs):
+            record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
+                                           progress)
             if checkpoint is not None:
                 self.save(checkpoint)
             if verbose:

@@ -108,9 +108,11 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
     assert config["model"] == {"data_shape": list(SHAPE), "latent_dim": 2, "hidden": [16],
                                "activation": "relu", "posterior": "gaussian",
                                "likelihood": "bernoulli", "prior": "normal", "seed": 3}
-    assert config["training"] == {"data": str(tiny_npz.resolve()), "limit": None, "batch_size": 20,
-                                  "lr": 1e-3, "weight_decay": 0.0, "binarize": False, "epochs": 2,
-                                  "device": "cpu"}
+    assert config["training"] == {"batch_size": 20, "lr": 1e-3, "weight_decay": 0.0,
+                                  "binarize": False, "epochs": 2}
+    assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
+                             "execution": "auto"}
+    assert config["format"] == 2
     assert config["dataset"] == {"name": "tiny.npz", "train_examples": 160,
                                  "validation": "test split", "validation_examples": 40}
     assert config["command"].startswith("cupyvae train --data ")
@@ -137,7 +139,7 @@ def test_train_prints_one_line_per_epoch(tiny_npz, tmp_path):
     assert len(epoch_lines) == 2
     assert "train" in epoch_lines[0] and "val" in epoch_lines[0] and epoch_lines[0].endswith("s)")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["training"]["limit"] == 60 and config["dataset"]["train_examples"] == 60
+    assert config["run"]["limit"] == 60 and config["dataset"]["train_examples"] == 60
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(trained_run, tiny_npz, tmp_path):

@@ -188,7 +188,10 @@ def test_validation_data_is_checked_too():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"epochs": -1}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"batch_size": 31}, "larger than"),
-    ({"lr": 0}, "learning rate"), ({"weight_decay": -1}, "weight_decay"),
+    ({"lr": 0}, "lr = 0"), ({"lr": float("nan")}, "lr = nan"), ({"lr": float("inf")}, "lr = inf"),
+    ({"weight_decay": -1}, "weight_decay"), ({"weight_decay": float("nan")}, "weight_decay"),
+    ({"batch_size": "10"}, "batch_size = '10'"), ({"binarize": "no"}, "binarize = 'no'"),
+    ({"epochs": 2.5}, "epochs = 2.5"), ({"lrr": 1e-3}, "unknown training options.*'lrr'"),
 ])
 def test_bad_training_options(kwargs, message):
     x, _ = toy_data(30)

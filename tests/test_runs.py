@@ -1,0 +1,188 @@
+"""The run folder (cupyvae.runs) and the option dataclasses every entry point goes through.
+
+Hand-edited config.json files, old-format run folders, killed writers' temporary files,
+SIGTERM, and the command line generated from the option fields.
+"""
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cupyvae
+from cupyvae import runs
+from cupyvae.cli import OPTION_CLASSES, main
+from cupyvae.config import VAEConfig
+from cupyvae.options import OptionError, cli_fields
+from cupyvae.training import TrainingOptions
+
+TINY_MODEL = {"hidden": (8,), "latent_dim": 2, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 4, 4)) < 0.4).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x_train=x[:50], x_test=x[50:])
+    return path
+
+
+@pytest.fixture
+def trained(tiny_npz, tmp_path) -> Path:
+    run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                         runs.RunOptions(data=str(tiny_npz), device="cpu"))
+    run.train(runs.Reporter())
+    return run.folder
+
+
+def edit_config(folder: Path, section: str, **changes) -> None:
+    path = folder / runs.CONFIG_FILE
+    content = json.loads(path.read_text())
+    content[section].update(changes)
+    path.write_text(json.dumps(content))
+
+
+# ---------------------------------------------------------------------- config.json
+@pytest.mark.parametrize("section,changes,named", [
+    ("run", {"limit": -5990}, "limit = -5990"),
+    ("training", {"binarize": "no"}, "binarize = 'no'"),
+    ("training", {"batch_size": "100"}, "batch_size = '100'"),
+    ("training", {"lr": None}, "lr = None"),
+    ("training", {"momentum": 0.9}, "unknown training options ['momentum']"),
+    ("model", {"hidden": [8, -1]}, "hidden = [8, -1]"),
+    ("run", {"device": "tpu"}, "device = 'tpu'"),
+])
+def test_resume_refuses_an_invalid_stored_config_naming_the_field(trained, section, changes, named):
+    edit_config(trained, section, **changes)
+    with pytest.raises(runs.RunError, match=rf"config.json is invalid: .*{_escaped(named)}"):
+        runs.resume_run(trained, {"epochs": 2})
+
+
+def _escaped(text: str) -> str:
+    import re
+    return re.escape(text)
+
+
+def test_a_format_1_run_folder_is_still_read_and_resumed(trained):
+    """Format 1 (before the run section) kept data, limit and device under training."""
+    path = trained / runs.CONFIG_FILE
+    content = json.loads(path.read_text())
+    content["training"].update(content.pop("run"))
+    del content["training"]["execution"], content["format"]
+    path.write_text(json.dumps(content))
+    config = runs.read_config(trained)
+    assert config.run.device == "cpu" and config.training.batch_size == 10
+    run = runs.resume_run(trained, {"epochs": 2})
+    run.train(runs.Reporter())
+    assert json.loads(path.read_text())["format"] == runs.RUN_FORMAT
+    assert len(cupyvae.load(trained / runs.CHECKPOINT_FILE).history["epoch"]) == 2
+
+
+def test_resume_keeps_the_runs_options_but_may_change_device_and_epochs(trained):
+    with pytest.raises(runs.RunError, match="--lr 0.5 differs from the run's 0.001"):
+        runs.resume_run(trained, {"epochs": 2, "lr": 0.5})
+    assert runs.resume_run(trained, {"epochs": 1}) is None       # it already has 1 epoch
+    run = runs.resume_run(trained, {"epochs": 2, "device": "cpu", "lr": 0.001})   # same lr: fine
+    assert run.config.training.epochs == 2
+
+
+def test_the_stored_command_repeats_the_run(trained, tiny_npz, tmp_path):
+    """config.json's command line, run again, writes the same config (but for --out)."""
+    command = json.loads((trained / runs.CONFIG_FILE).read_text())["command"]
+    words = shlex.split(command)
+    assert words[:2] == ["cupyvae", "train"]
+    again = tmp_path / "again"
+    words[words.index("--out") + 1] = str(again)
+    from click.testing import CliRunner
+    result = CliRunner().invoke(main, words[1:], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    first, second = (runs.read_config(folder) for folder in (trained, again))
+    assert (first.model, first.training, first.run) == (second.model, second.training, second.run)
+
+
+# ---------------------------------------------------------------------- files
+def test_stale_temporary_files_are_removed_by_the_next_run(trained):
+    stale = [trained / ".checkpoint.safetensors.abc123.tmp", trained / ".latent.png.x.tmp"]
+    foreign = trained / ".notes.txt.tmp"          # not ours: left alone
+    for path in (*stale, foreign):
+        path.write_bytes(b"partial")
+    runs.resume_run(trained, {"epochs": 2})
+    assert not any(path.exists() for path in stale)
+    assert foreign.exists()
+
+
+def test_sigterm_stops_like_ctrl_c(tiny_npz, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "CUPYVAE_DEBUG")}
+    env["MPLBACKEND"] = "Agg"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cupyvae.cli", "train", "--data", str(tiny_npz), "--epochs", "100000",
+         "--hidden", "8", "--batch-size", "10", "--device", "cpu", "--out", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not (run_dir / runs.METRICS_FILE).exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        time.sleep(0.3)               # land somewhere inside a later epoch or a checkpoint write
+        process.send_signal(signal.SIGTERM)
+        _stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    saved = len(cupyvae.load(run_dir / runs.CHECKPOINT_FILE).history["epoch"])
+    assert f"last complete checkpoint (epoch {saved})" in stderr
+    assert not list(run_dir.glob(".*.tmp")), list(run_dir.iterdir())
+
+
+# ---------------------------------------------------------------------- options
+def test_every_option_field_is_a_flag_of_train_and_a_key_of_config_json(trained):
+    from click.testing import CliRunner
+    help_text = CliRunner().invoke(main, ["train", "--help"]).output
+    stored = json.loads((trained / runs.CONFIG_FILE).read_text())
+    sections = {runs.RunOptions: "run", VAEConfig: "model", TrainingOptions: "training"}
+    for cls in OPTION_CLASSES:
+        for f in cli_fields(cls):
+            assert "--" + f.name.replace("_", "-") in help_text, f.name
+            assert f.name in stored[sections[cls]], f.name
+
+
+@pytest.mark.parametrize("field,value", [
+    ("epochs", 0), ("epochs", True), ("batch_size", 2.0), ("lr", float("inf")), ("lr", -1e-3),
+    ("weight_decay", float("nan")), ("binarize", 1), ("lr", "0.001"),
+])
+def test_training_options_refuse_bad_values_naming_the_field(field, value):
+    with pytest.raises(OptionError, match=rf"training option {field} = "):
+        TrainingOptions(**{field: value})
+
+
+def test_training_options_are_frozen_and_replace_validates():
+    options = TrainingOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.lr = 1.0
+    with pytest.raises(OptionError, match="lr = 0"):
+        options.replace(lr=0)
+    with pytest.raises(ValueError, match="unknown training options"):
+        options.replace(learning_rate=0.1)
+    assert options.replace(lr=0.5).lr == 0.5
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "nan"), ("--lr", "inf"), ("--weight-decay", "nan"),
+                                        ("--epochs", "0"), ("--limit", "-5")])
+def test_nan_and_out_of_range_flags_are_refused_by_the_cli(flag, value, tiny_npz, tmp_path):
+    from click.testing import CliRunner
+    result = CliRunner().invoke(main, ["train", "--data", str(tiny_npz), flag, value,
+                                       "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert flag in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()          # refused before anything was written
