@@ -1,0 +1,109 @@
+"""The latent explorer inside a Jupyter notebook: one slider per latent dimension and the
+decoded image, updated live -- the original notebook's "pose" and "expression" sliders.
+
+    import cupyvae
+    panel = cupyvae.explore(model, x=data.x_test)    # sliders start at the codes' mean
+    panel                                            # the notebook cell displays it
+
+It returns an ipywidgets panel (ipywidgets is the optional extra `cupyvae[notebook]`); the
+desktop window of the CLI (`cupyvae explore`) is cupyvae.plots.explore.
+"""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+
+from .plots import MAX_SLIDERS, SLIDER_RANGE, as_images, is_image_shape
+
+IMAGE_PIXELS = 280          # the decoded image is shown about this many pixels wide
+SLIDER_STEP = 0.02
+CODE_SPREAD = 3.0           # with data: each slider spans the codes' mean +- 3 standard deviations
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+
+def explore(model, x=None, *, names: Sequence[str] | None = None, max_sliders: int = MAX_SLIDERS):
+    """An ipywidgets panel: the decoded image of a latent point above one slider per latent
+    dimension (the first `max_sliders`; the others stay at their starting value).
+
+    With data `x` (N, *data_shape) the sliders start at the mean of the posterior means
+    of x and span that mean +- 3 standard deviations of the codes, so they cover where the
+    model put the data; without, they start at 0 and span +-3 (the N(0, I) prior).
+    `names` labels the sliders (the original notebook's ("pose", "expression")).
+
+    The panel has `.sliders`, `.image` (a widgets.Image holding PNG bytes) and `.z` (the
+    current latent point, float32 (latent_dim,)).  Raises MissingExtra without ipywidgets.
+    """
+    widgets = _ipywidgets()
+    latent_dim = model.config.latent_dim
+    n_sliders = min(latent_dim, int(max_sliders))
+    if names is not None and len(names) != n_sliders:
+        raise ValueError(f"{len(names)} slider names for {n_sliders} sliders")
+    centre, spread = _slider_ranges(model, x)
+    z = centre.astype(np.float32).copy()
+    image = widgets.Image(value=decoded_png(model, z), format="png",
+                          layout=widgets.Layout(width=f"{IMAGE_PIXELS}px"))
+    sliders = []
+    for i in range(n_sliders):
+        slider = widgets.FloatSlider(value=float(z[i]), min=float(centre[i] - spread[i]),
+                                     max=float(centre[i] + spread[i]), step=SLIDER_STEP,
+                                     description=names[i] if names else f"z{i + 1}",
+                                     continuous_update=True, readout_format="+.2f")
+        slider.observe(_updater(model, z, i, image), names="value")
+        sliders.append(slider)
+    title = widgets.HTML(f"<b>Latent explorer</b>: {latent_dim}-D latent"
+                         + (f", sliders for the first {n_sliders}" if n_sliders < latent_dim else ""))
+    panel = widgets.VBox([title, image, *sliders])
+    panel.sliders, panel.image, panel.z = sliders, image, z
+    return panel
+
+
+def decoded_png(model, z: np.ndarray) -> bytes:
+    """The likelihood mean of one latent point as PNG bytes (images in grey or colour,
+    other data as a line plot)."""
+    datum = model.decode(np.asarray(z, np.float32)[None])[0]
+    shape = model.config.data_shape
+    buffer = io.BytesIO()
+    if is_image_shape(shape):
+        from matplotlib.image import imsave
+        image = np.clip(as_images(datum[None], shape)[0], 0.0, 1.0)
+        zoom = max(1, IMAGE_PIXELS // max(image.shape[:2]))
+        image = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
+        imsave(buffer, image, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    else:
+        from matplotlib.figure import Figure
+        figure = Figure(figsize=(4, 2.5), dpi=100)
+        axes = figure.add_subplot()
+        axes.plot(np.ravel(datum))
+        axes.set_xlabel("component")
+        figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _updater(model, z: np.ndarray, index: int, image):
+    def update(change) -> None:
+        z[index] = change["new"]
+        image.value = decoded_png(model, z)
+    return update
+
+
+def _slider_ranges(model, x) -> tuple[np.ndarray, np.ndarray]:
+    latent_dim = model.config.latent_dim
+    if x is None:
+        return np.zeros(latent_dim), np.full(latent_dim, SLIDER_RANGE)
+    codes = model.encode(x).astype(np.float64)
+    spread = CODE_SPREAD * codes.std(axis=0)
+    return codes.mean(axis=0), np.where(spread > 0, spread, SLIDER_RANGE)
+
+
+def _ipywidgets():
+    try:
+        import ipywidgets
+    except ImportError:
+        raise MissingExtra("cupyvae.explore needs ipywidgets, which comes with the notebook "
+                           "extra: pip install 'cupyvae[notebook]'") from None
+    return ipywidgets
