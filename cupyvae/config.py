@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .layers import ACTIVATIONS
 
@@ -18,6 +20,13 @@ class VAEConfig:
     likelihood: str = "bernoulli"
     prior: str = "normal"
     seed: int = 0
+    # K, the number of mixture components (mog) or pseudo-inputs (vamp); None takes the
+    # prior's default (mog 10, vamp 500 as in Tomczak & Welling 2018).  Priors without
+    # components (normal) refuse a value.
+    prior_components: int | None = None
+    # How the prior's parameters start: "random", or "data" (vamp: pseudo-inputs copied from
+    # K training examples by the first fit).  See each prior's `init_schemes`.
+    prior_init: str = "random"
 
     def __post_init__(self):
         object.__setattr__(self, "data_shape", _positive_ints(self.data_shape, "data_shape"))
@@ -30,7 +39,24 @@ class VAEConfig:
             raise ValueError(f"seed must lie in [0, 2^64), got {self.seed}")
         for act in self.activations:
             ACTIVATIONS.get(act)
-        POSTERIORS.get(self.posterior), LIKELIHOODS.get(self.likelihood), PRIORS.get(self.prior)
+        POSTERIORS.get(self.posterior), LIKELIHOODS.get(self.likelihood)
+        self._validate_prior_options(PRIORS.get(self.prior))
+
+    def _validate_prior_options(self, prior_cls) -> None:
+        """Resolve prior_components to the prior's default and refuse what the prior cannot take."""
+        k = self.prior_components
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise ValueError(f"prior_components must be a positive integer (K >= 1), got {k!r}")
+            if prior_cls.default_components is None:
+                raise ValueError(f"prior {self.prior!r} has no components; prior_components must be "
+                                 f"left unset (None), got {k!r}")
+            object.__setattr__(self, "prior_components", int(k))
+        else:
+            object.__setattr__(self, "prior_components", prior_cls.default_components)
+        if self.prior_init not in prior_cls.init_schemes:
+            raise ValueError(f"prior_init {self.prior_init!r} is not available for prior "
+                             f"{self.prior!r}; available: {', '.join(prior_cls.init_schemes)}")
 
     @property
     def data_dim(self) -> int:
