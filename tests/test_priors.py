@@ -75,6 +75,27 @@ def test_mixture_log_density_hostile_corners(case):
     assert np.isfinite(dz).all() and all(np.isfinite(v).all() for v in dparams.values())
 
 
+def test_remembered_terms_follow_the_values_not_the_arrays():
+    """The mixture remembers its last point's terms: changing z (or the parameters) in place,
+    or writing into a returned log p, must not give stale numbers."""
+    rng = np.random.default_rng(1)
+    prior = MixturePrior(2, 3)
+    density = mog_density(rng.normal(size=(3, 2)), rng.normal(size=(3, 2)), rng.normal(size=3))
+    z = rng.normal(size=(4, 2))
+    first = prior.log_prob(z, density)
+    kept = first.copy()
+    first += 100.0
+    np.testing.assert_array_equal(prior.log_prob(z, density), kept)
+    z[0, 0] += 1.0
+    want = scipy_log_density(z, density["components"][:, :2], density["components"][:, 2:], density["logits"])
+    np.testing.assert_allclose(prior.log_prob(z, density), want, rtol=1e-12)
+    density["components"][1, 3] -= 0.5
+    want = scipy_log_density(z, density["components"][:, :2], density["components"][:, 2:], density["logits"])
+    np.testing.assert_allclose(prior.log_prob(z, density), want, rtol=1e-12)
+    np.testing.assert_allclose(prior.log_prob(z.astype(np.float32), {k: v.astype(np.float32) for k, v in
+                                                                     density.items()}), want, rtol=1e-5)
+
+
 def small_model(prior, k=3, **kw):
     """K components where the prior takes them (pass k explicitly to test the refusal)."""
     if prior == "normal" and k == 3:

@@ -57,35 +57,43 @@ def _logsumexp_rows(ell: np.ndarray) -> np.ndarray:
     return peak + np.log(np.exp(ell - peak[:, None]).sum(axis=1))
 
 
-def _standardised(z: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(t (B, K, Z), h (K, Z), s (K, Z)) of the header."""
+def _standardised(z: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t (B, K, Z), h (K, Z)) of the header; t built in place (no (B, K, Z) temporaries)."""
     z_dim = z.shape[1]
-    means, logvars = components[:, :z_dim], components[:, z_dim:]
-    h = np.exp(-0.5 * logvars)
-    t = (z[:, None, :] - means[None]) * h[None]
-    return t, h, logvars
+    h = np.exp(-0.5 * components[:, z_dim:])
+    t = np.subtract(z[:, None, :], components[None, :, :z_dim])
+    t *= h
+    return t, h
 
 
 def _mixture_terms(z, logits, components):
     """(log p (B,), r (B, K), t, h): the forward quantities every gradient reuses."""
-    t, h, logvars = _standardised(z, components)
-    ell = log_softmax(logits)[None] - 0.5 * (LOG_2PI + logvars[None] + t * t).sum(axis=2)
+    z_dim = z.shape[1]
+    t, h = _standardised(z, components)
+    # sum_j (log 2pi + s_kj + t_bkj^2) = sum_j (log 2pi + s_kj) + sum_j t_bkj^2
+    quad = np.einsum("bkj,bkj->bk", t, t)
+    quad += (LOG_2PI + components[:, z_dim:]).sum(axis=1)
+    ell = log_softmax(logits) - 0.5 * quad
     log_p = _logsumexp_rows(ell)
-    return log_p, np.exp(ell - log_p[:, None]), t, h
+    ell -= log_p[:, None]
+    return log_p, np.exp(ell, out=ell), t, h
 
 
 def _dlogp_dz(resp, t, h):
-    """d log p(z_b) / d z_b (B, Z) = -sum_k r_bk t_bkj h_kj."""
-    return -np.einsum("bk,bkj->bj", resp, t * h[None])
+    """d log p(z_b) / d z_b (B, Z) = -sum_k r_bk t_bkj h_kj (a batched GEMV over k)."""
+    return -np.matmul(resp[:, None, :], t * h)[:, 0, :]
 
 
 def _dparams(logits, resp, t, h, g):
     """(d/d logits (K,), d/d components (K, 2Z)) of sum_b g_b log p(z_b)."""
     pi = np.exp(log_softmax(logits))
     weighted = g[:, None] * resp
-    dlogits = (g[:, None] * (resp - pi[None])).sum(axis=0)
+    dlogits = (g[:, None] * (resp - pi)).sum(axis=0)
     dmeans = np.einsum("bk,bkj->kj", weighted, t) * h
-    dlogvars = 0.5 * np.einsum("bk,bkj->kj", weighted, t * t - 1)
+    # 1/2 sum_b w (t^2 - 1) = 1/2 (sum_b w t^2 - sum_b w)
+    dlogvars = np.einsum("bk,bkj,bkj->kj", weighted, t, t)
+    dlogvars -= weighted.sum(axis=0)[:, None]
+    dlogvars *= 0.5
     return dlogits, np.concatenate([dmeans, dlogvars], axis=1)
 
 
@@ -100,16 +108,31 @@ class GaussianMixturePrior(Prior):
         if int(components) != components or components < 1:
             raise ValueError(f"a mixture prior needs K >= 1 components, got {components!r}")
         self.n_components = int(components)
+        self._memo = None        # see _terms
 
     def log_prob(self, z, params):
-        return _mixture_terms(z, params["logits"], params["components"])[0]
+        return self._terms(z, params["logits"], params["components"])[0].copy()
 
     def log_prob_grads(self, z, params, g=None):
         logits = params["logits"]
-        _, resp, t, h = _mixture_terms(z, logits, params["components"])
+        _, resp, t, h = self._terms(z, logits, params["components"])
         g = np.ones(len(z), z.dtype) if g is None else g
         dlogits, dcomponents = _dparams(logits, resp, t, h, g)
         return _dlogp_dz(resp, t, h), {"logits": dlogits, "components": dcomponents}
+
+    def _terms(self, z, logits, components):
+        """_mixture_terms, remembered for the last (z, logits, components), compared by value:
+        a training step asks for log p, d/dz and d/dparams at the same point (the (B, K, Z)
+        terms dominate the prior's cost), and finite differences change the point between
+        calls.  The remembered arrays never leave this class."""
+        point = (z, logits, components)
+        memo = self._memo
+        if memo is not None and all(a.dtype == b.dtype and np.array_equal(a, b)
+                                    for a, b in zip(memo[0], point)):
+            return memo[1]
+        terms = _mixture_terms(z, logits, components)
+        self._memo = (tuple(np.array(a) for a in point), terms)
+        return terms
 
     def sample(self, params, u, eps):
         logits, components = params["logits"], params["components"]
@@ -174,12 +197,12 @@ def mixture_prior_forward(z: np.ndarray, logits: np.ndarray,
 def mixture_prior_backward_z(z: np.ndarray, components: np.ndarray, resp: np.ndarray,
                              g: np.ndarray, dz: np.ndarray) -> np.ndarray:
     """dz + g[b] * d log p(z_b) / d z_b: the kernel ADDS into dz (B, Z)."""
-    t, h, _ = _standardised(z, components)
+    t, h = _standardised(z, components)
     return dz + g[:, None] * _dlogp_dz(resp, t, h)
 
 
 def mixture_prior_backward_params(z: np.ndarray, logits: np.ndarray, components: np.ndarray,
                                   resp: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(dlogits (K,), dcomponents (K, 2Z)) = d/d(a, [m | s]) of sum_b g[b] log p(z_b)."""
-    t, h, _ = _standardised(z, components)
+    t, h = _standardised(z, components)
     return _dparams(logits, resp, t, h, g)
