@@ -96,6 +96,23 @@ def test_remembered_terms_follow_the_values_not_the_arrays():
                                                                      density.items()}), want, rtol=1e-5)
 
 
+def test_large_batches_are_evaluated_in_row_blocks_with_the_same_numbers(monkeypatch):
+    """Past TERMS_LIMIT elements the (B, K, Z) terms are formed a block of rows at a time; the
+    log-density is the same per row, the gradients the same up to the order of the batch sums."""
+    rng = np.random.default_rng(2)
+    prior = MixturePrior(3, 4)
+    density = mog_density(rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=4))
+    z, g = rng.normal(size=(10, 3)), rng.normal(size=10)
+    whole = prior.log_prob(z, density), prior.log_prob_grads(z, density, g)
+    monkeypatch.setattr(MixturePrior, "TERMS_LIMIT", 3 * 4 * 3)     # blocks of 3 rows: 3, 3, 3, 1
+    assert len(prior._row_blocks(10)) == 4
+    np.testing.assert_array_equal(prior.log_prob(z, density), whole[0])
+    dz, dparams = prior.log_prob_grads(z, density, g)
+    np.testing.assert_array_equal(dz, whole[1][0])
+    for name, value in dparams.items():
+        np.testing.assert_allclose(value, whole[1][1][name], rtol=1e-13, atol=1e-15)
+
+
 def small_model(prior, k=3, **kw):
     """K components where the prior takes them (pass k explicitly to test the refusal)."""
     if prior == "normal" and k == 3:
