@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .layers import ACTIVATIONS
-from .options import (Check, CommaList, ValidatedOptions, integer_at_least, option, positive_int,
-                      registered)
+from .options import (Check, CommaList, ValidatedOptions, integer_at_least, one_of, option, optional,
+                      positive_int, registered)
 
 
 def _positive_ints(values) -> tuple[int, ...]:
@@ -65,10 +65,31 @@ class VAEConfig(ValidatedOptions):
     prior: str = option("normal", registered(PRIORS), "Prior p(z).")
     seed: int = option(0, integer_at_least(0, 2 ** 64 - 1),
                        "Seeds the initialization and all training noise.")
+    prior_components: int | None = option(
+        None, optional(positive_int),
+        "K, the mixture components (mog) or pseudo-inputs (vamp) of the prior [default: the "
+        "prior's own: mog 10, vamp 500 as in Tomczak & Welling 2018].")
+    prior_init: str = option(
+        "random", one_of(("random", "data")),
+        "How the prior's parameters start: random, or data (vamp: pseudo-inputs copied from K "
+        "training examples by the first fit).")
 
     def __post_init__(self):
         super().__post_init__()
         self.activations   # one per hidden layer, or one for all
+        self._validate_prior_options(PRIORS.get(self.prior))
+
+    def _validate_prior_options(self, prior_cls) -> None:
+        """Resolve prior_components to the prior's default and refuse what the prior cannot take."""
+        k = self.prior_components
+        if k is not None and prior_cls.default_components is None:
+            raise ValueError(f"prior {self.prior!r} has no components; prior_components must be "
+                             f"left unset (None), got {k!r}")
+        if k is None:
+            object.__setattr__(self, "prior_components", prior_cls.default_components)
+        if self.prior_init not in prior_cls.init_schemes:
+            raise ValueError(f"prior_init {self.prior_init!r} is not available for prior "
+                             f"{self.prior!r}; available: {', '.join(prior_cls.init_schemes)}")
 
     @property
     def data_dim(self) -> int:

@@ -15,6 +15,7 @@ from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .executors import EXECUTORS, binarize_batch, resolve_device
 from .optim import Adam
+from .reference import prior_state
 from .spec import ModelSpec
 from .training import TrainingOptions
 
@@ -34,10 +35,12 @@ class VAE:
 
     def __init__(self, data_shape, latent_dim: int = 2, hidden=(200,), activation="relu",
                  posterior: str = "gaussian", likelihood: str = "bernoulli", prior: str = "normal",
-                 device: str = "cpu", seed: int = 0, execution: str | None = None):
+                 device: str = "cpu", seed: int = 0, execution: str | None = None,
+                 prior_components: int | None = None, prior_init: str = "random"):
         self.config = VAEConfig(data_shape=tuple(np.atleast_1d(data_shape).tolist()), latent_dim=latent_dim,
                                 hidden=tuple(hidden), activation=activation, posterior=posterior,
-                                likelihood=likelihood, prior=prior, seed=seed)
+                                likelihood=likelihood, prior=prior, seed=seed,
+                                prior_components=prior_components, prior_init=prior_init)
         self.spec = ModelSpec(self.config)
         self.device = resolve_device(device)
         # execution: "eager" or "graph" (a CUDA graph per chunk of steps); None is the
@@ -81,6 +84,8 @@ class VAE:
         if options.batch_size > len(x_train):
             raise ValueError(f"batch_size {options.batch_size} is larger than the training set "
                              f"({len(x_train)} examples)")
+        if self.optimizer is None:   # untrained: a prior initialised from the data is set now
+            self._init_prior_from_data(x_train)
         self._ensure_optimizer(options.lr, options.weight_decay)
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
@@ -117,6 +122,17 @@ class VAE:
         for key, value in record.items():
             self.history[key].append(value)
         return record
+
+    def _init_prior_from_data(self, x_train) -> None:
+        # A generator apart from spec.init_params' default_rng(seed), keyed by the seed alone,
+        # so the same config gives the same pseudo-inputs on every device.
+        values = self.spec.prior.init_from_data(x_train, np.random.default_rng([self.config.seed, 1]))
+        if values:
+            flat = self._executor.host_flat()
+            params = self.spec.layout.views(flat)
+            for name, value in values.items():
+                params[f"prior.{name}"][...] = value
+            self._executor.load_flat(flat)
 
     def _ensure_optimizer(self, lr, weight_decay):
         if self.optimizer is None:
@@ -171,8 +187,8 @@ class VAE:
         z_dim = self.config.latent_dim
         u = philox.uniform(seed, 0, int(n), 1, philox.STREAM_PRIOR)[:, 0]
         eps = philox.normal(seed, 1, int(n), z_dim, philox.STREAM_PRIOR)
-        prior_params = self.spec.prior_params(self._host_params())
-        return self.decode(self.spec.prior.sample(prior_params, u, eps))
+        state = prior_state(self.spec, self._host_params())
+        return self.decode(self.spec.prior.sample(state.density, u, eps))
 
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
@@ -186,7 +202,7 @@ class VAE:
         if int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         post, lik, prior = self.spec.posterior, self.spec.likelihood, self.spec.prior
-        prior_params = self.spec.prior_params(self._host_params())
+        prior_params = prior_state(self.spec, self._host_params()).density   # once: vamp encodes
         out = np.empty(len(x))
         for i in range(len(x) // 100 + (len(x) % 100 > 0)):
             xb = x[i * 100:(i + 1) * 100]
@@ -205,7 +221,8 @@ class VAE:
     def save(self, path) -> None:
         """Write an atomic checkpoint that rebuilds this model (and its optimizer) alone."""
         tensors = {"params": self._executor.host_flat()}
-        meta = {"config": self.config.to_json(), "history": self.history, "adam": None}
+        meta = {"config": self.config.to_json(), "history": self.history, "adam": None,
+                "layout": {e.name: list(e.shape) for e in self.spec.layout.entries}}
         if self.optimizer is not None and self.optimizer.m is not None:
             tensors["adam.m"], tensors["adam.v"] = self.optimizer.m, self.optimizer.v
             meta["adam"] = self.optimizer.state()
@@ -264,13 +281,15 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} has an unusable config ({exc})") from None
     model = VAE(**{k: getattr(config, k) for k in ("data_shape", "latent_dim", "hidden", "activation",
-                                                  "posterior", "likelihood", "prior", "seed")},
+                                                  "posterior", "likelihood", "prior", "seed",
+                                                  "prior_components", "prior_init")},
                 device=device, execution=execution)
+    _require_layout_of_config(path, meta.get("layout"), model)
     flat = tensors.get("params")
     if flat is None or flat.shape != (model.spec.layout.size,) or flat.dtype != np.float32:
         raise CheckpointError(f"checkpoint {path}: parameter buffer is "
                               f"{None if flat is None else (flat.shape, str(flat.dtype))}, the config "
-                              f"needs ({model.spec.layout.size},) float32")
+                              f"({_prior_options(config)}) needs ({model.spec.layout.size},) float32")
     if not np.isfinite(flat).all():
         raise CheckpointError(f"checkpoint {path} holds NaN/inf parameters")
     model._executor.load_flat(flat)
@@ -279,6 +298,32 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     if adam:
         model.optimizer = Adam(**adam, m=tensors["adam.m"], v=tensors["adam.v"])
     return model
+
+
+def _require_layout_of_config(path, layout, model: VAE) -> None:
+    """CheckpointError naming the first tensor whose saved shape is not the one the
+    checkpoint's own config gives (e.g. prior tensors of another K).  The flat buffer's size
+    cannot tell: tensors start at aligned offsets, so K = 3 and K = 4 may take the same room.
+    Checkpoints written before the layout was saved hold no prior tensors (no prior had
+    any); one that claims a prior with tensors but has no layout is refused."""
+    wanted = {e.name: list(e.shape) for e in model.spec.layout.entries}
+    if layout is None:
+        if any(name.startswith("prior.") for name in wanted):
+            raise CheckpointError(f"checkpoint {path} records no tensor layout, so its prior tensors "
+                                  f"cannot be checked against its config ({_prior_options(model.config)})")
+        return
+    if not isinstance(layout, dict):
+        raise CheckpointError(f"checkpoint {path} has a corrupt layout entry ({type(layout).__name__})")
+    for name in sorted(set(wanted) | set(layout)):
+        if layout.get(name) != wanted.get(name):
+            raise CheckpointError(
+                f"checkpoint {path}: tensor {name!r} is saved with shape {layout.get(name)} but its "
+                f"config ({_prior_options(model.config)}) needs {wanted.get(name)}")
+
+
+def _prior_options(config: VAEConfig) -> str:
+    return (f"prior {config.prior!r}, prior_components {config.prior_components}, "
+            f"latent_dim {config.latent_dim}, data_dim {config.data_dim}")
 
 
 def format_epoch(record: dict) -> str:

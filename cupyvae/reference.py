@@ -72,29 +72,40 @@ def _kl_rows(spec, params, q_raw, z):
 # ---------------------------------------------------------------------------------------------
 # The prior pass: the one seam through which every objective reaches log p(z).  A prior whose
 # density depends on more than its own tensors (the VampPrior encodes pseudo-inputs) does that
-# extra work inside these two functions, so no objective needs to know.  Backward is split in
+# extra work inside these functions (through Prior.prepare / Prior.add_param_grads), so no
+# objective needs to know.  Backward is split in
 # two because d/dz is needed before the encoder's data pass writes its gradients (with `=`),
 # while a prior's parameter gradients may flow into the encoder too and so are ADDED after it.
 # ---------------------------------------------------------------------------------------------
 
+def prior_state(spec: ModelSpec, params: dict):
+    """The prior's forward work that does not depend on z (a PriorState, see
+    cupyvae.distributions.base.Prior): for the VampPrior, encoding its pseudo-inputs."""
+    return spec.prior.prepare(spec, params)
+
+
 def prior_log_prob(spec: ModelSpec, params: dict, z: np.ndarray) -> tuple[np.ndarray, dict]:
-    """(log p(z) per row (B,), the prior's parameters, passed on to the backward calls)."""
-    prior_params = spec.prior_params(params)
-    return spec.prior.log_prob(z, prior_params), prior_params
+    """(log p(z) per row (B,), the prior's state, passed on to the backward calls).
+
+    The state is a dict of the prior's own tensors (iterating it names the prior's gradients)
+    that also carries what the density reads and what its backward reuses."""
+    state = prior_state(spec, params)
+    return spec.prior.log_prob(z, state.density), state
 
 
 def prior_log_prob_dz(spec: ModelSpec, z: np.ndarray, prior_params: dict,
                       g: np.ndarray) -> np.ndarray:
     """d/dz of sum_b g[b] log p(z_b): (B, Z); g (B,) is d loss / d log p(z_b)."""
-    return g[:, None] * spec.prior.log_prob_grads(z, prior_params, g)[0]
+    return g[:, None] * spec.prior.log_prob_grads(z, prior_params.density, g)[0]
 
 
 def add_prior_param_grads(spec: ModelSpec, params: dict, grads: dict, z: np.ndarray,
                           prior_params: dict, g: np.ndarray) -> None:
-    """ADDS (`+=`) d/d theta of sum_b g[b] log p(z_b) for every prior parameter theta.
+    """ADDS (`+=`) d/d theta of sum_b g[b] log p(z_b) for every parameter theta the prior
+    depends on: its own tensors and, for the VampPrior, the encoder's weights and biases.
     Called after the encoder's data pass has written its gradients."""
-    for name, value in spec.prior.log_prob_grads(z, prior_params, g)[1].items():
-        grads[f"prior.{name}"] += value
+    ddensity = spec.prior.log_prob_grads(z, prior_params.density, g)[1]
+    spec.prior.add_param_grads(spec, params, grads, prior_params, ddensity)
 
 
 def negative_elbo_and_grads(spec: ModelSpec, params: dict, grads: dict,

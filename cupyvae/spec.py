@@ -29,7 +29,7 @@ class ModelSpec:
         z_dim, d_dim = config.latent_dim, config.data_dim
         self.posterior = POSTERIORS.get(config.posterior)(z_dim)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(d_dim)
-        self.prior = PRIORS.get(config.prior)(z_dim)
+        self.prior = PRIORS.get(config.prior).from_config(config)
         acts = config.activations
         self.encoder = _mlp("encoder", [d_dim, *config.hidden, self.posterior.raw_width], acts)
         self.decoder = _mlp("decoder", [z_dim, *reversed(config.hidden), self.likelihood.raw_width],

@@ -6,6 +6,7 @@ import scipy.stats as st
 from cupyvae.config import VAEConfig
 from cupyvae.distributions import KL_PAIRS, LIKELIHOODS, POSTERIORS, PRIORS
 from cupyvae.layers import ACTIVATIONS, linear_backward, linear_forward
+from cupyvae import reference
 from cupyvae.reference import negative_elbo_and_grads, negative_elbo_rows
 from cupyvae.spec import ModelSpec
 
@@ -80,16 +81,64 @@ def test_analytic_kl_gradient_and_value(key):
     assert abs(mc - kl[0]) < 0.05, (mc, kl[0])
 
 
+def prior_spec(name: str, components: int = 3, **kw) -> ModelSpec:
+    """A small model with prior `name` (K components where the prior takes any)."""
+    k = components if PRIORS.get(name).default_components is not None else None
+    return small_spec("bernoulli", prior=name, prior_components=k, **kw)
+
+
+def prior_test_params(spec: ModelSpec) -> dict:
+    """float64 parameters; pseudo-inputs inside (0, 1), away from hardtanh's kinks, except a
+    few beyond the bound on each side (where the gradient must be exactly 0)."""
+    params = spec.layout.views(float64_params(spec))
+    if "prior.pseudo_inputs" in params:
+        w = params["prior.pseudo_inputs"]
+        w[...] = rng.uniform(0.05, 0.95, w.shape)
+        w[0, :2] = (-0.3, 1.4)
+    return params
+
+
 @pytest.mark.parametrize("name", PRIORS.names())
 def test_prior_gradients(name):
-    prior = PRIORS.get(name)(3)
-    params = {k: v.astype(np.float64) for k, v in prior.init_params(np.random.default_rng(0)).items()}
-    z = randn(4, 3)
-    dz, dparams = prior.log_prob_grads(z, params)
-    assert_grad_close(dz, numeric_grad(lambda: float(prior.log_prob(z, params).sum()), z), f"{name} dz")
-    for k, g in dparams.items():
-        assert_grad_close(g, numeric_grad(lambda: float(prior.log_prob(z, params).sum()), params[k]),
+    """log_prob_grads against finite differences of log_prob, wrt z and every density tensor,
+    with per-row weights g (as the IWAE objective gives them)."""
+    spec = prior_spec(name)
+    density = reference.prior_state(spec, prior_test_params(spec)).density
+    z, g = randn(4, 3), randn(4)
+    prior = spec.prior
+    dz, dparams = prior.log_prob_grads(z, density, g)
+    assert_grad_close(dz, numeric_grad(lambda: float(prior.log_prob(z, density).sum()), z), f"{name} dz")
+    assert set(dparams) == set(density)
+    for k, grad in dparams.items():
+        assert_grad_close(grad, numeric_grad(lambda: float(g @ prior.log_prob(z, density)), density[k]),
                           f"{name} d{k}")
+
+
+@pytest.mark.parametrize("name", PRIORS.names())
+def test_prior_pass_gradients_reach_every_model_parameter(name):
+    """The seam (prior_log_prob, prior_log_prob_dz, add_prior_param_grads) against finite
+    differences of sum_b g_b log p(z_b) wrt z and EVERY model parameter: for vamp that is
+    the pseudo-inputs through hardtanh and the encoder's weights and biases."""
+    spec = prior_spec(name)
+    params = prior_test_params(spec)
+    z, g = randn(4, 3), randn(4)
+
+    def weighted_log_p():
+        return float(g @ reference.prior_log_prob(spec, params, z)[0])
+
+    _, state = reference.prior_log_prob(spec, params, z)
+    grads = spec.layout.views(spec.layout.zeros(np.float64))
+    reference.add_prior_param_grads(spec, params, grads, z, state, g)
+    assert_grad_close(reference.prior_log_prob_dz(spec, z, state, g),
+                      g[:, None] * numeric_grad(lambda: float(reference.prior_log_prob(spec, params, z)[0].sum()), z),
+                      f"{name} g dlogp/dz")
+    for pname in spec.layout.names():
+        assert_grad_close(grads[pname], numeric_grad(weighted_log_p, params[pname]),
+                          f"{name}: d sum g log p / d {pname}")
+    if name == "vamp":
+        assert np.count_nonzero(grads["prior.pseudo_inputs"]) > 0
+        assert grads["prior.pseudo_inputs"][0, 0] == 0 and grads["prior.pseudo_inputs"][0, 1] == 0
+        assert np.abs(grads["encoder.0.weight"]).max() > 1e-3   # the encoder is reached
 
 
 def test_log_densities_match_scipy():
@@ -140,6 +189,21 @@ def test_negative_elbo_gradient_wrt_every_parameter(likelihood, activation, kl):
     for name in spec.layout.names():
         numeric = numeric_grad(lambda: float(negative_elbo_rows(spec, params, x, eps).mean()), params[name])
         assert_grad_close(grads[name], numeric, f"{likelihood}/{activation}/{kl}: d loss / d {name}")
+
+
+@pytest.mark.parametrize("name", PRIORS.names())
+def test_negative_elbo_gradient_with_each_prior(name):
+    """The full negative ELBO (Monte-Carlo KL for the learnable priors) wrt every parameter,
+    the prior's own (logits, components, pseudo-inputs) included."""
+    spec = prior_spec(name, activation="softplus")
+    params = prior_test_params(spec)
+    grads = spec.layout.views(spec.layout.zeros(np.float64))
+    x, eps = rng.random((4, 6)), randn(4, 3)
+    loss = negative_elbo_and_grads(spec, params, grads, x, eps)
+    assert loss == pytest.approx(negative_elbo_rows(spec, params, x, eps).mean(), rel=1e-12)
+    for pname in spec.layout.names():
+        numeric = numeric_grad(lambda: float(negative_elbo_rows(spec, params, x, eps).mean()), params[pname])
+        assert_grad_close(grads[pname], numeric, f"prior {name}: d loss / d {pname}")
 
 
 def test_monte_carlo_kl_matches_analytic_in_expectation():

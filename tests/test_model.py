@@ -203,7 +203,7 @@ def test_bad_training_options(kwargs, message):
 @pytest.mark.parametrize("kwargs,message", [
     ({"likelihood": "poisson"}, "available: bernoulli, gaussian"),
     ({"posterior": "laplace"}, "available: gaussian"),
-    ({"prior": "vamp"}, "available: normal"),
+    ({"prior": "flow"}, "unknown prior .flow.; available: mog, normal"),
     ({"activation": "gelu"}, "available: identity, relu, softplus, tanh"),
     ({"activation": ("relu", "tanh")}, "2 activations"),
     ({"latent_dim": 0}, "latent_dim"),

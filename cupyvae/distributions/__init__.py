@@ -1,9 +1,9 @@
 """The distribution plug-ins.  Importing this package registers every built-in one."""
 from .base import (KL_PAIRS, LIKELIHOODS, POSTERIORS, PRIORS, Likelihood, ParamSpec, Posterior,
-                   Prior, kl_key, register_kl, register_likelihood, register_posterior,
+                   Prior, PriorState, kl_key, register_kl, register_likelihood, register_posterior,
                    register_prior)
-from . import bernoulli, gaussian  # noqa: F401  (registration side effects)
+from . import bernoulli, gaussian, mixture, vamp  # noqa: F401  (registration side effects)
 
 __all__ = ["KL_PAIRS", "LIKELIHOODS", "POSTERIORS", "PRIORS", "Likelihood", "ParamSpec",
-           "Posterior", "Prior", "kl_key", "register_kl", "register_likelihood",
+           "Posterior", "Prior", "PriorState", "kl_key", "register_kl", "register_likelihood",
            "register_posterior", "register_prior"]

@@ -108,13 +108,35 @@ class Likelihood(Distribution):
 
 
 class Prior:
-    """p(z).  Learnable parameters, if any, live in the flat buffer as ``prior.<name>``."""
+    """p(z).  Learnable parameters, if any, live in the flat buffer as ``prior.<name>``.
+
+    The prior pass (cupyvae.reference: prior_state, prior_log_prob, prior_log_prob_dz,
+    add_prior_param_grads) reaches a prior in three steps:
+      1. `prepare(spec, params)` -> PriorState: the prior's own tensors, and in `.density`
+         the tensors its density formula reads -- its own tensors, or tensors derived from
+         the whole model (the VampPrior encodes its pseudo-inputs with the current encoder);
+      2. `log_prob(z, density)`, `log_prob_grads(z, density, g)`, `sample(density, u, eps)`
+         work on `.density` only;
+      3. `add_param_grads(...)` maps d/d density back onto the flat buffer, ADDING (`+=`)
+         into every gradient it touches (its own and, for the VampPrior, the encoder's).
+    For a prior whose density reads only its own tensors, steps 1 and 3 are identities.
+    """
     name: ClassVar[str] = ""
     learnable: ClassVar[bool] = False
     kernel: ClassVar[str | None] = None
+    # K when the prior is a mixture (VAEConfig.prior_components defaults to it); None: the
+    # prior has no components and refuses a K.
+    default_components: ClassVar[int | None] = None
+    # Accepted values of VAEConfig.prior_init; the first is the default.
+    init_schemes: ClassVar[tuple[str, ...]] = ("random",)
 
     def __init__(self, dim: int):
         self.dim = int(dim)
+
+    @classmethod
+    def from_config(cls, config) -> "Prior":
+        """The prior a VAEConfig describes (mixtures read prior_components, ...)."""
+        return cls(config.latent_dim)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
@@ -122,23 +144,57 @@ class Prior:
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {}
 
+    def init_from_data(self, x: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Parameters to overwrite from the training data x (N, D) before the first step;
+        empty unless the prior's init scheme reads data.  ValueError names a bad fit."""
+        return {}
+
+    def prepare(self, spec, params: dict[str, np.ndarray]) -> "PriorState":
+        """The forward half of the prior pass (see the class docstring); `params` is the
+        whole model's name -> tensor dict, `spec` its ModelSpec."""
+        return PriorState(spec.prior_params(params))
+
+    def add_param_grads(self, spec, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+                        state: "PriorState", ddensity: dict[str, np.ndarray]) -> None:
+        """ADDS (`+=`) into `grads` the gradient that ddensity (name -> d/d state.density[name])
+        implies for every flat-buffer tensor the density depends on."""
+        for name, value in ddensity.items():
+            grads[f"prior.{name}"] += value
+
     def log_prob(self, z: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+        """log p(z) per row (B,); `params` is PriorState.density."""
         raise NotImplementedError
 
     def log_prob_grads(self, z: np.ndarray, params: dict[str, np.ndarray],
                        g: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(d log p(z_b) / d z_b per row (B, Z), {name: d sum_b g[b] log p(z_b) / d param}).
+        """(d log p(z_b) / d z_b per row (B, Z), {name: d sum_b g[b] log p(z_b) / d params[name]}).
 
         g (B,) weights the rows of the parameter gradient (the upstream d loss / d log p(z_b));
-        None means all ones."""
+        None means all ones.  `params` is PriorState.density."""
         raise NotImplementedError
 
     def sample(self, params: dict[str, np.ndarray], u: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        """n draws given uniforms u (n,) and standard normals eps (n, Z)."""
+        """n draws given uniforms u (n,) and standard normals eps (n, Z); `params` is
+        PriorState.density."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim})"
+
+
+class PriorState(dict):
+    """What the prior pass hands from its forward to its backward calls.
+
+    As a dict: the prior's own tensors by name (as in the flat buffer, without "prior."),
+    so iterating a state names exactly the gradients the prior owns.  `density`: the
+    tensors the prior's density formula reads (by default the own tensors themselves).
+    `saved`: forward values its backward reuses (the VampPrior's encoder activations).
+    """
+
+    def __init__(self, own: dict, density: dict | None = None, saved=None):
+        super().__init__(own)
+        self.density = dict(own) if density is None else density
+        self.saved = saved
 
 
 POSTERIORS: Registry[type[Posterior]] = Registry("posterior")

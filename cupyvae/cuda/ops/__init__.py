@@ -10,10 +10,14 @@ from .bernoulli import bernoulli_nll
 from .gaussian_likelihood import gaussian_likelihood_nll
 from .gaussian_posterior import gaussian_posterior_backward, gaussian_posterior_forward
 from .linear import linear_backward_input, linear_backward_weight, linear_forward
+from .mixture_prior import (mixture_prior_backward_params, mixture_prior_backward_z,
+                            mixture_prior_forward)
 from .normal import normal_fill
 from .step import advance_counters, batch_loss, gather_rows, start_epoch
+from .vamp_prior import vamp_pseudo_inputs_backward, vamp_pseudo_inputs_forward
 
 __all__ = ["adam_update", "advance_counters", "batch_loss", "bernoulli_nll", "gather_rows",
            "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",
-           "linear_backward_input", "linear_backward_weight", "linear_forward", "normal_fill",
-           "start_epoch"]
+           "linear_backward_input", "linear_backward_weight", "linear_forward",
+           "mixture_prior_backward_params", "mixture_prior_backward_z", "mixture_prior_forward",
+           "normal_fill", "start_epoch", "vamp_pseudo_inputs_backward", "vamp_pseudo_inputs_forward"]
