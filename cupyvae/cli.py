@@ -27,7 +27,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .files import write_atomic
 from .config import VAEConfig
 from .datasets import available_datasets, load_dataset
@@ -453,9 +453,8 @@ def _progress_bar(length: int, label: str):
 
 def _checkpoint_history(path: Path) -> dict | None:
     try:
-        _tensors, meta = read_checkpoint(path)
-        return meta["history"]
-    except (CheckpointError, KeyError):
+        return load_checkpoint(path).history
+    except CheckpointError:
         return None
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from . import philox
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .executors import EXECUTORS, binarize_batch, resolve_device
 from .optim import Adam
@@ -255,27 +255,20 @@ class VAE:
 
 
 def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
-    """Rebuild a model (config, parameters, optimizer state, history) from a checkpoint."""
-    tensors, meta = read_checkpoint(path)
-    try:
-        config = VAEConfig.from_json(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} has an unusable config ({exc})") from None
+    """Rebuild a model (config, parameters, optimizer state, history) from a checkpoint.
+
+    The whole file is verified first (cupyvae.checkpoint.load_checkpoint: digests, the
+    parameter count the config implies, every tensor, the Adam state and the history), so
+    a bad file raises CheckpointError, naming it and the problem, before anything is built.
+    """
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.config
     model = VAE(**{k: getattr(config, k) for k in ("data_shape", "latent_dim", "hidden", "activation",
                                                   "posterior", "likelihood", "prior", "seed")},
                 device=device, execution=execution)
-    flat = tensors.get("params")
-    if flat is None or flat.shape != (model.spec.layout.size,) or flat.dtype != np.float32:
-        raise CheckpointError(f"checkpoint {path}: parameter buffer is "
-                              f"{None if flat is None else (flat.shape, str(flat.dtype))}, the config "
-                              f"needs ({model.spec.layout.size},) float32")
-    if not np.isfinite(flat).all():
-        raise CheckpointError(f"checkpoint {path} holds NaN/inf parameters")
-    model._executor.load_flat(flat)
-    model.history = meta.get("history") or model.history
-    adam = meta.get("adam")
-    if adam:
-        model.optimizer = Adam(**adam, m=tensors["adam.m"], v=tensors["adam.v"])
+    model._executor.load_flat(checkpoint.params)
+    model.history = checkpoint.history
+    model.optimizer = checkpoint.optimizer
     return model
 
 
