@@ -14,6 +14,7 @@ from . import philox
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .executors import EXECUTORS, binarize_batch, resolve_device
+from .numbers import nonfinite_problem
 from .optim import Adam
 from .spec import ModelSpec
 
@@ -224,10 +225,9 @@ class VAE:
             raise ValueError(f"{what} has shape {x.shape}; expected (N, {', '.join(map(str, shape))})"
                              f" or (N, {self.config.data_dim})")
         x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            raise ValueError(f"{what} has {int(bad.sum())} NaN/inf values (first in example {row})")
+        problem = nonfinite_problem(x)
+        if problem:
+            raise ValueError(f"{what} {problem}")
         self.spec.likelihood.validate_data(x, what)
         return x
 
