@@ -180,7 +180,11 @@ def test_ctrl_c_keeps_the_last_complete_checkpoint(tiny_npz, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "cupyvae.cli", "train", "--data", str(tiny_npz), "--epochs", "100000",
          *TINY_MODEL, "--out", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+        # ignored across exec (Python then installs no KeyboardInterrupt handler): the
+        # child must start with the default disposition, as under an interactive shell.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (run_dir / "metrics.csv").exists():    # at least one epoch is complete
