@@ -23,10 +23,17 @@ Registered datasets and their splits:
     with their own binarization.
 
 Image values are scaled to [0, 1]. Downloads land in :func:`default_cache_dir`
-(one sub-directory per dataset); every file is verified (SHA-256, or a
-structural check where no checksum is published) before it is moved into the
-cache, and again each time it is used. Every problem raises
-:class:`DatasetError` with a message that names the file and what is wrong.
+(one sub-directory per dataset); every file is verified before it is moved into
+the cache, and again each time it is used: against its pinned SHA-256 (MNIST,
+Fashion-MNIST, binarized MNIST), or, where none is pinned (Frey, see
+``FREY_SHA256``), structurally on download and then against the digest recorded
+beside it (``<file>.sha256``).  The parsed binarized-MNIST cache stores the
+SHA-256 of its bits and of the .amat it came from, both checked on every read.
+Compressed files are read header first, and never inflated beyond what the
+header declares.  A corrupt cached file is replaced atomically, so concurrent
+loaders see the old or the new file, and one that vanishes under a loader counts
+as not cached.  Every problem raises :class:`DatasetError` with a message that
+names the file and what is wrong.
 """
 from __future__ import annotations
 
@@ -361,7 +368,10 @@ def _read_digest_record(path: pathlib.Path) -> str | None:
 
 
 def _write_digest_record(path: pathlib.Path, digest: str) -> None:
-    write_atomic(_digest_record(path), f"{digest}  {path.name}\n".encode())
+    try:
+        write_atomic(_digest_record(path), f"{digest}  {path.name}\n".encode())
+    except OSError:   # a read-only (shared) cache: the file was verified, only the record is lost
+        pass
 
 
 def _identity(path: pathlib.Path) -> tuple | None:
