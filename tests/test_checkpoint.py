@@ -18,6 +18,7 @@ from safetensors.numpy import save as safetensors_save
 import cupyvae
 from cupyvae.checkpoint import (LEGACY_FORMAT, CheckpointError, load_checkpoint, read_checkpoint,
                                 save_checkpoint)
+from cupyvae.optim import Adam
 
 
 def trained_model(**kw):
@@ -113,10 +114,21 @@ def test_nan_in_params(checkpoint):
     ({"step_count": -1}, ["'step_count' = -1", "non-negative integer"]),
     ({"beta2": 1.5}, ["invalid Adam state", "beta2"]),
     ({"lr": 0.0}, ["invalid Adam state", "learning rate"]),
+    ({"eps": 0.0}, ["invalid Adam state", "eps must be positive"]),
 ])
 def test_bad_adam_state(checkpoint, change, fragments):
     rewrite(checkpoint, lambda t, m: m["adam"].update(change))
     refused(checkpoint, *fragments)
+
+
+@pytest.mark.parametrize("setting", [{"lr": float("inf")}, {"lr": float("nan")},
+                                     {"weight_decay": float("nan")}, {"eps": float("inf")},
+                                     {"beta1": float("nan")}])
+def test_adam_itself_refuses_non_finite_settings(setting):
+    """The check every Adam state goes through, from a checkpoint or from fit()."""
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        Adam(**setting)
 
 
 def test_adam_state_missing_a_key(checkpoint):
