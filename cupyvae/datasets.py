@@ -23,10 +23,17 @@ Registered datasets and their splits:
     with their own binarization.
 
 Image values are scaled to [0, 1]. Downloads land in :func:`default_cache_dir`
-(one sub-directory per dataset); every file is verified (SHA-256, or a
-structural check where no checksum is published) before it is moved into the
-cache, and again each time it is used. Every problem raises
-:class:`DatasetError` with a message that names the file and what is wrong.
+(one sub-directory per dataset); every file is verified before it is moved into
+the cache, and again each time it is used: against its pinned SHA-256 (MNIST,
+Fashion-MNIST, binarized MNIST), or, where none is pinned (Frey, see
+``FREY_SHA256``), structurally on download and then against the digest recorded
+beside it (``<file>.sha256``).  The parsed binarized-MNIST cache stores the
+SHA-256 of its bits and of the .amat it came from, both checked on every read.
+Compressed files are read header first, and never inflated beyond what the
+header declares.  A corrupt cached file is replaced atomically, so concurrent
+loaders see the old or the new file, and one that vanishes under a loader counts
+as not cached.  Every problem raises :class:`DatasetError` with a message that
+names the file and what is wrong.
 """
 from __future__ import annotations
 
@@ -34,8 +41,10 @@ import gzip
 import hashlib
 import http.client
 import io
+import math
 import os
 import pathlib
+import struct
 import sys
 import tempfile
 import urllib.error
@@ -43,11 +52,12 @@ import urllib.request
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, TypeVar
+from typing import Callable, Generic, Iterable, Mapping, TypeVar
 
 import numpy as np
 
-from .files import write_atomic
+from .files import fsync_directory, write_atomic
+from .numbers import nonfinite_problem
 from .registry import Registry
 
 __all__ = [
@@ -133,6 +143,13 @@ FASHION_MNIST_PAYLOAD_SHA256 = {
 
 FREY_FILENAME = "frey_rawface.mat"
 FREY_MIRRORS = ["https://cs.nyu.edu/~roweis/data/"]
+# SHA-256 of the published Frey file: NOT PINNED YET.  No copy of frey_rawface.mat and no
+# published checksum could be obtained when this table was written (no network access),
+# and a digest must never be guessed.  Fill it in from a download you trust
+# (`sha256sum frey_rawface.mat`).  Until then the file is checked structurally when it
+# enters the cache, and its digest is recorded next to it (frey_rawface.mat.sha256) and
+# verified on every later use, so a cached copy that changes afterwards is still refused.
+FREY_SHA256: dict[str, str | None] = {FREY_FILENAME: None}
 FREY_IMAGE_SHAPE = (28, 20)
 FREY_NUM_IMAGES = 1965
 FREY_TEST_SIZE = 200
@@ -144,6 +161,16 @@ BINARIZED_MNIST_MIRRORS = [
 # downloaded (see the module docstring).
 BINARIZED_MNIST_ROWS = {"train": 50000, "valid": 10000, "test": 10000}
 BINARIZED_MNIST_PIXELS = 28 * 28
+# SHA-256 of Larochelle's files, as published by TensorFlow Datasets
+# (tensorflow/datasets: tensorflow_datasets/datasets/binarized_mnist/checksums.tsv, and the
+# older url_checksums/binarized_mnist.txt, which agrees), with the sizes listed there:
+# 78400000 and 15680000 bytes, i.e. 50000 and 10000 lines of 784 one-character values and
+# their separators.  Not re-checked against a download here (no network access).
+BINARIZED_MNIST_SHA256: dict[str, str | None] = {
+    "binarized_mnist_train.amat": "ad693b29f94c14277b095f5238ddefbbdaaae0939789dd2f4f0205278cee3e4d",
+    "binarized_mnist_valid.amat": "1de3d397c40fe8eeb33dafd4099a1f665ec01e96d9be234aaeeac8a34930e2e2",
+    "binarized_mnist_test.amat": "e6687bfea3f820c174f33b7865140b2a2dd2930ef786f35d45795fc193b5ab2c",
+}
 
 # .npy files and .npz files with a single ``x`` get their last 10% as the test
 # split (no shuffling: shuffle before saving if the rows are ordered).
@@ -254,33 +281,105 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLik
 # Fetching: cache lookup, mirrors, atomic download, verification
 # --------------------------------------------------------------------------
 
-def _fetch(filename: str, mirrors: Iterable[str], directory: pathlib.Path, download: bool,
-           check: Callable[[pathlib.Path], _T]) -> tuple[pathlib.Path, _T]:
-    """Return ``directory/filename`` and ``check``'s result for it, downloading it first if needed.
+@dataclass(frozen=True, eq=False)
+class _Fetched(Generic[_T]):
+    """A verified file in the cache: its path, its SHA-256 and what ``parse`` read from it."""
+    path: pathlib.Path
+    sha256: str
+    value: _T
 
-    ``check`` raises DatasetError when the file is bad and otherwise returns
-    whatever it read (so a structural check doubles as the parser). A cached
-    file that fails the check is deleted and downloaded again, once.
+
+def _fetch(filename: str, mirrors: Iterable[str], directory: pathlib.Path, download: bool,
+           sha256: str | None, parse: Callable[[pathlib.Path], _T] | None = None) -> _Fetched[_T]:
+    """``directory/filename``, verified and parsed, downloading it first if needed.
+
+    ``sha256`` is the pinned digest of the published file.  Where none is pinned (None),
+    the digest recorded when the file entered the cache (``<filename>.sha256``, in
+    ``sha256sum`` format) is checked instead.  ``parse`` raises DatasetError when the
+    file is malformed and otherwise returns what it read.  A cached file that fails is
+    replaced by a fresh download (atomically: a concurrent loader sees the old or the new
+    file, never none).  A file that vanishes while it is checked (another loader replacing
+    it) counts as not cached.
     """
     path = directory / filename
     mirrors = list(mirrors)
-    if path.is_file():
-        try:
-            return path, check(path)
-        except DatasetError as problem:
-            if not download:
-                raise DatasetError(
-                    f"cached file {path} is corrupt ({problem}); delete it and call load_dataset "
-                    f"with download=True, or replace it with a good copy from {', '.join(_urls(filename, mirrors))}"
-                ) from problem
-            warnings.warn(f"cached file {path} is corrupt ({problem}); deleting it and downloading again",
-                          RuntimeWarning, stacklevel=3)
-            path.unlink()
-    elif not download:
+
+    def check(candidate: pathlib.Path) -> _Fetched[_T]:
+        recorded = None if sha256 is not None or candidate != path else _read_digest_record(path)
+        return _verify(candidate, filename, sha256 or recorded, parse, recorded is not None)
+
+    seen = None   # identity of a corrupt cached copy, so only that copy is ever removed
+    try:
+        fetched = check(path)
+        if sha256 is None and not _digest_record(path).is_file():
+            _write_digest_record(path, fetched.sha256)   # a hand-placed copy: record it now
+        return fetched
+    except FileNotFoundError:
+        pass
+    except DatasetError as problem:
+        if not download:
+            raise DatasetError(
+                f"cached file {path} is corrupt ({problem}); delete it and call load_dataset "
+                f"with download=True, or replace it with a good copy from {', '.join(_urls(filename, mirrors))}"
+            ) from problem
+        warnings.warn(f"cached file {path} is corrupt ({problem}); downloading it again",
+                      RuntimeWarning, stacklevel=3)
+        seen = _identity(path)
+    if not download:
         raise DatasetError(
             f"{filename} is not in {directory} and download=False; call load_dataset with "
             f"download=True to fetch it, or copy it there from one of: {', '.join(_urls(filename, mirrors))}")
-    return path, _download_first_good_copy(filename, mirrors, directory, check)
+    try:
+        fetched = _download_first_good_copy(filename, mirrors, directory, check)
+    except DatasetError:
+        if seen is not None and _identity(path) == seen:
+            path.unlink(missing_ok=True)
+        raise
+    if sha256 is None:
+        _write_digest_record(path, fetched.sha256)
+    return fetched
+
+
+def _verify(path: pathlib.Path, filename: str, expected: str | None,
+            parse: Callable[[pathlib.Path], _T] | None, from_record: bool) -> _Fetched[_T]:
+    actual = _sha256_of_file(path)
+    if expected is not None and actual != expected:
+        source = "the digest recorded when it was cached" if from_record else "the published digest"
+        raise DatasetError(f"{filename}: SHA-256 mismatch: expected {expected} ({source}), got {actual}")
+    return _Fetched(path, actual, None if parse is None else parse(path))
+
+
+def _digest_record(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_digest_record(path: pathlib.Path) -> str | None:
+    """The digest recorded for ``path``, None if there is no record; a damaged record is a
+    DatasetError (the file can no longer be vouched for)."""
+    record = _digest_record(path)
+    try:
+        text = record.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    digest = text.split()[0] if text.split() else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise DatasetError(f"{record} is damaged: expected a SHA-256 hex digest, found {text[:80]!r}")
+    return digest
+
+
+def _write_digest_record(path: pathlib.Path, digest: str) -> None:
+    try:
+        write_atomic(_digest_record(path), f"{digest}  {path.name}\n".encode())
+    except OSError:   # a read-only (shared) cache: the file was verified, only the record is lost
+        pass
+
+
+def _identity(path: pathlib.Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _urls(filename: str, mirrors: Iterable[str]) -> list[str]:
@@ -288,7 +387,7 @@ def _urls(filename: str, mirrors: Iterable[str]) -> list[str]:
 
 
 def _download_first_good_copy(filename: str, mirrors: list[str], directory: pathlib.Path,
-                              check: Callable[[pathlib.Path], _T]) -> _T:
+                              check: Callable[[pathlib.Path], _Fetched[_T]]) -> _Fetched[_T]:
     """Try each mirror in order; the first copy that passes ``check`` goes into the cache."""
     if not mirrors:
         raise DatasetError(f"{filename}: no download mirrors configured")
@@ -308,7 +407,8 @@ def _download_first_good_copy(filename: str, mirrors: list[str], directory: path
             temporary.unlink(missing_ok=True)
             continue
         os.replace(temporary, directory / filename)
-        return result
+        fsync_directory(directory)
+        return _Fetched(directory / filename, result.sha256, result.value)
     _remove_if_empty(directory)
     tried = "\n  ".join(failures)
     raise DatasetError(f"could not download a good copy of {filename}; tried:\n  {tried}")
@@ -322,6 +422,8 @@ def _download_to_temporary(url: str, directory: pathlib.Path, filename: str,
     try:
         with os.fdopen(handle, "wb") as out:
             _copy_url_to(url, out)
+            out.flush()
+            os.fsync(out.fileno())   # on disk before the rename makes it the cached copy
         return temporary
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, DatasetError) as error:
         failures.append(f"{url}: {error}")
@@ -388,46 +490,71 @@ def _sha256_of_file(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256_check(expected_by_name: Mapping[str, str], filename: str) -> Callable[[pathlib.Path], None]:
-    """A check for ``_fetch``: the file's SHA-256 must be the one published for ``filename``."""
-    def check(path: pathlib.Path) -> None:
-        expected = expected_by_name[filename]
-        actual = _sha256_of_file(path)
-        if actual != expected:
-            raise DatasetError(f"{filename}: SHA-256 mismatch: expected {expected}, got {actual}")
-    return check
-
-
 # --------------------------------------------------------------------------
 # IDX (MNIST-style) files
 # --------------------------------------------------------------------------
 
 _IDX_UBYTE = 0x08
+_IDX_NDIM = {IDX_TRAIN_IMAGES: 3, IDX_TEST_IMAGES: 3, IDX_TRAIN_LABELS: 1, IDX_TEST_LABELS: 1}
+# Deflate's best case is one 258-byte match per 2 bits (1032:1), so a gzip file of n bytes
+# cannot hold more than about 1032 n: a header declaring more is refused before any reading.
+_MAX_DEFLATE_RATIO = 1032
 
 
 def _read_idx_gz(path: pathlib.Path, expected_ndim: int) -> np.ndarray:
     """Parse a gzipped IDX file of unsigned bytes into a uint8 array."""
+    raw = _read_idx_bytes(path, expected_ndim)
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * expected_ndim).reshape(dims)
+
+
+def _read_idx_bytes(path: pathlib.Path, expected_ndim: int) -> bytes:
+    """The decompressed IDX file (header and data), header checked before the data is
+    read, and never more decompressed than the header declares (plus one byte, to see
+    trailing data): a gzip bomb costs nothing."""
     try:
+        compressed_size = path.stat().st_size
         with gzip.open(path, "rb") as f:
-            raw = f.read()
+            header = _idx_header(path, f, expected_ndim)
+            dims = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_ndim))
+            data_size = math.prod(dims)
+            _check_idx_size(path, dims, len(header) + data_size, compressed_size)
+            data = f.read(data_size)
+            trailing = f.read(1)
     except (OSError, EOFError, zlib.error) as error:
         raise DatasetError(f"{path}: not a readable gzip file ({error})") from error
-    header_size = 4 + 4 * expected_ndim
-    if len(raw) < header_size:
-        raise DatasetError(f"{path}: truncated IDX header: expected {header_size} bytes, got {len(raw)}")
-    zero, dtype_code, ndim = int.from_bytes(raw[0:2], "big"), raw[2], raw[3]
-    if zero != 0 or dtype_code != _IDX_UBYTE or ndim != expected_ndim:
-        raise DatasetError(
-            f"{path}: bad IDX magic number 0x{raw[:4].hex()}: expected 0x0000{_IDX_UBYTE:02x}{expected_ndim:02x} "
-            f"(unsigned bytes, {expected_ndim} dimension(s))")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected_size = header_size + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected_size:
-        problem = "truncated" if len(raw) < expected_size else "has trailing bytes"
+    expected_size = len(header) + data_size
+    if len(data) < data_size or trailing:
+        held = f"{len(header) + len(data)} bytes" if not trailing else "more"
+        problem = "truncated" if not trailing else "has trailing bytes"
         raise DatasetError(
             f"{path}: IDX file {problem}: header says dims {dims}, which needs {expected_size} bytes, "
-            f"but the file holds {len(raw)} bytes")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
+            f"but the file holds {held}")
+    return header + data
+
+
+def _idx_header(path: pathlib.Path, f, expected_ndim: int) -> bytes:
+    header_size = 4 + 4 * expected_ndim
+    header = f.read(header_size)
+    if len(header) >= 4:
+        zero, dtype_code, ndim = int.from_bytes(header[0:2], "big"), header[2], header[3]
+        if zero != 0 or dtype_code != _IDX_UBYTE or ndim != expected_ndim:
+            raise DatasetError(
+                f"{path}: bad IDX magic number 0x{header[:4].hex()}: expected "
+                f"0x0000{_IDX_UBYTE:02x}{expected_ndim:02x} (unsigned bytes, {expected_ndim} dimension(s))")
+    if len(header) < header_size:
+        raise DatasetError(f"{path}: truncated IDX header: expected {header_size} bytes, got {len(header)}")
+    return header
+
+
+def _check_idx_size(path: pathlib.Path, dims: tuple[int, ...], size: int, compressed_size: int) -> None:
+    if size > np.iinfo(np.int64).max:
+        raise DatasetError(f"{path}: IDX header declares dims {dims}, {size} bytes in all, "
+                           "more than any array can hold (the product overflows int64)")
+    if size > _MAX_DEFLATE_RATIO * compressed_size + 1024:
+        raise DatasetError(f"{path}: IDX header declares dims {dims}, {size} bytes, but a gzip file "
+                           f"of {compressed_size} bytes cannot hold more than about "
+                           f"{_MAX_DEFLATE_RATIO * compressed_size} bytes")
 
 
 def _idx_dataset(name: str, paths: Mapping[str, pathlib.Path]) -> Dataset:
@@ -450,7 +577,7 @@ def _scale_bytes(array: np.ndarray) -> np.ndarray:
 
 @register_dataset("mnist")
 def _load_mnist(directory: pathlib.Path, download: bool) -> Dataset:
-    paths = {f: _fetch(f, MNIST_MIRRORS, directory, download, _sha256_check(MNIST_SHA256, f))[0]
+    paths = {f: _fetch(f, MNIST_MIRRORS, directory, download, MNIST_SHA256[f]).path
              for f in IDX_FILENAMES}
     return _idx_dataset("mnist", paths)
 
@@ -464,8 +591,8 @@ def _load_fashion_mnist(directory: pathlib.Path, download: bool) -> Dataset:
             _check_fashion_mnist_system_copy(system_copy, filename)
             paths[filename] = system_copy
         else:
-            paths[filename], _ = _fetch(filename, FASHION_MNIST_MIRRORS, directory, download,
-                                        _sha256_check(FASHION_MNIST_SHA256, filename))
+            paths[filename] = _fetch(filename, FASHION_MNIST_MIRRORS, directory, download,
+                                     FASHION_MNIST_SHA256[filename]).path
     return _idx_dataset("fashion-mnist", paths)
 
 
@@ -477,10 +604,9 @@ def _check_fashion_mnist_system_copy(path: pathlib.Path, filename: str) -> None:
         return
     expected_payload = FASHION_MNIST_PAYLOAD_SHA256[filename]
     try:
-        with gzip.open(path, "rb") as f:
-            payload = hashlib.sha256(f.read()).hexdigest()
-    except (OSError, EOFError, zlib.error) as error:
-        payload = f"unreadable ({error})"
+        payload = hashlib.sha256(_read_idx_bytes(path, _IDX_NDIM[filename])).hexdigest()
+    except DatasetError as error:
+        payload = f"unreadable ({str(error).replace(f'{path}: ', '')})"
     if payload != expected_payload:
         raise DatasetError(
             f"{path}: corrupt system copy of Fashion-MNIST: SHA-256 {actual} is none of {sorted(known)}, "
@@ -493,27 +619,120 @@ def _check_fashion_mnist_system_copy(path: pathlib.Path, filename: str) -> None:
 # --------------------------------------------------------------------------
 
 def _read_frey_mat(path: pathlib.Path) -> np.ndarray:
-    """Return the ``ff`` matrix (pixels x images, uint8) after checking it."""
+    """Return the ``ff`` matrix (pixels x images, uint8) after checking it.
+
+    The variable headers are read first (`_mat5_variables`, which inflates a compressed
+    variable only as far as its header), so a file declaring anything but a uint8 ``ff``
+    of the expected shape is refused before any data is read; then only ``ff`` is loaded
+    (loadmat skips the others unread): a compressed .mat bomb costs nothing.
+    """
     import scipy.io  # deferred: only this loader needs SciPy, and it is slow to import
 
+    expected_shape = (FREY_IMAGE_SHAPE[0] * FREY_IMAGE_SHAPE[1], FREY_NUM_IMAGES)
+    declared = _mat5_variables(path)
+    if declared is not None:
+        _check_frey_variable(path, declared, expected_shape)
     try:
-        contents = scipy.io.loadmat(path)
+        contents = scipy.io.loadmat(path, variable_names=["ff"])
     except Exception as error:  # loadmat raises many types (ValueError, MatReadError, TypeError, ...)
         raise DatasetError(f"{path}: not a readable MATLAB file ({type(error).__name__}: {error})") from error
-    if "ff" not in contents:
-        found = sorted(k for k in contents if not k.startswith("__"))
-        raise DatasetError(f"{path}: no variable 'ff' (found: {', '.join(found) or 'nothing'})")
+    if "ff" not in contents:   # a MATLAB 4 file (no headers read above)
+        found = sorted(scipy.io.whosmat(path))
+        raise DatasetError(f"{path}: no variable 'ff' (found: {', '.join(n for n, *_ in found) or 'nothing'})")
     faces = contents["ff"]
-    expected_shape = (FREY_IMAGE_SHAPE[0] * FREY_IMAGE_SHAPE[1], FREY_NUM_IMAGES)
     if faces.dtype != np.uint8 or faces.shape != expected_shape:
         raise DatasetError(
             f"{path}: variable 'ff' is {faces.dtype} with shape {faces.shape}, expected uint8 with shape {expected_shape}")
     return faces
 
 
+def _check_frey_variable(path: pathlib.Path, declared: dict, expected_shape: tuple[int, int]) -> None:
+    if "ff" not in declared:
+        found = sorted(k for k in declared if not k.startswith("__"))
+        raise DatasetError(f"{path}: no variable 'ff' (found: {', '.join(found) or 'nothing'})")
+    kind, shape = declared["ff"]
+    if kind != "uint8" or shape != expected_shape:
+        raise DatasetError(
+            f"{path}: variable 'ff' is {kind} with shape {shape}, expected uint8 with shape {expected_shape}")
+
+
+# MATLAB 5 MAT-file layout (MathWorks, "MAT-File Format", the Level 5 chapter): a 128-byte header
+# ending in the byte-order mark "IM" (little-endian) or "MI", then one tagged element per
+# variable: (type, byte count), miCOMPRESSED elements holding a zlib stream of a miMATRIX
+# element, which opens with array flags (class in the low byte), dimensions and name.
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+_MX_CLASSES = {1: "cell", 2: "struct", 3: "object", 4: "char", 5: "sparse", 6: "double",
+               7: "single", 8: "int8", 9: "uint8", 10: "int16", 11: "uint16", 12: "int32",
+               13: "uint32", 14: "int64", 15: "uint64"}
+_MAT5_HEADER_PREFIX = 512   # bytes of a variable read to find its class, dimensions and name
+
+
+def _mat5_variables(path: pathlib.Path) -> dict[str, tuple[str, tuple[int, ...]]] | None:
+    """name -> (class, dims) of each variable of a MATLAB 5 file, from the headers alone
+    (None for anything else, which loadmat then judges).  Reads at most a few kB per
+    variable, however large its data claims to be."""
+    with open(path, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return None
+        order = "<" if header[126:128] == b"IM" else ">"
+        variables = {}
+        while tag := f.read(8):
+            if len(tag) < 8:
+                raise DatasetError(f"{path}: truncated MATLAB file (a variable tag is cut off)")
+            kind, size = struct.unpack(order + "II", tag)
+            start = f.tell()
+            if kind == _MI_COMPRESSED:
+                element = _inflate_prefix(path, f, size, _MAT5_HEADER_PREFIX)
+            else:
+                element = tag + f.read(min(size, _MAT5_HEADER_PREFIX))
+            name, described = _mat5_matrix_header(path, element, order)
+            variables[name] = described
+            f.seek(start + size)
+    return variables
+
+
+def _inflate_prefix(path: pathlib.Path, f, size: int, want: int) -> bytes:
+    """The first `want` decompressed bytes of the zlib stream of `size` bytes at f's position;
+    output is capped at every step, so memory stays at a few kB."""
+    inflater, out, left = zlib.decompressobj(), b"", size
+    try:
+        while len(out) < want and (left > 0 or inflater.unconsumed_tail):
+            chunk = f.read(min(4096, left))
+            left -= len(chunk)
+            if not chunk and not inflater.unconsumed_tail:
+                break
+            out += inflater.decompress(inflater.unconsumed_tail + chunk, want - len(out))
+    except zlib.error as error:
+        raise DatasetError(f"{path}: corrupt compressed variable in MATLAB file ({error})") from error
+    return out
+
+
+def _mat5_matrix_header(path: pathlib.Path, element: bytes, order: str) -> tuple[str, tuple[str, tuple[int, ...]]]:
+    try:
+        kind, _size, _flags_tag, _flags_size, flags = struct.unpack_from(order + "IIIII", element, 0)
+        if kind != _MI_MATRIX:
+            raise ValueError(f"element type {kind}, expected miMATRIX ({_MI_MATRIX})")
+        _dims_type, dims_size = struct.unpack_from(order + "II", element, 24)
+        dims = struct.unpack_from(order + f"{dims_size // 4}i", element, 32)
+        name_at = 32 + dims_size + (-dims_size % 8)
+        (name_tag,) = struct.unpack_from(order + "I", element, name_at)
+        if name_tag >> 16:   # "small data element": length in the upper half, data in 4 bytes
+            name = element[name_at + 4:name_at + 4 + (name_tag >> 16)]
+        else:
+            (length,) = struct.unpack_from(order + "I", element, name_at + 4)
+            name = element[name_at + 8:name_at + 8 + length]
+            if len(name) < length:
+                raise ValueError("variable name is cut off")
+    except (struct.error, ValueError) as error:
+        raise DatasetError(f"{path}: malformed MATLAB variable header ({error})") from error
+    return name.decode("latin-1"), (_MX_CLASSES.get(flags & 0xFF, f"class {flags & 0xFF}"), tuple(dims))
+
+
 @register_dataset("frey")
 def _load_frey(directory: pathlib.Path, download: bool) -> Dataset:
-    _, faces = _fetch(FREY_FILENAME, FREY_MIRRORS, directory, download, _read_frey_mat)
+    faces = _fetch(FREY_FILENAME, FREY_MIRRORS, directory, download, FREY_SHA256.get(FREY_FILENAME),
+                   _read_frey_mat).value
     # Each column is one image stored row by row (28 rows of 20 pixels), so
     # transposing and a C-order reshape gives upright faces.
     images = _scale_bytes(faces.T.reshape(-1, *FREY_IMAGE_SHAPE))
@@ -583,32 +802,59 @@ def _values_per_line(text: np.ndarray, is_value: np.ndarray) -> np.ndarray:
 
 
 def _load_binarized_split(split: str, directory: pathlib.Path, download: bool) -> np.ndarray:
-    """uint8 (rows, 784) bits of one split, from the parsed .npy cache when it is sound."""
+    """uint8 (rows, 784) bits of one split, from the parsed cache when it is sound."""
     rows = BINARIZED_MNIST_ROWS[split]
-    parsed_path = directory / f"binarized_mnist_{split}.npy"
-    parsed = _read_parsed_amat_cache(parsed_path, rows)
-    if parsed is not None:
-        return parsed
-    _, bits = _fetch(f"binarized_mnist_{split}.amat", BINARIZED_MNIST_MIRRORS, directory, download,
+    source = f"binarized_mnist_{split}.amat"
+    source_sha256 = BINARIZED_MNIST_SHA256.get(source)
+    parsed_path = directory / f"binarized_mnist_{split}.npz"
+    bits = _read_parsed_amat_cache(parsed_path, rows, source_sha256)
+    if bits is not None:
+        return bits
+    fetched = _fetch(source, BINARIZED_MNIST_MIRRORS, directory, download, source_sha256,
                      lambda path: _parse_binary_amat(path, rows))
+    _write_parsed_amat_cache(parsed_path, fetched.value, fetched.sha256)
+    (directory / f"binarized_mnist_{split}.npy").unlink(missing_ok=True)   # the cache before digests
+    return fetched.value
+
+
+def _write_parsed_amat_cache(path: pathlib.Path, bits: np.ndarray, source_sha256: str) -> None:
+    """The parsed bits with their own SHA-256 and that of the .amat they came from."""
     buffer = io.BytesIO()
-    np.save(buffer, bits)
-    write_atomic(parsed_path, buffer.getvalue())
-    return bits
+    np.savez(buffer, bits=bits, bits_sha256=np.array(_array_sha256(bits)),
+             source_sha256=np.array(source_sha256))
+    write_atomic(path, buffer.getvalue())
 
 
-def _read_parsed_amat_cache(path: pathlib.Path, rows: int) -> np.ndarray | None:
-    if not path.is_file():
+def _read_parsed_amat_cache(path: pathlib.Path, rows: int, source_sha256: str | None) -> np.ndarray | None:
+    """The cached bits if the cache is sound, else None (and the cache is removed): the
+    bits must match their stored digest and, where the source's digest is pinned, the
+    cache must have been built from that source.  A cache that vanishes while it is read
+    (another loader replacing it) is simply not cached."""
+    seen = _identity(path)
+    if seen is None:
         return None
     try:
-        bits = np.load(path, allow_pickle=False)
-        if bits.dtype != np.uint8 or bits.shape != (rows, BINARIZED_MNIST_PIXELS) or bits.max(initial=0) > 1:
-            raise ValueError(f"holds {bits.dtype} {bits.shape}, expected 0/1 uint8 ({rows}, {BINARIZED_MNIST_PIXELS})")
-    except Exception as problem:  # np.load raises many types for a damaged file
+        with np.load(path, allow_pickle=False) as cache:
+            bits, bits_sha256, built_from = cache["bits"], str(cache["bits_sha256"]), str(cache["source_sha256"])
+        if bits.dtype != np.uint8 or bits.shape != (rows, BINARIZED_MNIST_PIXELS):
+            raise ValueError(f"holds {bits.dtype} {bits.shape}, expected uint8 ({rows}, {BINARIZED_MNIST_PIXELS})")
+        if _array_sha256(bits) != bits_sha256:
+            raise ValueError("its bits do not match their SHA-256 digest")
+        if source_sha256 is not None and built_from != source_sha256:
+            raise ValueError(f"it was built from a file with SHA-256 {built_from}, not the published "
+                             f"{source_sha256}")
+    except FileNotFoundError:
+        return None
+    except Exception as problem:  # np.load and the checks raise many types for a damaged file
         warnings.warn(f"parsed cache {path} is unusable ({problem}); rebuilding it", RuntimeWarning, stacklevel=4)
-        path.unlink(missing_ok=True)
+        if _identity(path) == seen:   # not a good copy another loader has just put there
+            path.unlink(missing_ok=True)
         return None
     return bits
+
+
+def _array_sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
 @register_dataset("binarized-mnist")
@@ -665,8 +911,31 @@ def _load_npz_file(path: pathlib.Path) -> Dataset:
     return Dataset(path.name, x_train, y_train, x_test, y_test)
 
 
+# np.load takes anything that is neither .npy nor zip for a pickle, and says so: an
+# 11-byte text file would be reported as "pickled (object) data".  The first bytes decide.
+_NUMPY_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK\x03\x04"}
+_EMPTY_ZIP = b"PK\x05\x06"
+
+
+def _check_numpy_magic(path: pathlib.Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(16)
+    magic = _NUMPY_MAGIC[path.suffix.lower()]
+    if head.startswith(magic) or (magic.startswith(b"PK") and head.startswith(_EMPTY_ZIP)):
+        return
+    if head.startswith(b"\x80"):
+        what = "pickled Python data, which cupyvae never loads"
+    elif not head:
+        what = "nothing (the file is empty)"
+    else:
+        what = f"bytes starting {head!r}"
+    raise DatasetError(f"{path}: not a valid {path.suffix} file: it holds {what}; "
+                       f"a {path.suffix} file starts with {magic!r}")
+
+
 def _read_numpy_file(path: pathlib.Path, kind: type, extract: Callable):
     """np.load, then ``extract``, with every failure turned into a DatasetError naming the file."""
+    _check_numpy_magic(path)
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, kind):
@@ -694,9 +963,9 @@ def _as_samples(path: pathlib.Path, key: str, array: np.ndarray) -> np.ndarray:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating):
         samples = np.ascontiguousarray(array, dtype=np.float32)
-        bad = samples.size - int(np.count_nonzero(np.isfinite(samples)))
-        if bad:
-            raise DatasetError(f"{path}: {key} has {bad} NaN or infinite values (as float32)")
+        problem = nonfinite_problem(samples)
+        if problem:
+            raise DatasetError(f"{path}: {key} {problem} (as float32)")
         return samples
     raise DatasetError(
         f"{path}: {key} has dtype {array.dtype}; use uint8 (scaled by 1/255), bool, or a float type")

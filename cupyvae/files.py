@@ -5,26 +5,29 @@ import os
 import secrets
 from pathlib import Path
 
+TMP_SUFFIX = ".tmp"   # a killed writer leaves ".<name>.<random>.tmp" next to its target
 # The kernel applies the process umask to this mode, exactly as for a plain open(); no
 # os.umask() round trip, which would race with other threads creating files.
 _FILE_MODE = 0o666
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes so that `path` holds either its old content or all of `data`.
 
-    The bytes go to `.<name>.<random>.tmp` beside `path`, are fsynced, and the temporary
-    file is renamed over `path` (a symlink at `path` is replaced, its target untouched).
-    The temporary name is chosen before the file is created, inside the clean-up's reach,
-    so an exception at any moment (Ctrl-C, SIGTERM) leaves no temporary file behind.
+    The bytes go to a new temporary file `.<name>.<random>.tmp` in the same folder, which
+    is flushed to disk (fsync) and then renamed over `path`; the folder is fsynced too, so
+    the rename survives a power cut.  A symlink at `path` is replaced by the new file, its
+    target is never written.  The file gets mode 0o666 less the process umask, applied by
+    the kernel when the file is created.  The temporary name is chosen before the file is
+    created, inside the clean-up's reach, so an exception at any moment (an error,
+    Ctrl-C, SIGTERM) removes the temporary file and leaves `path` untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = _temporary_name(path)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                     _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(_create_exclusively(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -32,3 +35,32 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_directory(path.parent)
+
+
+def _temporary_name(path: Path) -> Path:
+    """A name next to `path` that no file has (2^48 random names: a collision is
+    astronomically rare, and O_EXCL refuses it anyway)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+        if not os.path.lexists(tmp):
+            return tmp
+
+
+def _create_exclusively(tmp: Path) -> int:
+    """O_EXCL never reuses (or follows a symlink at) an existing name."""
+    return os.open(tmp, _CREATE_FLAGS, _FILE_MODE)
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Make a rename inside `directory` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # some filesystems refuse fsync on a directory; the rename still happened
+        pass
+    finally:
+        os.close(fd)

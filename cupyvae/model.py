@@ -11,9 +11,10 @@ from typing import Callable
 import numpy as np
 
 from . import philox
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .executors import EXECUTORS, binarize_batch, resolve_device
+from .numbers import nonfinite_problem
 from .optim import Adam
 from .reference import prior_state
 from .spec import ModelSpec
@@ -243,10 +244,9 @@ class VAE:
             raise ValueError(f"{what} has shape {x.shape}; expected (N, {', '.join(map(str, shape))})"
                              f" or (N, {self.config.data_dim})")
         x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            raise ValueError(f"{what} has {int(bad.sum())} NaN/inf values (first in example {row})")
+        problem = nonfinite_problem(x)
+        if problem:
+            raise ValueError(f"{what} {problem}")
         self.spec.likelihood.validate_data(x, what)
         return x
 
@@ -274,56 +274,22 @@ class VAE:
 
 
 def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
-    """Rebuild a model (config, parameters, optimizer state, history) from a checkpoint."""
-    tensors, meta = read_checkpoint(path)
-    try:
-        config = VAEConfig.from_json(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} has an unusable config ({exc})") from None
+    """Rebuild a model (config, parameters, optimizer state, history) from a checkpoint.
+
+    The whole file is verified first (cupyvae.checkpoint.load_checkpoint: digests, the
+    parameter count the config implies, every tensor, the Adam state and the history), so
+    a bad file raises CheckpointError, naming it and the problem, before anything is built.
+    """
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.config
     model = VAE(**{k: getattr(config, k) for k in ("data_shape", "latent_dim", "hidden", "activation",
                                                   "posterior", "likelihood", "prior", "seed",
                                                   "prior_components", "prior_init")},
                 device=device, execution=execution)
-    _require_layout_of_config(path, meta.get("layout"), model)
-    flat = tensors.get("params")
-    if flat is None or flat.shape != (model.spec.layout.size,) or flat.dtype != np.float32:
-        raise CheckpointError(f"checkpoint {path}: parameter buffer is "
-                              f"{None if flat is None else (flat.shape, str(flat.dtype))}, the config "
-                              f"({_prior_options(config)}) needs ({model.spec.layout.size},) float32")
-    if not np.isfinite(flat).all():
-        raise CheckpointError(f"checkpoint {path} holds NaN/inf parameters")
-    model._executor.load_flat(flat)
-    model.history = meta.get("history") or model.history
-    adam = meta.get("adam")
-    if adam:
-        model.optimizer = Adam(**adam, m=tensors["adam.m"], v=tensors["adam.v"])
+    model._executor.load_flat(checkpoint.params)
+    model.history = checkpoint.history
+    model.optimizer = checkpoint.optimizer
     return model
-
-
-def _require_layout_of_config(path, layout, model: VAE) -> None:
-    """CheckpointError naming the first tensor whose saved shape is not the one the
-    checkpoint's own config gives (e.g. prior tensors of another K).  The flat buffer's size
-    cannot tell: tensors start at aligned offsets, so K = 3 and K = 4 may take the same room.
-    Checkpoints written before the layout was saved hold no prior tensors (no prior had
-    any); one that claims a prior with tensors but has no layout is refused."""
-    wanted = {e.name: list(e.shape) for e in model.spec.layout.entries}
-    if layout is None:
-        if any(name.startswith("prior.") for name in wanted):
-            raise CheckpointError(f"checkpoint {path} records no tensor layout, so its prior tensors "
-                                  f"cannot be checked against its config ({_prior_options(model.config)})")
-        return
-    if not isinstance(layout, dict):
-        raise CheckpointError(f"checkpoint {path} has a corrupt layout entry ({type(layout).__name__})")
-    for name in sorted(set(wanted) | set(layout)):
-        if layout.get(name) != wanted.get(name):
-            raise CheckpointError(
-                f"checkpoint {path}: tensor {name!r} is saved with shape {layout.get(name)} but its "
-                f"config ({_prior_options(model.config)}) needs {wanted.get(name)}")
-
-
-def _prior_options(config: VAEConfig) -> str:
-    return (f"prior {config.prior!r}, prior_components {config.prior_components}, "
-            f"latent_dim {config.latent_dim}, data_dim {config.data_dim}")
 
 
 def format_epoch(record: dict) -> str:

@@ -9,6 +9,7 @@ the original Adam and torch.optim.Adam, so the PyTorch baseline matches):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,11 +28,16 @@ class Adam:
     _scratch: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
+        for name in ("lr", "beta1", "beta2", "eps", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):   # nan passes every comparison below
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive (it keeps m / (sqrt(v) + eps) finite), got {self.eps}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 

@@ -8,6 +8,7 @@ gradient is always zero).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ class ParamEntry:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)   # Python ints: a tampered config cannot overflow it
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ one column per component.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,8 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .files import write_atomic
 
 DPI = 100
 MAX_SCATTER_POINTS = 5000
@@ -483,7 +486,11 @@ def _evenly_spaced(n: int, most: int) -> np.ndarray:
 
 
 def _save(fig: Figure, path) -> Path:
+    """Render the PNG in memory, then write it atomically: a killed run leaves the old
+    picture or the new one, never a truncated file, and a symlink at `path` is replaced
+    rather than its target overwritten."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    write_atomic(path, buffer.getvalue())
     return path

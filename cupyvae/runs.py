@@ -37,7 +37,7 @@ import click
 import numpy as np
 
 from . import __version__
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import VAEConfig
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
@@ -435,8 +435,8 @@ def _dataset_summary(dataset: Dataset, x_train, x_val) -> dict:
 
 def _checkpoint_history(path: Path) -> dict | None:
     try:
-        return read_checkpoint(path)[1]["history"]
-    except (CheckpointError, KeyError, TypeError):
+        return load_checkpoint(path).history
+    except CheckpointError:
         return None
 
 

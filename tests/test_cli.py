@@ -183,7 +183,11 @@ def test_ctrl_c_keeps_the_last_complete_checkpoint(tiny_npz, tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "cupyvae.cli", "train", "--data", str(tiny_npz), "--epochs", "100000",
          *TINY_MODEL, "--out", str(run_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+        # ignored across exec (Python then installs no KeyboardInterrupt handler): the
+        # child must start with the default disposition, as under an interactive shell.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (run_dir / "metrics.csv").exists():    # at least one epoch is complete
@@ -260,7 +264,8 @@ def test_nan_in_the_data_is_a_one_line_error(tmp_path):
     x[7, 2, 3] = np.nan
     path = save_npz(tmp_path / "nan.npz", x, y)
     result = run_cli("train", "--data", path, *TINY_MODEL, "--out", tmp_path / "run")
-    assert_one_line_error(result, "NaN", "nan.npz")
+    # the same wording as the API's (cupyvae.numbers.nonfinite_problem), first example named
+    assert_one_line_error(result, "nan.npz", "1 NaN/inf values (first in example 7)")
     assert not (tmp_path / "run").exists()
 
 
@@ -271,6 +276,15 @@ def test_data_outside_the_unit_interval_is_a_one_line_error(tmp_path):
                      "--out", tmp_path / "run")
     assert_one_line_error(result, "[0, 1]", "bernoulli")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_value_just_above_one_is_shown_with_its_digits(tmp_path):
+    x, y = make_images(100, np.random.default_rng(2))
+    x = np.minimum(x, 0.9)
+    x[5, 1, 1] = np.float32(1.0000001)      # ":g" printed this as 1: "values in [0, 1]"
+    path = save_npz(tmp_path / "edge.npz", x, y)
+    result = run_cli("train", "--data", path, *TINY_MODEL, "--out", tmp_path / "run")
+    assert_one_line_error(result, "1.0000001", "first outside [0, 1] in example 5")
 
 
 def test_truncated_checkpoint_is_a_one_line_error(trained_run, tmp_path):

@@ -4,10 +4,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
+import json
+import os
 import pathlib
 import re
 import socket
+import struct
+import subprocess
+import sys
 import threading
+import time
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -421,43 +429,50 @@ def amat_mirror(mirrors, monkeypatch):
     rng = np.random.default_rng(4)
     bits = {"train": rng.integers(0, 2, (3, 784)), "test": rng.integers(0, 2, (2, 784))}
     for split, array in bits.items():
-        mirrors.publish("bin", f"binarized_mnist_{split}.amat", amat_bytes(array))
+        publish_amat(mirrors, monkeypatch, split, array)
     return bits
 
 
-def test_binarized_mnist_parses_and_caches_npy(amat_mirror, mirrors, cache):
+def publish_amat(mirrors, monkeypatch, split: str, bits: np.ndarray) -> None:
+    """Serve the .amat of `bits` and pin its digest, as the real files' digests are pinned."""
+    body = amat_bytes(bits)
+    mirrors.publish("bin", f"binarized_mnist_{split}.amat", body)
+    monkeypatch.setitem(datasets.BINARIZED_MNIST_SHA256, f"binarized_mnist_{split}.amat", sha256(body))
+
+
+def test_binarized_mnist_parses_and_caches_npz(amat_mirror, mirrors, cache):
     data = load_dataset("binarized-mnist")
     assert data.x_train.shape == (3, 28, 28) and data.x_test.shape == (2, 28, 28)
     assert data.x_train.dtype == np.float32 and data.y_train is None
     np.testing.assert_array_equal(data.x_train.reshape(3, 784), amat_mirror["train"])
     assert files_in(cache / "binarized-mnist") == sorted(
-        ["binarized_mnist_train.amat", "binarized_mnist_train.npy",
-         "binarized_mnist_test.amat", "binarized_mnist_test.npy"])
+        ["binarized_mnist_train.amat", "binarized_mnist_train.npz",
+         "binarized_mnist_test.amat", "binarized_mnist_test.npz"])
     again = load_dataset("binarized-mnist", download=False)
     np.testing.assert_array_equal(again.x_test, data.x_test)
     assert len(mirrors.requests) == 2
 
 
-def test_binarized_mnist_rebuilds_a_damaged_npy_cache(amat_mirror, mirrors, cache):
+def test_binarized_mnist_rebuilds_a_damaged_npz_cache(amat_mirror, mirrors, cache):
     load_dataset("binarized-mnist")
-    (cache / "binarized-mnist" / "binarized_mnist_train.npy").write_bytes(b"junk")
-    with pytest.warns(RuntimeWarning, match="binarized_mnist_train.npy"):
+    (cache / "binarized-mnist" / "binarized_mnist_train.npz").write_bytes(b"junk")
+    with pytest.warns(RuntimeWarning, match="binarized_mnist_train.npz"):
         data = load_dataset("binarized-mnist", download=False)
     np.testing.assert_array_equal(data.x_train.reshape(3, 784), amat_mirror["train"])
     assert len(mirrors.requests) == 2, "rebuilt from the cached .amat, not downloaded"
 
 
-def test_binarized_mnist_value_two_is_rejected(amat_mirror, mirrors, cache):
+def test_binarized_mnist_value_two_is_rejected(amat_mirror, mirrors, cache, monkeypatch):
     bits = amat_mirror["test"].copy()
     bits[1, 10] = 2
-    mirrors.publish("bin", "binarized_mnist_test.amat", amat_bytes(bits))
+    publish_amat(mirrors, monkeypatch, "test", bits)
     with pytest.raises(DatasetError, match=r"binarized_mnist_test\.amat.*line 2: value '2' is not 0 or 1"):
         load_dataset("binarized-mnist")
     assert "binarized_mnist_test.amat" not in files_in(cache)
 
 
-def test_binarized_mnist_wrong_row_count_is_rejected(amat_mirror, mirrors):
-    mirrors.publish("bin", "binarized_mnist_test.amat", amat_bytes(amat_mirror["test"][:1]))
+def test_binarized_mnist_wrong_row_count_is_rejected(amat_mirror, mirrors, monkeypatch):
+    publish_amat(mirrors, monkeypatch, "test", amat_mirror["test"][:1])
     with pytest.raises(DatasetError, match=r"binarized_mnist_test\.amat.*1 rows, expected 2"):
         load_dataset("binarized-mnist")
 
@@ -513,7 +528,7 @@ def test_nan_in_npy_is_counted(tmp_path):
     array[3, 0] = np.inf
     path = tmp_path / "bad.npy"
     np.save(path, array)
-    with pytest.raises(DatasetError, match=r"bad\.npy.* 2 NaN or infinite"):
+    with pytest.raises(DatasetError, match=r"bad\.npy.* 2 NaN/inf values \(first in example 1\)"):
         load_dataset(str(path))
 
 
@@ -605,3 +620,244 @@ def test_registering_a_name_twice_raises():
     with pytest.raises(ValueError, match="already registered"):
         datasets.register_dataset("mnist")(lambda directory, download: None)
     assert datasets.available_datasets().count("mnist") == 1
+
+
+# --------------------------------------------------------------------------
+# Integrity: pinned and recorded digests, parsed caches, bombs, concurrent loaders
+# --------------------------------------------------------------------------
+
+def test_binarized_mnist_digests_are_pinned():
+    for name in ("binarized_mnist_train.amat", "binarized_mnist_test.amat"):
+        digest = datasets.BINARIZED_MNIST_SHA256[name]
+        assert re.fullmatch(r"[0-9a-f]{64}", digest), name
+
+
+def flip_first(path: pathlib.Path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    assert old in data
+    path.write_bytes(data.replace(old, new, 1))
+
+
+def test_flipped_value_in_a_cached_amat_is_refused(amat_mirror, mirrors, cache):
+    load_dataset("binarized-mnist")
+    folder = cache / "binarized-mnist"
+    (folder / "binarized_mnist_test.npz").unlink()          # force a parse of the .amat
+    flip_first(folder / "binarized_mnist_test.amat", b"0 ", b"1 ")
+    with pytest.raises(DatasetError, match=r"binarized_mnist_test\.amat.*SHA-256 mismatch"):
+        load_dataset("binarized-mnist", download=False)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        data = load_dataset("binarized-mnist")               # downloaded again, good this time
+    np.testing.assert_array_equal(data.x_test.reshape(2, 784), amat_mirror["test"])
+
+
+def rewrite_parsed_cache(path: pathlib.Path, **changes) -> None:
+    with np.load(path) as cache:
+        arrays = {key: cache[key] for key in cache.files}
+    arrays.update(changes)
+    np.savez(path, **arrays)
+
+
+def test_flipped_bit_in_the_parsed_cache_is_rebuilt_from_the_amat(amat_mirror, mirrors, cache):
+    load_dataset("binarized-mnist")
+    path = cache / "binarized-mnist" / "binarized_mnist_train.npz"
+    with np.load(path) as parsed:
+        bits = parsed["bits"].copy()
+    bits[1, 100] ^= 1                                           # a valid 0/1 value, just wrong
+    rewrite_parsed_cache(path, bits=bits)
+    with pytest.warns(RuntimeWarning, match="do not match their SHA-256"):
+        data = load_dataset("binarized-mnist", download=False)
+    np.testing.assert_array_equal(data.x_train.reshape(3, 784), amat_mirror["train"])
+    assert len(mirrors.requests) == 2, "rebuilt from the cached .amat, not downloaded"
+    with np.load(path) as rebuilt:
+        np.testing.assert_array_equal(rebuilt["bits"], amat_mirror["train"])
+
+
+def test_parsed_cache_built_from_another_source_is_rebuilt(amat_mirror, cache):
+    load_dataset("binarized-mnist")
+    path = cache / "binarized-mnist" / "binarized_mnist_test.npz"
+    rewrite_parsed_cache(path, source_sha256=np.array("0" * 64))
+    with pytest.warns(RuntimeWarning, match="built from a file with SHA-256 0{64}"):
+        load_dataset("binarized-mnist", download=False)
+
+
+def test_frey_digest_is_recorded_and_a_flipped_pixel_is_refused(frey_mirror, tmp_path, cache):
+    images = np.random.default_rng(7).integers(0, 256, (7, 28, 20)).astype(np.uint8)
+    body = mat_bytes(tmp_path, ff=images.reshape(7, 560).T)
+    frey_mirror(body)
+    load_dataset("frey")
+    cached = cache / "frey" / datasets.FREY_FILENAME
+    record = cached.with_name(cached.name + ".sha256")
+    assert record.read_text() == f"{sha256(body)}  {datasets.FREY_FILENAME}\n"   # sha256sum -c format
+    data = bytearray(body)
+    data[-1] ^= 0x10                                       # the last pixel of the last image
+    cached.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"frey_rawface\.mat.*SHA-256 mismatch.*recorded"):
+        load_dataset("frey", download=False)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        faces = load_dataset("frey")
+    np.testing.assert_allclose(faces.x_test[-1], images[-1] / 255, rtol=1e-6)
+
+
+def test_frey_pinned_digest_is_enforced(frey_mirror, tmp_path, cache, monkeypatch):
+    frey_mirror(mat_bytes(tmp_path, ff=np.zeros((560, 7), np.uint8)))
+    monkeypatch.setitem(datasets.FREY_SHA256, datasets.FREY_FILENAME, "1" * 64)
+    with pytest.raises(DatasetError, match="expected 1{64} \\(the published digest\\)"):
+        load_dataset("frey")
+    assert files_in(cache) == []
+
+
+# One interpreter imports cupyvae once, then forks the loaders (16 imports would cost
+# seconds of CPU); each loader is its own process, as concurrent CLI runs would be.
+LOADERS_SCRIPT = """
+import json, os, sys, time, traceback
+from cupyvae import datasets
+config = json.loads(sys.argv[1])
+for name, value in config["tables"].items():
+    setattr(datasets, name, value)
+children = []
+for _ in range(config["loaders"]):
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            while not os.path.exists(config["go"]):
+                time.sleep(0.001)
+            assert datasets.load_dataset(config["dataset"]).x_train.shape == (5, 28, 28)
+        except BaseException:
+            traceback.print_exc()
+            status = 1
+        sys.stderr.flush()
+        os._exit(status)
+    children.append(pid)
+time.sleep(0.3)                                    # let them all reach the starting line
+open(config["go"], "w").close()
+failed = sum(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0 for pid in children)
+print(f"{failed} of {len(children)} loaders failed")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks the concurrent loaders")
+def test_concurrent_loaders_on_a_corrupt_cache_all_succeed(fake_mnist, cache, tmp_path):
+    """16 processes find the same corrupt cached file at once; they used to race on
+    deleting it (8 of 30 died with FileNotFoundError; here 7 to 13 of 16 did)."""
+    load_dataset("mnist")
+    # 8 MB, so that checking it takes long enough for the loaders to overlap
+    corrupt = np.random.default_rng(0).bytes(8 << 20)
+    (cache / "mnist" / datasets.IDX_TRAIN_IMAGES).write_bytes(corrupt)
+    tables = {name: getattr(datasets, name) for name in ("MNIST_MIRRORS", "MNIST_SHA256")}
+    config = json.dumps({"tables": tables, "go": str(tmp_path / "go"), "dataset": "mnist",
+                         "loaders": 16})
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(datasets.__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", LOADERS_SCRIPT, config], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "0 of 16 loaders failed", result.stderr
+    load_dataset("mnist", download=False)              # the cache is sound afterwards
+
+
+def gzip_stream(head: bytes, zeros: int) -> bytes:
+    """gzip of `head` followed by `zeros` zero bytes, compressed without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)     # wbits 31: gzip container
+    parts = [packer.compress(head)]
+    block = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        parts.append(packer.compress(block))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
+def test_gzip_bomb_is_refused_after_reading_what_the_header_declares(fake_mnist, mirrors, monkeypatch):
+    images = idx_bytes(np.zeros((5, 28, 28), np.uint8))
+    bomb = gzip_stream(images, 64 << 20)               # 64 MB of zeros after the 5 declared images
+    assert len(bomb) < 100_000
+    publish_replacement(mirrors, monkeypatch, datasets.IDX_TRAIN_IMAGES, bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=rf"{datasets.IDX_TRAIN_IMAGES}.*trailing bytes"):
+            load_dataset("mnist")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Inflating the whole stream held 64 MB (plus a copy); the bounded read holds the
+    # declared 3936 bytes and gzip's buffers.  8 MB leaves room for the test server.
+    assert peak < 8e6, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_header_declaring_more_than_the_gzip_can_hold_is_refused_unread(fake_mnist, mirrors, monkeypatch):
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (60000, 28, 28))
+    publish_replacement(mirrors, monkeypatch, datasets.IDX_TRAIN_IMAGES, gz(header + bytes(100)))
+    with pytest.raises(DatasetError, match=rf"{datasets.IDX_TRAIN_IMAGES}.*dims \(60000, 28, 28\).*"
+                                           r"cannot hold more than"):
+        load_dataset("mnist")
+
+
+def test_idx_dimensions_overflowing_int64_name_the_file(fake_mnist, mirrors, monkeypatch):
+    huge = 2 ** 32 - 1
+    header = bytes([0, 0, 8, 3]) + b"".join(huge.to_bytes(4, "big") for _ in range(3))
+    publish_replacement(mirrors, monkeypatch, datasets.IDX_TRAIN_IMAGES, gz(header + bytes(16)))
+    with pytest.raises(DatasetError, match=rf"{datasets.IDX_TRAIN_IMAGES}.*overflows int64"):
+        load_dataset("mnist")
+
+
+def mat5_bomb(tmp_path: pathlib.Path, ff_dims: tuple[int, int], zeros: int, junk: int = 0) -> bytes:
+    """A MATLAB 5 file whose 'ff' is a compressed uint8 variable declared with ff_dims and
+    holding `zeros` zero bytes, optionally followed by a compressed 'junk' variable of
+    `junk` zero bytes; nothing large is ever held in memory."""
+    plain = mat_bytes(tmp_path, ff=np.zeros((8, 1), np.uint8))
+    header, element = plain[:128], plain[128:]
+
+    def compressed_variable(name_element: bytes, dims: tuple[int, int], size: int) -> bytes:
+        head = bytearray(element[8:48])       # flags tag+data, dims tag+data, name (small element)
+        struct.pack_into("<ii", head, 24, *dims)
+        head[32:40] = name_element
+        meta = struct.pack("<II", 14, 48 + size) + bytes(head) + struct.pack("<II", 2, size)
+        packer = zlib.compressobj(9)
+        parts = [packer.compress(meta)]
+        block = bytes(1 << 20)
+        for _ in range(size >> 20):
+            parts.append(packer.compress(block))
+        parts.append(packer.compress(bytes(size % (1 << 20))))
+        parts.append(packer.flush())
+        blob = b"".join(parts)
+        return struct.pack("<II", 15, len(blob)) + blob
+
+    body = compressed_variable(struct.pack("<HH", 1, 2) + b"ff\0\0", ff_dims, zeros)
+    if junk:
+        body += compressed_variable(struct.pack("<HH", 1, 4) + b"junk", (junk, 1), junk)
+    return header + body
+
+
+@pytest.mark.parametrize("case", ["ff declared huge", "huge second variable"])
+def test_mat_bomb_is_refused_or_skipped_with_bounded_memory(frey_mirror, tmp_path, case):
+    import scipy.io  # noqa: F401  (imported before measuring)
+    if case == "ff declared huge":    # 3.6 GB declared, 32 MB of zeros present
+        frey_mirror(mat5_bomb(tmp_path, (60000, 60000), 32 << 20))
+    else:                             # a sound ff, then 64 MB of zeros loadmat must not inflate
+        frey_mirror(mat5_bomb(tmp_path, (560, 7), 560 * 7, junk=64 << 20))
+    tracemalloc.start()
+    try:
+        if case == "ff declared huge":
+            with pytest.raises(DatasetError, match=r"frey_rawface\.mat.*shape \(60000, 60000\)"):
+                load_dataset("frey")
+        else:
+            assert load_dataset("frey").x_train.shape == (5, 28, 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # scipy's whosmat alone inflated 128 kB of input (133 MB) per variable; reading the
+    # headers ourselves holds a few kB.  8 MB leaves room for the test server.
+    assert peak < 8e6, f"peak {peak / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("content, described", [
+    (b"hello world", "bytes starting b'hello world'"),
+    (b"\x80\x04\x95" + bytes(20), "pickled Python data, which cupyvae never loads"),
+    (b"", "nothing (the file is empty)"),
+])
+def test_a_file_that_is_not_npy_says_what_it_holds(tmp_path, content, described):
+    path = tmp_path / "x.npy"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as error:
+        load_dataset(path)
+    message = str(error.value)
+    assert "x.npy: not a valid .npy file" in message and described in message
+    assert "(object) data" not in message

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..numbers import outside_problem
 from .base import Likelihood, ParamSpec, register_likelihood
 
 
@@ -60,7 +61,7 @@ class Bernoulli(Likelihood):
 
 
 def require_unit_interval(x: np.ndarray, what: str, needed_by: str) -> None:
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"{what} has values in [{lo:g}, {hi:g}] but {needed_by} needs [0, 1]; "
+    problem = outside_problem(x, 0, 1)
+    if problem:
+        raise ValueError(f"{what} {problem} but {needed_by} needs [0, 1]; "
                          "scale it first (e.g. uint8 images / 255)")

@@ -103,8 +103,12 @@ kernels and ``extern __shared__`` names; launch glue is appended after the uncha
 source.  The fiber runtime is its own library, built once.  Results live in
 ``$CUPYVAE_CACHE`` or ``$XDG_CACHE_HOME/cupyvae`` or ``~/.cache/cupyvae`` (subfolder
 ``emulator/``), keyed by a hash of source, flags, shim, runtime and compiler version,
-written atomically (temp file + ``os.replace``) so concurrent pytest workers don't
-clash; modules are also memoized per (source, options) in-process.
+written atomically (temp file, fsync, ``os.replace``) so concurrent pytest workers don't
+clash; modules are also memoized per (source, options) in-process.  Each library has a
+JSON manifest beside it holding its SHA-256; it is loaded only when the digest matches,
+and rebuilt when anything is missing, truncated, corrupt or swapped.  The cache folders
+are created private (0700), and a folder that group or others can write to, or that
+another user owns, is refused with an EmulatorError naming it.
 Options: ``-D``/``--define-macro``, ``-U``, ``-I`` are passed through; NVRTC code
 generation options (``-arch``, ``--use_fast_math``, ``-lineinfo``, ``-G``, ``-ftz``,
 ``-prec-div``, ``-fmad``, ``-std`` ...) are accepted and ignored; anything else raises.

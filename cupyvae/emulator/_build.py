@@ -1,4 +1,15 @@
-"""Compile CUDA sources with g++ into cached shared libraries (and the runtime once)."""
+"""Compile CUDA sources with g++ into cached shared libraries (and the runtime once).
+
+The on-disk cache is trusted only as far as it is verified: every library has a JSON
+manifest beside it (``<key>.json`` for a kernel module, ``libcuemu_rt-<key>.json`` for
+the runtime) holding the library's SHA-256 and a SHA-256 of the manifest itself.  A
+library is loaded only after its digest matches; a missing, truncated, corrupt or
+swapped library or manifest is rebuilt (counted in ``STATS["rejected"]``), never loaded.
+The cache folders must belong to this user and not be writable by group or others
+(EmulatorError otherwise), since anyone who can write there could plant code that the
+digest check, whose manifest they could rewrite too, would not stop.  Libraries are
+fsynced before the rename that publishes them, manifests written with write_atomic.
+"""
 from __future__ import annotations
 
 import ctypes
@@ -13,6 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import fsync_directory, write_atomic
 from ._errors import EmulatorError
 from ._parse import KernelInfo, Param, parse
 
@@ -46,7 +58,7 @@ _IGNORED = (
     "-dopt", "-fdevice-syntax-only", "-fdevice-time-trace", "-optix-ir", "-split-compile-extended",
 )
 
-STATS = {"compiles": 0, "disk_hits": 0, "memory_hits": 0, "runtime_builds": 0}
+STATS = {"compiles": 0, "disk_hits": 0, "memory_hits": 0, "runtime_builds": 0, "rejected": 0}
 _lock = threading.RLock()
 _memo: dict[tuple, "CompiledModule"] = {}
 _runtime: ctypes.CDLL | None = None
@@ -62,7 +74,25 @@ def cache_dir() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = Path(xdg) / "cupyvae" if xdg else Path.home() / ".cache" / "cupyvae"
     d = base / "emulator"
-    d.mkdir(parents=True, exist_ok=True)
+    private_dir(d)
+    return d
+
+
+def private_dir(d: Path) -> Path:
+    """Create `d` (mode 0700) or check the existing one: it must belong to this user and
+    not be writable by group or others, or someone else could swap a library we load."""
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = d.stat()
+    writable_by = [who for who, bit in (("group", 0o020), ("others", 0o002)) if st.st_mode & bit]
+    if writable_by:
+        raise EmulatorError(
+            f"the emulator cache directory {d} is writable by {' and '.join(writable_by)} "
+            f"(mode {st.st_mode & 0o777:o}), so a library in it could be replaced by someone else; "
+            f"run `chmod go-w {d}` or point $CUPYVAE_CACHE at a private folder")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise EmulatorError(
+            f"the emulator cache directory {d} belongs to uid {st.st_uid}, not to this user "
+            f"(uid {os.getuid()}); point $CUPYVAE_CACHE at a folder of your own")
     return d
 
 
@@ -109,28 +139,58 @@ def _run(cmd: list[str], what: str, cwd: str | None = None) -> subprocess.Comple
     return r
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _compile_to(path: Path, cmd_without_output: list[str], what: str, cwd: str) -> None:
-    """Run the compiler into a temporary file next to ``path`` and rename it into place."""
+def _compile_to(path: Path, cmd_without_output: list[str], what: str, cwd: str) -> str:
+    """Run the compiler into a temporary file next to ``path``, fsync it, rename it into
+    place; returns the SHA-256 of what was published."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         _run(cmd_without_output + ["-o", tmp], what, cwd=cwd)
+        digest = _file_sha256(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())   # on disk before the rename publishes it
         os.replace(tmp, path)
+        fsync_directory(path.parent)
+        return digest
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            h = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()
+
+
+def _write_manifest(path: Path, record: dict) -> None:
+    """Write `record` with a SHA-256 of its own canonical JSON (key "sha256")."""
+    write_atomic(path, json.dumps({**record, "sha256": _record_digest(record)}, sort_keys=True).encode())
+
+
+def _read_manifest(path: Path, library: Path) -> dict | None:
+    """The manifest's record if it is intact and `library` matches its digest, else None
+    (missing, truncated, corrupt or swapped: the caller rebuilds)."""
+    try:
+        record = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):   # ValueError: JSON or UTF-8 decoding
+        record = None
+    if not isinstance(record, dict) or record.pop("sha256", None) != _record_digest(record):
+        record = None
+    if record is not None and record.get("library_sha256") == _file_sha256(library):
+        return record
+    if path.exists() or library.exists():
+        STATS["rejected"] += 1
+    return None
+
+
+def _record_digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------ options
@@ -194,9 +254,11 @@ def load_runtime() -> ctypes.CDLL:
         flags = runtime_flags()
         key = _digest("rt1", SHIM.read_bytes(), RUNTIME_SRC.read_bytes(), compiler_id(), "\0".join(flags))
         path = cache_dir() / f"libcuemu_rt-{key[:24]}.so"
-        if not path.exists():
+        manifest = path.with_suffix(".json")
+        if _read_manifest(manifest, path) is None:
             cmd = compiler() + flags + ["-x", "c++", str(RUNTIME_SRC)]
-            _compile_to(path, cmd, "building the CUDA emulator runtime", cwd=str(path.parent))
+            digest = _compile_to(path, cmd, "building the CUDA emulator runtime", cwd=str(path.parent))
+            _write_manifest(manifest, {"library_sha256": digest})
             STATS["runtime_builds"] += 1
         lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         lib.cuemu_rt_launch.restype = ctypes.c_int
@@ -237,20 +299,24 @@ def _glue(kernels: dict[str, KernelInfo], shared: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _meta_to_json(kernels, skipped, has_dyn) -> str:
-    return json.dumps({
+def _meta_record(kernels, skipped, has_dyn) -> dict:
+    return {
         "kernels": {k.name: {"qualname": k.qualname, "params": [[p.name, p.decl] for p in k.params]}
                     for k in kernels.values()},
         "skipped": skipped,
         "dynamic_shared": has_dyn,
-    })
+    }
 
 
-def _meta_from_json(text: str):
-    d = json.loads(text)
-    kernels = {name: KernelInfo(name, v["qualname"], True, [Param(a, b) for a, b in v["params"]])
-               for name, v in d["kernels"].items()}
-    return kernels, d["skipped"], d["dynamic_shared"]
+def _meta_from_record(d: dict):
+    """(kernels, skipped, has_dynamic_shared); None if the record lacks a field (a manifest
+    from another version of this code: rebuilt like a corrupt one)."""
+    try:
+        kernels = {name: KernelInfo(name, v["qualname"], True, [Param(a, b) for a, b in v["params"]])
+                   for name, v in d["kernels"].items()}
+        return kernels, dict(d["skipped"]), bool(d["dynamic_shared"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def build_module(code: str, options: tuple[str, ...]) -> CompiledModule:
@@ -269,16 +335,17 @@ def build_module(code: str, options: tuple[str, ...]) -> CompiledModule:
         defs = ["-D__CUDA_ARCH__=" + arch] if arch else []
         flags = list(KERNEL_FLAGS) + defs + pp_flags + list(extra)
         key = _digest("mod1", code, "\0".join(flags), SHIM.read_bytes(), RUNTIME_SRC.read_bytes(), compiler_id())
-        d = cache_dir() / key[:2]
-        d.mkdir(exist_ok=True)
+        d = private_dir(cache_dir() / key[:2])
         so = d / f"{key}.so"
         meta = d / f"{key}.json"
-        if so.exists() and meta.exists():
-            kernels, skipped, has_dyn = _meta_from_json(meta.read_text())
+        record = _read_manifest(meta, so)
+        cached = None if record is None else _meta_from_record(record)
+        if cached is not None:
+            kernels, skipped, has_dyn = cached
             STATS["disk_hits"] += 1
         else:
-            kernels, skipped, has_dyn = _compile(code, flags, defs + pp_flags, so)
-            _atomic_write_bytes(meta, _meta_to_json(kernels, skipped, has_dyn).encode())
+            kernels, skipped, has_dyn, digest = _compile(code, flags, defs + pp_flags, so)
+            _write_manifest(meta, {**_meta_record(kernels, skipped, has_dyn), "library_sha256": digest})
             STATS["compiles"] += 1
         try:
             lib = ctypes.CDLL(str(so))
@@ -303,8 +370,8 @@ def _compile(code: str, flags: list[str], pp_flags: list[str], so: Path):
         unit.write_text('#line 1 "kernel.cu"\n' + code + "\n#line 1 \"<cupyvae-emulator-glue>\"\n"
                         + _glue(parsed.kernels, parsed.shared_symbols))
         cmd = compiler() + flags + ["-include", str(SHIM), "-x", "c++", str(unit), "-x", "none", "-lm"]
-        _compile_to(so, cmd, "compiling the kernel source with g++", cwd=tmp)
-    return parsed.kernels, parsed.skipped, bool(parsed.shared_symbols)
+        digest = _compile_to(so, cmd, "compiling the kernel source with g++", cwd=tmp)
+    return parsed.kernels, parsed.skipped, bool(parsed.shared_symbols), digest
 
 
 def clear_memory_cache() -> None:
