@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from .initialization import DEFAULT_INITIALIZATION, INITIALIZATIONS
 from .layers import ACTIVATIONS
 from .options import (Check, CommaList, ValidatedOptions, integer_at_least, option, positive_int,
                       registered)
@@ -65,6 +66,10 @@ class VAEConfig(ValidatedOptions):
     prior: str = option("normal", registered(PRIORS), "Prior p(z).")
     seed: int = option(0, integer_at_least(0, 2 ** 64 - 1),
                        "Seeds the initialization and all training noise.")
+    init: str = option(DEFAULT_INITIALIZATION, registered(INITIALIZATIONS),
+                       "Layer initialization: glorot (Keras: Glorot-uniform weights, zero "
+                       "biases) or pytorch (torch.nn.Linear: U(+-1/sqrt(fan_in)) weights and "
+                       "biases).")
 
     def __post_init__(self):
         super().__post_init__()

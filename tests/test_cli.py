@@ -107,9 +107,11 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model"] == {"data_shape": list(SHAPE), "latent_dim": 2, "hidden": [16],
                                "activation": "relu", "posterior": "gaussian",
-                               "likelihood": "bernoulli", "prior": "normal", "seed": 3}
+                               "likelihood": "bernoulli", "prior": "normal", "seed": 3,
+                               "init": "glorot"}
     assert config["training"] == {"batch_size": 20, "lr": 1e-3, "weight_decay": 0.0,
-                                  "binarize": False, "epochs": 2}
+                                  "binarize": False, "epochs": 2, "objective": "elbo",
+                                  "iw_samples": 1, "free_bits": 0.0}
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2
