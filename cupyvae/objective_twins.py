@@ -138,7 +138,10 @@ def free_bits_kl(kl_dim: np.ndarray, free_bits) -> tuple[np.ndarray, np.ndarray,
         kl_mean (Z,):  (1/B) sum_b kl[b, j].
     """
     dtype = kl_dim.dtype.type
-    kl_mean = kl_dim.mean(axis=0)
+    kl_mean = kl_dim.sum(axis=0) / dtype(kl_dim.shape[0])   # rows added in order, like the kernel
     active = (kl_mean > dtype(free_bits)).astype(kl_dim.dtype)
-    kl_rows = (np.where(active > 0, kl_dim, dtype(free_bits))).sum(axis=1)
+    floored = np.where(active > 0, kl_dim, dtype(free_bits))
+    kl_rows = floored[:, 0].copy()
+    for j in range(1, floored.shape[1]):                     # columns added in order j = 0, 1, ...
+        kl_rows += floored[:, j]
     return kl_rows, active, kl_mean

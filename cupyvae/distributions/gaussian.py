@@ -184,3 +184,43 @@ def gaussian_posterior_backward(qraw: np.ndarray, dz: np.ndarray, counters: np.n
 def gaussian_likelihood_nll(raw: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
     """nll (B,) and draw = scale * d nll / d raw (B, 2D) for raw = [a | r]; see GaussianLikelihood."""
     return GaussianLikelihood(x.shape[1]).nll(raw, x, scale)
+
+
+def _posterior_noise(qraw, counters, seed, stream, eps):
+    """The kernels' eps: the given array, or Philox normal(seed, counters[0], B, Z, stream)."""
+    from .. import philox
+
+    if eps is not None:
+        return eps
+    return philox.normal(seed, int(counters[0]), qraw.shape[0], qraw.shape[1] // 2, stream)
+
+
+def gaussian_posterior_log_q(qraw: np.ndarray, counters: np.ndarray, seed: int, stream: int,
+                             eps: np.ndarray | None = None) -> np.ndarray:
+    """log_q (B,) = -1/2 sum_j (log 2pi + lv + eps^2): log q at z = mu + exp(lv/2) eps."""
+    z_dim = qraw.shape[1] // 2
+    return GaussianPosterior(z_dim).log_prob_of_draw(qraw, _posterior_noise(qraw, counters, seed, stream, eps))
+
+
+def gaussian_posterior_weighted_backward(qraw: np.ndarray, dz: np.ndarray, g: np.ndarray,
+                                         counters: np.ndarray, seed: int, stream: int,
+                                         eps: np.ndarray | None = None) -> np.ndarray:
+    """dqraw (B, 2Z) = rsample backward of dz + g[b] * d log q(rsample(qraw, eps)) / d qraw:
+    [dz | dz eps exp(lv/2) / 2 - g / 2]."""
+    post = GaussianPosterior(qraw.shape[1] // 2)
+    eps = _posterior_noise(qraw, counters, seed, stream, eps)
+    return post.rsample_backward(qraw, eps, dz) + g[:, None] * post.log_prob_of_draw_grad(qraw, eps)
+
+
+def gaussian_posterior_kl_per_dimension(qraw: np.ndarray) -> np.ndarray:
+    """kl_dim (B, Z) = KL(N(mu_j, exp(lv_j)) || N(0, 1)) per latent dimension."""
+    return kl_gaussian_normal_per_dimension(qraw)[0]
+
+
+def gaussian_posterior_kl_per_dimension_backward(qraw: np.ndarray, weight: np.ndarray, kl_scale,
+                                                 dqraw: np.ndarray) -> np.ndarray:
+    """dqraw += (kl_scale * weight[j]) * [mu | expm1(lv) / 2], in place (like the kernel);
+    returns dqraw.  weight (Z,): free_bits_kl's active mask."""
+    w = np.asarray(kl_scale, qraw.dtype) * weight
+    dqraw += np.tile(w, 2) * kl_gaussian_normal_per_dimension(qraw)[1]
+    return dqraw
