@@ -58,8 +58,8 @@ def new_grads(spec):
 
 
 def data(batch, seed=2):
-    rng = np.random.default_rng(seed)
-    return rng.random((batch, 6)), rng.standard_normal
+    """Grey-level examples in [0, 1] (both likelihoods accept them)."""
+    return np.random.default_rng(seed).random((batch, 6))
 
 
 def assert_every_gradient(spec, params, grads, value, label):
@@ -82,7 +82,7 @@ def test_kl_weighted_loss_gradient_wrt_every_parameter(likelihood, kl, beta):
     spec, params = spec_and_params(likelihood)
     if kl == "monte-carlo":
         spec.analytic_kl = None
-    x, eps = data(4)[0], np.random.default_rng(3).standard_normal((4, 3))
+    x, eps = data(4), np.random.default_rng(3).standard_normal((4, 3))
     grads = new_grads(spec)
     loss = negative_elbo_and_grads(spec, params, grads, x, eps, kl_weight=beta)
     assert loss == pytest.approx(beta_objective(spec, params, x, eps, beta), rel=1e-12)
@@ -92,7 +92,7 @@ def test_kl_weighted_loss_gradient_wrt_every_parameter(likelihood, kl, beta):
 
 def test_kl_weight_one_is_the_negative_elbo_and_terms_are_reported():
     spec, params = spec_and_params()
-    x, eps = data(5)[0], np.random.default_rng(4).standard_normal((5, 3))
+    x, eps = data(5), np.random.default_rng(4).standard_normal((5, 3))
     terms = {}
     loss = negative_elbo_and_grads(spec, params, new_grads(spec), x, eps, terms=terms)
     assert loss == pytest.approx(negative_elbo_rows(spec, params, x, eps).mean(), rel=1e-12)
@@ -103,7 +103,7 @@ def test_kl_weight_one_is_the_negative_elbo_and_terms_are_reported():
 def test_kl_weight_learnable_prior_gradient():
     """The Monte-Carlo KL through the prior seam, beta-weighted, including d prior.mean."""
     spec, params = spec_and_params(prior=LEARNABLE_PRIOR)
-    x, eps = data(4)[0], np.random.default_rng(5).standard_normal((4, 3))
+    x, eps = data(4), np.random.default_rng(5).standard_normal((4, 3))
     grads = new_grads(spec)
     negative_elbo_and_grads(spec, params, grads, x, eps, kl_weight=0.7)
     assert_every_gradient(spec, params, grads, lambda: beta_objective(spec, params, x, eps, 0.7),
@@ -128,7 +128,7 @@ def kl_means(spec, params, x):
 @pytest.mark.parametrize("where", ["between", "below every dimension", "above every dimension"])
 def test_free_bits_gradient_on_both_sides_of_the_floor(where):
     spec, params = spec_and_params("gaussian", activation="softplus")
-    x, eps = data(6)[0], np.random.default_rng(6).standard_normal((6, 3))
+    x, eps = data(6), np.random.default_rng(6).standard_normal((6, 3))
     means = np.sort(kl_means(spec, params, x))
     # Floors at least 1e-3 nats from every dimension's mean KL: the finite-difference steps
     # (1e-5 on a parameter) move a mean KL by ~1e-5, so no perturbation crosses the kink.
@@ -145,7 +145,7 @@ def test_free_bits_gradient_on_both_sides_of_the_floor(where):
 
 def test_free_bits_below_every_dimension_is_the_weighted_elbo_and_above_removes_the_kl_gradient():
     spec, params = spec_and_params()
-    x, eps = data(5)[0], np.random.default_rng(7).standard_normal((5, 3))
+    x, eps = data(5), np.random.default_rng(7).standard_normal((5, 3))
     means = kl_means(spec, params, x)
     plain, floored = new_grads(spec), new_grads(spec)
     negative_elbo_and_grads(spec, params, plain, x, eps, kl_weight=0.5)
@@ -170,7 +170,7 @@ def test_free_bits_twin_floors_each_dimension():
 
 def test_free_bits_without_a_per_dimension_kl_is_refused_naming_the_pair():
     spec, params = spec_and_params(prior=LEARNABLE_PRIOR)
-    x, eps = data(3)[0], np.zeros((3, 3))
+    x, eps = data(3), np.zeros((3, 3))
     with pytest.raises(ValueError, match=f"posterior 'gaussian' with prior '{LEARNABLE_PRIOR}'"):
         negative_elbo_and_grads(spec, params, new_grads(spec), x, eps, free_bits=0.1)
     with pytest.raises(ValueError, match=f"'gaussian' with prior '{LEARNABLE_PRIOR}'"):
@@ -201,7 +201,7 @@ def iwae_objective(spec, params, x, eps, k):
 def test_iwae_gradient_wrt_every_parameter(likelihood, prior, k):
     spec, params = spec_and_params(likelihood, prior, activation="relu")
     batch = 3
-    x = data(batch)[0]
+    x = data(batch)
     eps = np.random.default_rng(8).standard_normal((batch * k, 3))
     grads = new_grads(spec)
     terms = {}
@@ -217,7 +217,7 @@ def test_iwae_gradient_wrt_every_parameter(likelihood, prior, k):
 def test_iwae_with_one_sample_is_the_elbo_with_a_monte_carlo_kl(prior):
     spec, params = spec_and_params("gaussian", prior)
     spec.analytic_kl = None
-    x, eps = data(5)[0], np.random.default_rng(9).standard_normal((5, 3))
+    x, eps = data(5), np.random.default_rng(9).standard_normal((5, 3))
     elbo_grads, iwae_grads = new_grads(spec), new_grads(spec)
     elbo_terms, iwae_terms = {}, {}
     elbo = negative_elbo_and_grads(spec, params, elbo_grads, x, eps, terms=elbo_terms)
@@ -233,7 +233,7 @@ def test_iwae_bound_is_at_least_as_tight_as_the_average_elbo_of_its_samples():
     """Jensen: -log mean_i w_i <= -mean_i log w_i, example by example, for any noise."""
     spec, params = spec_and_params()
     spec.analytic_kl = None
-    k, x = 6, data(4)[0]
+    k, x = 6, data(4)
     eps = np.random.default_rng(10).standard_normal((4 * k, 3))
     per_sample = negative_elbo_rows(spec, params, np.repeat(x, k, axis=0), eps).reshape(4, k)
     bound = iwae_rows(spec, params, x, eps, k)
