@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from .initialization import DEFAULT_INITIALIZATION, INITIALIZATIONS
 from .layers import ACTIVATIONS
 from .options import (Check, CommaList, ValidatedOptions, integer_at_least, one_of, option, optional,
                       positive_int, registered)
@@ -73,6 +74,10 @@ class VAEConfig(ValidatedOptions):
         "random", one_of(("random", "data")),
         "How the prior's parameters start: random, or data (vamp: pseudo-inputs copied from K "
         "training examples by the first fit).")
+    init: str = option(DEFAULT_INITIALIZATION, registered(INITIALIZATIONS),
+                       "Layer initialization: glorot (Keras: Glorot-uniform weights, zero "
+                       "biases) or pytorch (torch.nn.Linear: U(+-1/sqrt(fan_in)) weights and "
+                       "biases).")
 
     def __post_init__(self):
         super().__post_init__()

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from . import philox
+from .objectives import Elbo, Objective
 from .optim import Adam
 from .reference import decode_raw, encode_raw, negative_elbo_and_grads, negative_elbo_rows
 from .registry import Registry
@@ -42,8 +43,11 @@ class NumpyExecutor:
         return self.flat.copy()
 
     def train_epoch(self, x: np.ndarray, perm: np.ndarray, batch_size: int, optimizer: Adam,
-                    binarize: bool, progress: Callable[[int], None] | None = None) -> float:
-        """One pass over x in the order `perm` (whole batches only); mean training loss."""
+                    binarize: bool, progress: Callable[[int], None] | None = None,
+                    objective: Objective | None = None) -> float:
+        """One pass over x in the order `perm` (whole batches only); mean training loss.
+        `objective`: cupyvae.objectives (None: the plain ELBO)."""
+        objective = Elbo() if objective is None else objective
         seed, z_dim = self.spec.config.seed, self.spec.latent_dim
         n_batches = len(perm) // batch_size
         total = 0.0
@@ -52,8 +56,10 @@ class NumpyExecutor:
             xb = x[perm[i * batch_size:(i + 1) * batch_size]]
             if binarize:
                 xb = binarize_batch(xb, seed, step)
-            eps = philox.normal(seed, step, batch_size, z_dim, philox.STREAM_POSTERIOR)
-            total += negative_elbo_and_grads(self.spec, self.params, self.grads, xb, eps)
+            # IWAE's k rows per example are rows b*k + i of this draw (k = 1: the ELBO's).
+            eps = philox.normal(seed, step, objective.noise_rows(batch_size), z_dim,
+                                philox.STREAM_POSTERIOR)
+            total += objective.loss_and_grads(self.spec, self.params, self.grads, xb, eps)
             optimizer.step(self.flat, self.grad_flat)
             if progress is not None:
                 progress(1)

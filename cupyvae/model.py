@@ -13,14 +13,25 @@ import numpy as np
 from . import philox
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
-from .executors import EXECUTORS, binarize_batch, resolve_device
+from .executors import EXECUTORS, NumpyExecutor, binarize_batch, resolve_device
+from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
+from .objective_twins import (importance_noise, log_mean_exp_accumulate, log_mean_exp_finish,
+                              repeat_rows)
+from .objectives import Objective, objective_for
 from .optim import Adam
-from .reference import prior_state
+from .reference import kl_rows, prior_log_prob, prior_state
 from .spec import ModelSpec
 from .training import TrainingOptions
 
 EVAL_CHUNK = 10_000
+# VAE.log_likelihood decodes at most this many rows (examples x samples) per call: large
+# enough for efficient GEMMs, small enough (~100 MB of float32 activations at D = 784) to
+# bound memory whatever the number of samples.
+IMPORTANCE_ROWS = 8192
+# Burda et al. 2016, section 5.2: a latent dimension is active when the variance of its
+# posterior mean across the data exceeds this.
+ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,11 +48,12 @@ class VAE:
     def __init__(self, data_shape, latent_dim: int = 2, hidden=(200,), activation="relu",
                  posterior: str = "gaussian", likelihood: str = "bernoulli", prior: str = "normal",
                  device: str = "cpu", seed: int = 0, execution: str | None = None,
-                 prior_components: int | None = None, prior_init: str = "random"):
+                 prior_components: int | None = None, prior_init: str = "random",
+                 init: str = DEFAULT_INITIALIZATION):
         self.config = VAEConfig(data_shape=tuple(np.atleast_1d(data_shape).tolist()), latent_dim=latent_dim,
                                 hidden=tuple(hidden), activation=activation, posterior=posterior,
                                 likelihood=likelihood, prior=prior, seed=seed,
-                                prior_components=prior_components, prior_init=prior_init)
+                                prior_components=prior_components, prior_init=prior_init, init=init)
         self.spec = ModelSpec(self.config)
         self.device = resolve_device(device)
         # execution: "eager" or "graph" (a CUDA graph per chunk of steps); None is the
@@ -51,7 +63,11 @@ class VAE:
         self.spec.init_params(flat)
         self._executor.load_flat(flat)
         self.optimizer: Adam | None = None
-        self.history: dict[str, list] = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
+        # train_loss: the training objective; val_loss: the negative ELBO of the validation
+        # set; *_recon / *_kl: the ELBO's two terms; active_units: see elbo_terms.
+        self.history: dict[str, list] = {key: [] for key in (
+            "epoch", "train_loss", "val_loss", "seconds", "train_recon", "train_kl",
+            "val_recon", "val_kl", "active_units")}
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -68,11 +84,18 @@ class VAE:
             checkpoint: str | Path | None = None, verbose: bool = False,
             progress: Callable[[int], None] | None = None,
             on_epoch: Callable[[dict], None] | None = None, **option_changes) -> dict[str, list]:
-        """Train with Adam; returns the history (per-epoch train and validation loss).
+        """Train with Adam; returns the history, one entry per epoch in each column:
+        train_loss (the objective's mean over the epoch's steps), val_loss (the validation
+        set's mean negative ELBO), seconds, train_recon / train_kl and val_recon / val_kl
+        (the ELBO's reconstruction and KL terms, nats per example; the train ones are
+        running means over the steps and None on the kernel devices until their step plan
+        reports them), active_units (see elbo_terms).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
-        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False`); every value
-        is validated (ValueError naming the field) before any work.  Only whole batches are
+        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False,
+        objective="elbo", iw_samples=1, free_bits=0`); every value is validated (ValueError
+        naming the field) before any work, and so is the objective against this model and
+        device (validate_training_options).  Only whole batches are
         used in an epoch (the order is reshuffled every epoch, so every example is seen).
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
         one epoch.  `verbose`: print one line per epoch to stderr.  `progress(n)` is called
@@ -80,6 +103,7 @@ class VAE:
         continues training (the optimizer keeps its state).
         """
         options = TrainingOptions.build(options, **option_changes)
+        objective = self._objective(options)
         x_train = self.validate_data(x_train, "x_train")
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
         if options.batch_size > len(x_train):
@@ -92,7 +116,7 @@ class VAE:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
         for _ in range(options.epochs):
             record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
-                                           progress)
+                                           progress, objective)
             if checkpoint is not None:
                 self.save(checkpoint)
             if verbose:
@@ -101,7 +125,25 @@ class VAE:
                 on_epoch(record)
         return self.history
 
-    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress) -> dict:
+    def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
+        """`options` if this model can train with them on its device, else ValueError naming
+        the problem (free bits without a per-dimension KL, IWAE without a reparameterizable
+        posterior, an objective the kernel devices do not run yet)."""
+        self._objective(options)
+        return options
+
+    def _objective(self, options: TrainingOptions) -> Objective:
+        objective = objective_for(options)
+        objective.check_model(self.spec)
+        if not isinstance(self._executor, NumpyExecutor) and not objective.runs_on_kernels:
+            raise ValueError(
+                f"device {self.device!r} trains objective 'elbo' without free bits only, so far "
+                f"(asked: objective {options.objective!r}, free_bits {options.free_bits:g}); the "
+                "kernel step plan for IWAE and free bits is not wired yet. Use device='cpu'.")
+        return objective
+
+    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress,
+                         objective: Objective) -> dict:
         start = time.perf_counter()
         epoch = len(self.history["epoch"]) + 1
         # Keyed by epoch, so a run resumed from a checkpoint replays exactly the same orders.
@@ -109,9 +151,14 @@ class VAE:
         saved = self._executor.host_flat()
         saved_opt = self.optimizer.snapshot()
         perm = rng.permutation(len(x_train)).astype(np.int64)
+        # Until the kernel executors take an objective (#9 stage 2), only the NumPy one is
+        # given it; _objective has refused every other objective on the kernel devices.
+        reference_only = {"objective": objective} if isinstance(self._executor, NumpyExecutor) else {}
         train_loss = self._executor.train_epoch(x_train, perm, batch_size, self.optimizer,
-                                                binarize, progress)
-        val_loss = None if x_val is None else self.loss(x_val)
+                                                binarize, progress, **reference_only)
+        train_terms = objective.epoch_terms() or {"train_recon": None, "train_kl": None}
+        val = None if x_val is None else self.elbo_terms(x_val)
+        val_loss = None if val is None else val["negative_elbo"]
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             self._executor.load_flat(saved)
             self.optimizer.restore(saved_opt)
@@ -119,9 +166,14 @@ class VAE:
                                    f"{val_loss} (val); parameters restored to epoch {epoch - 1}. "
                                    "Try a smaller learning rate.")
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                  "seconds": time.perf_counter() - start}
+                  "seconds": time.perf_counter() - start, **train_terms,
+                  "val_recon": None if val is None else val["reconstruction"],
+                  "val_kl": None if val is None else val["kl"],
+                  "active_units": None if val is None else val["active_units"]}
+        done = len(self.history["epoch"])
         for key, value in record.items():
-            self.history[key].append(value)
+            # A column missing from an older checkpoint's history is None for its epochs.
+            self.history.setdefault(key, [None] * done).append(value)
         return record
 
     def _init_prior_from_data(self, x_train) -> None:
@@ -145,12 +197,38 @@ class VAE:
     # ---------------------------------------------------------------- inference
     def loss(self, x) -> float:
         """Mean negative ELBO in nats per example (one posterior sample per example,
-        drawn from a fixed Philox stream, so the value is repeatable)."""
+        drawn from a fixed Philox stream, so the value is repeatable); the rows are summed
+        in float64, so extreme but finite rows do not overflow the total."""
         x = self.validate_data(x, "x")
         total = 0.0
         for chunk, start in _chunks(x):
-            total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, philox.STREAM_EVAL).sum())
+            rows = self._executor.loss_rows(chunk, start // EVAL_CHUNK, philox.STREAM_EVAL)
+            total += float(np.sum(rows, dtype=np.float64))
         return total / len(x)
+
+    def elbo_terms(self, x) -> dict:
+        """The validation metrics of one set x:
+            negative_elbo   loss(x), nats per example
+            kl              mean KL(q(z|x) || p(z)) (closed form, or the one-sample estimate
+                            with loss()'s noise), nats per example
+            reconstruction  negative_elbo - kl: the mean -E_q log p(x|z) estimate of loss()
+            active_units    latent dimensions whose posterior mean varies across x with
+                            variance > 0.01 (Burda, Grosse & Salakhutdinov 2016, section 5.2)
+        Accumulated in float64."""
+        x = self.validate_data(x, "x")
+        negative_elbo = self.loss(x)
+        params = self._host_params()
+        kl_total, means = 0.0, []
+        for chunk, start in _chunks(x):
+            raw = self._executor.encode_raw(chunk)
+            eps = philox.normal(self.config.seed, start // EVAL_CHUNK, len(chunk),
+                                self.config.latent_dim, philox.STREAM_EVAL)
+            kl_total += float(np.sum(kl_rows(self.spec, params, raw, eps), dtype=np.float64))
+            means.append(self.spec.posterior.mean(raw))
+        kl = kl_total / len(x)
+        variance = np.var(np.concatenate(means).astype(np.float64), axis=0)
+        return {"negative_elbo": negative_elbo, "reconstruction": negative_elbo - kl, "kl": kl,
+                "active_units": int(np.sum(variance > ACTIVE_UNIT_THRESHOLD))}
 
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
         """Mean negative ELBO of the batch x with noise eps (B, latent_dim), and its gradient
@@ -195,28 +273,52 @@ class VAE:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
         return self.decode(self.encode(x))
 
-    def log_likelihood(self, x, n_samples: int = 100) -> np.ndarray:
-        """Importance-sampled log p(x) per example (nats), with q(z|x) as proposal:
-        log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K."""
-        from scipy.special import logsumexp
+    def log_likelihood(self, x, n_samples: int = 100,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Importance-sampled log p(x) per example, nats, float64 (N,), with q(z|x) as the
+        proposal (Burda, Grosse & Salakhutdinov 2016, eq. 8; K = n_samples):
+            log p(x) ~= log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x),  z_k = rsample(eps_k).
+        log q(z_k|x) comes from the noise itself (Posterior.log_prob_of_draw; for the
+        Gaussian -1/2 sum(log 2pi + lv + eps^2)), never from z - mu, so narrow posteriors
+        stay exact; the weights and their log-sum-exp are accumulated in float64.
+        Noise: objective_twins.importance_noise, keyed by (example index in x, sample
+        index), so the result does not depend on the chunking below.  All samples of a chunk
+        of examples are decoded in one call (examples x samples rows, at most
+        IMPORTANCE_ROWS; an example with more samples is decoded in several calls).
+        `progress(n)` is called after each chunk with the number n of examples it finished
+        (the n sum to len(x), like fit's progress).  ValueError for a bad n_samples."""
         x = self.validate_data(x, "x")
-        if int(n_samples) != n_samples or n_samples < 1:
+        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        post, lik, prior = self.spec.posterior, self.spec.likelihood, self.spec.prior
-        prior_params = prior_state(self.spec, self._host_params()).density   # once: vamp encodes
+        n_samples = int(n_samples)
+        params = self._host_params()
+        samples_per_call = min(n_samples, IMPORTANCE_ROWS)
+        examples_per_call = max(1, IMPORTANCE_ROWS // n_samples)
         out = np.empty(len(x))
-        for i in range(len(x) // 100 + (len(x) % 100 > 0)):
-            xb = x[i * 100:(i + 1) * 100]
+        for first in range(0, len(x), examples_per_call):
+            xb = x[first:first + examples_per_call]
             raw = self._executor.encode_raw(xb)
-            log_w = np.empty((n_samples, len(xb)))
-            for k in range(n_samples):
-                eps = philox.normal(self.config.seed, i * n_samples + k, len(xb),
-                                    self.config.latent_dim, philox.STREAM_IMPORTANCE)
-                z = post.rsample(raw, eps)
-                log_w[k] = (lik.log_prob(self._executor.decode_raw(z), xb)
-                            + prior.log_prob(z, prior_params) - post.log_prob(raw, z))
-            out[i * 100:(i + 1) * 100] = logsumexp(log_w, axis=0) - np.log(n_samples)
+            running_max = np.full(len(xb), -np.inf)
+            running_sum = np.zeros(len(xb))
+            for first_sample in range(0, n_samples, samples_per_call):
+                samples = min(samples_per_call, n_samples - first_sample)
+                eps = importance_noise(self.config.seed, first, len(xb), first_sample, samples,
+                                       self.config.latent_dim)
+                nll, log_p, log_q = self._log_weight_terms(params, raw, xb, eps, samples)
+                log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples)
+            out[first:first + len(xb)] = log_mean_exp_finish(running_max, running_sum, n_samples)
+            if progress is not None:
+                progress(len(xb))
         return out
+
+    def _log_weight_terms(self, params, raw, xb, eps, samples):
+        """(nll, log p(z), log q(z|x)) per row of the B*k samples of the examples xb."""
+        q_rows = repeat_rows(raw, samples)
+        z = self.spec.posterior.rsample(q_rows, eps)
+        nll, _ = self.spec.likelihood.nll(self._executor.decode_raw(z), repeat_rows(xb, samples), 1.0)
+        log_p = prior_log_prob(self.spec, params, z)[0]
+        log_q = self.spec.posterior.log_prob_of_draw(q_rows.astype(np.float64), eps.astype(np.float64))
+        return nll, log_p, log_q
 
     # ---------------------------------------------------------------- persistence
     def save(self, path) -> None:
@@ -284,7 +386,7 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     config = checkpoint.config
     model = VAE(**{k: getattr(config, k) for k in ("data_shape", "latent_dim", "hidden", "activation",
                                                   "posterior", "likelihood", "prior", "seed",
-                                                  "prior_components", "prior_init")},
+                                                  "prior_components", "prior_init", "init")},
                 device=device, execution=execution)
     model._executor.load_flat(checkpoint.params)
     model.history = checkpoint.history

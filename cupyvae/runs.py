@@ -345,6 +345,7 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
     dataset = load_dataset(run_options.data)
     model = VAE(dataset.data_shape, **model_options, device=run_options.device,
                 execution=run_options.execution_mode)
+    model.validate_training_options(training)      # e.g. free bits this model cannot have
     x_train, x_val = _training_data(model, dataset, training, run_options)
     config = RunConfig(model=model.config, training=training, run=run_options,
                        dataset=_dataset_summary(dataset, x_train, x_val))
@@ -369,6 +370,7 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     run_options = stored.run.replace(**{k: v for k, v in changes.items() if k in ("device", "execution")})
     training = stored.training.replace(**{k: v for k, v in changes.items() if k == "epochs"})
     config, model = load_run(folder, run_options.device, run_options.execution_mode)
+    model.validate_training_options(training)      # the objective on a newly chosen device
     done = len(model.history["epoch"])
     if done >= training.epochs:
         return None

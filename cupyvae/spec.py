@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import VAEConfig
-from .distributions import KL_PAIRS, LIKELIHOODS, POSTERIORS, PRIORS, kl_key
+from .distributions import KL_PAIRS, KL_PER_DIMENSION, LIKELIHOODS, POSTERIORS, PRIORS, kl_key
+from .initialization import INITIALIZATIONS
 from .params import ParamLayout
 
 
@@ -37,6 +38,8 @@ class ModelSpec:
         key = kl_key(config.posterior, config.prior)
         # Closed form where the pair registered one; a one-sample Monte-Carlo estimate otherwise.
         self.analytic_kl = KL_PAIRS.get(key) if key in KL_PAIRS else None
+        # The same KL per latent dimension, where it factorises (free bits needs it).
+        self.kl_per_dimension = KL_PER_DIMENSION.get(key) if key in KL_PER_DIMENSION else None
         if self.analytic_kl is None and not self.posterior.reparameterizable:
             raise ValueError(f"posterior {config.posterior!r} is not reparameterizable and has no "
                              f"analytic KL to prior {config.prior!r}")
@@ -60,13 +63,16 @@ class ModelSpec:
         return {k[len("prior."):]: v for k, v in params.items() if k.startswith("prior.")}
 
     def init_params(self, flat: np.ndarray) -> None:
-        """Glorot-uniform weights, zero biases, the prior's own init; seeded by config.seed."""
+        """Every layer by the config's scheme (cupyvae.initialization), then the prior's own
+        init; seeded by config.seed."""
         rng = np.random.default_rng(self.config.seed)
+        scheme = INITIALIZATIONS.get(self.config.init)
         params = self.layout.views(flat)
         flat[:] = 0
         for layer in self.encoder + self.decoder:
-            limit = np.sqrt(6.0 / (layer.n_in + layer.n_out))
-            params[f"{layer.name}.weight"][:] = rng.uniform(-limit, limit, (layer.n_in, layer.n_out))
+            weight, bias = scheme(rng, layer.n_in, layer.n_out)
+            params[f"{layer.name}.weight"][:] = weight
+            params[f"{layer.name}.bias"][:] = bias
         for name, value in self.prior.init_params(rng).items():
             params[f"prior.{name}"][:] = value
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import ValidatedOptions, boolean, nonnegative_float, option, positive_float, positive_int
+from .objectives import OBJECTIVES
+from .options import (ValidatedOptions, boolean, nonnegative_float, option, positive_float,
+                      positive_int, registered)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,20 @@ class TrainingOptions(ValidatedOptions):
     binarize: bool = option(False, boolean,
                             "Dynamic binarization: every batch is resampled as x ~ Bernoulli(x) "
                             "(the validation set is binarized once, with a fixed draw).")
+    objective: str = option("elbo", registered(OBJECTIVES),
+                            "What training minimises: elbo, the negative ELBO (Kingma & Welling "
+                            "2014), or iwae, the importance-weighted bound with --iw-samples "
+                            "samples per example (Burda, Grosse & Salakhutdinov 2016).")
+    iw_samples: int = option(1, positive_int,
+                             "IWAE: importance samples k per example (the decoder runs on "
+                             "batch_size * k rows); 1 with objective elbo.")
+    free_bits: float = option(0.0, nonnegative_float,
+                              "ELBO: free bits (Kingma et al. 2016), a floor in nats on each "
+                              "latent dimension's batch-averaged KL; 0 = off.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        OBJECTIVES.get(self.objective).check_options(self)   # combinations that make no sense
 
     @classmethod
     def build(cls, options: "TrainingOptions | None" = None, **changes) -> "TrainingOptions":

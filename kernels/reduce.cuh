@@ -10,13 +10,19 @@
 //                      warp_totals is the caller's __shared__ float[REDUCE_MAX_WARPS].
 //                      It ends with warp 0 still reading warp_totals: a kernel calling it
 //                      twice must __syncthreads() in between.
-// Both trees are fixed by the thread indices, so the same launch shape always gives
+// reduce_warp_max / reduce_block_max(v, warp_totals): the same for the maximum (identity
+//                      -INFINITY; fmax ignores NaN).
+// Each is overloaded for float and double (warp_totals then __shared__ double[...]).
+// All trees are fixed by the thread indices, so the same launch shape always gives
 // the same bits (the order of thread execution does not matter).
 #pragma once
 
 #define REDUCE_WARP_SIZE 32
 #define REDUCE_MAX_WARPS 32
 #define REDUCE_FULL_MASK 0xffffffffu
+// -infinity, the identity of max (no math header defines INFINITY under NVRTC)
+#define REDUCE_NEG_INF_FLOAT __int_as_float((int)0xff800000u)
+#define REDUCE_NEG_INF_DOUBLE __longlong_as_double((long long)0xfff0000000000000ull)
 
 __device__ inline float reduce_warp_sum(float value)
 {
@@ -40,6 +46,85 @@ __device__ inline float reduce_block_sum(float value, float* warp_totals)
     if (warp == 0) {
         value = lane < warp_count ? warp_totals[lane] : 0.0f;
         value = reduce_warp_sum(value);
+    }
+    return value;
+}
+
+// ----------------------------------------------------------------- double sums, maxima
+__device__ inline double reduce_warp_sum(double value)
+{
+    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
+        value += __shfl_down_sync(REDUCE_FULL_MASK, value, offset);
+    }
+    return value;
+}
+
+__device__ inline float reduce_warp_max(float value)
+{
+    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
+        value = fmaxf(value, __shfl_down_sync(REDUCE_FULL_MASK, value, offset));
+    }
+    return value;
+}
+
+__device__ inline double reduce_warp_max(double value)
+{
+    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
+        value = fmax(value, __shfl_down_sync(REDUCE_FULL_MASK, value, offset));
+    }
+    return value;
+}
+
+__device__ inline double reduce_block_sum(double value, double* warp_totals)
+{
+    int lane = threadIdx.x % REDUCE_WARP_SIZE;
+    int warp = threadIdx.x / REDUCE_WARP_SIZE;
+    int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
+
+    value = reduce_warp_sum(value);
+    if (lane == 0) {
+        warp_totals[warp] = value;
+    }
+    __syncthreads();  // every warp total is stored before warp 0 reads them
+    if (warp == 0) {
+        value = lane < warp_count ? warp_totals[lane] : 0.0;
+        value = reduce_warp_sum(value);
+    }
+    return value;
+}
+
+__device__ inline float reduce_block_max(float value, float* warp_totals)
+{
+    int lane = threadIdx.x % REDUCE_WARP_SIZE;
+    int warp = threadIdx.x / REDUCE_WARP_SIZE;
+    int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
+
+    value = reduce_warp_max(value);
+    if (lane == 0) {
+        warp_totals[warp] = value;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        value = lane < warp_count ? warp_totals[lane] : REDUCE_NEG_INF_FLOAT;
+        value = reduce_warp_max(value);
+    }
+    return value;
+}
+
+__device__ inline double reduce_block_max(double value, double* warp_totals)
+{
+    int lane = threadIdx.x % REDUCE_WARP_SIZE;
+    int warp = threadIdx.x / REDUCE_WARP_SIZE;
+    int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
+
+    value = reduce_warp_max(value);
+    if (lane == 0) {
+        warp_totals[warp] = value;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        value = lane < warp_count ? warp_totals[lane] : REDUCE_NEG_INF_DOUBLE;
+        value = reduce_warp_max(value);
     }
     return value;
 }

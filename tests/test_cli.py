@@ -108,9 +108,10 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
     assert config["model"] == {"data_shape": list(SHAPE), "latent_dim": 2, "hidden": [16],
                                "activation": "relu", "posterior": "gaussian",
                                "likelihood": "bernoulli", "prior": "normal", "seed": 3,
-                               "prior_components": None, "prior_init": "random"}
+                               "prior_components": None, "prior_init": "random", "init": "glorot"}
     assert config["training"] == {"batch_size": 20, "lr": 1e-3, "weight_decay": 0.0,
-                                  "binarize": False, "epochs": 2}
+                                  "binarize": False, "epochs": 2, "objective": "elbo",
+                                  "iw_samples": 1, "free_bits": 0.0}
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2
@@ -296,3 +297,34 @@ def test_truncated_checkpoint_is_a_one_line_error(trained_run, tmp_path):
 
 def test_folder_that_is_not_a_run_is_a_one_line_error(tmp_path):
     assert_one_line_error(run_cli("sample", tmp_path, "-o", tmp_path / "s.npy"), "config.json")
+
+
+# ---------------------------------------------------------------------- objectives
+def test_metrics_have_the_elbo_terms_and_active_units(trained_run):
+    rows = read_metrics(trained_run)
+    for row in rows:
+        for key in ("train_recon", "train_kl", "val_recon", "val_kl"):
+            assert math.isfinite(float(row[key])), (key, row)
+        assert 0 <= int(row["active_units"]) <= 2
+        assert float(row["val_recon"]) + float(row["val_kl"]) == pytest.approx(float(row["val_loss"]))
+
+
+@pytest.mark.parametrize("flags, keywords", [
+    (["--objective", "iwae", "--iw-samples", "5", "--free-bits", "0.5"], ["--free-bits 0.5", "IWAE"]),
+    (["--free-bits", "nan"], ["--free-bits nan", "finite"]),
+    (["--iw-samples", "0"], ["--iw-samples"]),
+])
+def test_objective_options_that_make_no_sense_are_one_line_errors(tiny_npz, tmp_path, flags, keywords):
+    result = run_cli("train", "--data", tiny_npz, *TINY_MODEL, *flags, "--out", tmp_path / "run")
+    assert_one_line_error(result, *keywords)
+    assert not (tmp_path / "run").exists()
+
+
+def test_iwae_trains_from_the_cli(tiny_npz, tmp_path):
+    run_dir = tmp_path / "run"
+    assert_ok(run_cli("train", "--data", tiny_npz, "--epochs", 1, *TINY_MODEL, "--objective", "iwae",
+                      "--iw-samples", 3, "--init", "pytorch", "--out", run_dir))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["training"]["objective"] == "iwae" and config["training"]["iw_samples"] == 3
+    assert config["model"]["init"] == "pytorch"
+    assert "--objective iwae" in config["command"] and "--iw-samples 3" in config["command"]

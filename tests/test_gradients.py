@@ -4,7 +4,7 @@ import pytest
 import scipy.stats as st
 
 from cupyvae.config import VAEConfig
-from cupyvae.distributions import KL_PAIRS, LIKELIHOODS, POSTERIORS, PRIORS
+from cupyvae.distributions import KL_PAIRS, KL_PER_DIMENSION, LIKELIHOODS, POSTERIORS, PRIORS
 from cupyvae.layers import ACTIVATIONS, linear_backward, linear_forward
 from cupyvae import reference
 from cupyvae.reference import negative_elbo_and_grads, negative_elbo_rows
@@ -239,3 +239,32 @@ def test_gaussian_likelihood_is_finite_for_extreme_raw_logvar(extreme):
     assert np.isfinite(nll).all() and np.isfinite(d).all()
     bound = gl.LOGVAR_BOUND
     assert np.all(np.abs(gl._mean_logvar(raw)[1]) <= bound)
+
+
+@pytest.mark.parametrize("name", POSTERIORS.names())
+def test_log_q_of_a_draw_and_its_total_gradient(name):
+    """Posterior.log_prob_of_draw(raw, eps) is log q at z = rsample(raw, eps), and its
+    gradient is the total derivative at fixed eps (the generic fallback agrees too)."""
+    from cupyvae.distributions import Posterior
+    post = POSTERIORS.get(name)(3)
+    raw, eps = randn(4, post.raw_width), randn(4, 3)
+    np.testing.assert_allclose(post.log_prob_of_draw(raw, eps),
+                               post.log_prob(raw, post.rsample(raw, eps)), rtol=1e-12)
+    assert_grad_close(post.log_prob_of_draw_grad(raw, eps),
+                      numeric_grad(lambda: float(post.log_prob_of_draw(raw, eps).sum()), raw),
+                      f"{name} d log q(rsample(raw, eps)) / d raw")
+    np.testing.assert_allclose(Posterior.log_prob_of_draw_grad(post, raw, eps),
+                               post.log_prob_of_draw_grad(raw, eps), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("key", KL_PER_DIMENSION.names())
+def test_per_dimension_kl_sums_to_the_row_kl(key):
+    per_dim, row = KL_PER_DIMENSION.get(key), KL_PAIRS.get(key)
+    raw = randn(3, 8)
+    kl_dim, dkl = per_dim(raw)
+    assert kl_dim.shape == (3, 4)
+    np.testing.assert_allclose(kl_dim.sum(axis=1), row(raw)[0], rtol=1e-12)
+    weights = randn(4)   # column c of dkl belongs to dimension c % Z
+    assert_grad_close(dkl * np.tile(weights, 2),
+                      numeric_grad(lambda: float((per_dim(raw)[0] * weights).sum()), raw),
+                      f"{key} d(sum_j w_j KL_j)/d raw")

@@ -1,9 +1,10 @@
 """The distribution plug-ins.  Importing this package registers every built-in one."""
-from .base import (KL_PAIRS, LIKELIHOODS, POSTERIORS, PRIORS, Likelihood, ParamSpec, Posterior,
-                   Prior, PriorState, kl_key, register_kl, register_likelihood, register_posterior,
-                   register_prior)
+from .base import (KL_PAIRS, KL_PER_DIMENSION, LIKELIHOODS, POSTERIORS, PRIORS, Likelihood,
+                   ParamSpec, Posterior, Prior, PriorState, kl_key, register_kl,
+                   register_kl_per_dimension, register_likelihood, register_posterior, register_prior)
 from . import bernoulli, gaussian, mixture, vamp  # noqa: F401  (registration side effects)
 
-__all__ = ["KL_PAIRS", "LIKELIHOODS", "POSTERIORS", "PRIORS", "Likelihood", "ParamSpec",
-           "Posterior", "Prior", "PriorState", "kl_key", "register_kl", "register_likelihood",
-           "register_posterior", "register_prior"]
+__all__ = ["KL_PAIRS", "KL_PER_DIMENSION", "LIKELIHOODS", "POSTERIORS", "PRIORS", "Likelihood",
+           "ParamSpec", "Posterior", "Prior", "PriorState", "kl_key", "register_kl",
+           "register_kl_per_dimension", "register_likelihood", "register_posterior",
+           "register_prior"]

@@ -85,6 +85,23 @@ class Posterior(Distribution):
         """(d log q / d raw with z held fixed, d log q / dz), for Monte-Carlo KL terms."""
         raise NotImplementedError
 
+    def log_prob_of_draw(self, raw: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """log q(z|raw) per row (B,) at the draw z = rsample(raw, eps), computed from the noise.
+
+        Every Monte-Carlo objective (the Monte-Carlo KL, IWAE, the importance-sampled
+        log-likelihood) takes log q through here.  A subclass gives the form that never
+        rebuilds z - mu from z (for the Gaussian, -1/2 sum(log 2pi + lv + eps^2)): with a
+        narrow posterior, z - mu cancels to 0 in float32 and exp(-lv) overflows, so the
+        generic fallback below is exact only in exact arithmetic."""
+        return self.log_prob(raw, self.rsample(raw, eps))
+
+    def log_prob_of_draw_grad(self, raw: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """d/d raw of log q(rsample(raw, eps) | raw) at fixed eps, (B, raw_width): the total
+        derivative, through z as well as through q's parameters."""
+        z = self.rsample(raw, eps)
+        draw, dz = self.log_prob_grads(raw, z)
+        return draw + self.rsample_backward(raw, eps, dz)
+
 
 class Likelihood(Distribution):
     """p(x|z), parameterized by the decoder's raw output."""
@@ -202,6 +219,8 @@ LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
 PRIORS: Registry[type[Prior]] = Registry("prior")
 # Analytic KL(q || p) per row and its gradient wrt q's raw parameters, keyed "q->p".
 KL_PAIRS: Registry[Callable] = Registry("analytic KL pair")
+# The same KL per latent dimension, for pairs where it factorises (free bits needs it).
+KL_PER_DIMENSION: Registry[Callable] = Registry("per-dimension KL pair")
 
 
 def register_posterior(name: str):
@@ -219,6 +238,14 @@ def register_prior(name: str):
 def register_kl(posterior: str, prior: str):
     """`fn(raw) -> (kl (B,), dkl/draw)` is the closed-form KL of this pair."""
     return KL_PAIRS.register(kl_key(posterior, prior))
+
+
+def register_kl_per_dimension(posterior: str, prior: str):
+    """`fn(raw) -> (kl (B, Z), dkl (B, raw_width))` is the closed-form KL of this pair per
+    latent dimension, where it factorises: kl.sum(1) is the row KL, and column c of dkl is
+    the derivative of kl[:, c % Z] (raw is laid out in blocks of width Z, see
+    Distribution.split, and column c influences dimension c % Z only)."""
+    return KL_PER_DIMENSION.register(kl_key(posterior, prior))
 
 
 def kl_key(posterior: str, prior: str) -> str:

@@ -7,8 +7,13 @@ Posterior q(z|x) = N(mu, diag(exp(lv))), raw = [mu | lv], both (B, Z):
     log q(z)     = -1/2 sum_j (log 2pi + lv + (z-mu)^2 exp(-lv))
     dlog q/dmu   = (z-mu) exp(-lv),  dlog q/dlv = ((z-mu)^2 exp(-lv) - 1) / 2,
     dlog q/dz    = -(z-mu) exp(-lv)
+    log q at z = mu + exp(lv/2) eps, from the noise (never from z - mu, which cancels in
+    float32 for narrow posteriors while exp(-lv) overflows):
+                 = -1/2 sum_j (log 2pi + lv + eps^2);  total d/dmu = 0,  d/dlv = -1/2
     KL(q||N(0,I)) = -1/2 sum_j (1 + lv - mu^2 - exp(lv)) = -1/2 sum_j (lv - expm1(lv) - mu^2)
     dKL/dmu = mu,  dKL/dlv = expm1(lv) / 2
+    per latent dimension j (the KL factorises; free bits floors each dimension):
+    KL_j = -1/2 (lv_j - expm1(lv_j) - mu_j^2),  the same derivatives, column by column
 
 Likelihood p(x|z) = N(m, exp(s)) per pixel, raw = [a | r], both (B, D):
     m = sigmoid(a)                     (grey levels live in [0, 1])
@@ -26,7 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 from .base import (LOG_2PI, Likelihood, ParamSpec, Posterior, Prior, register_kl,
-                   register_likelihood, register_posterior, register_prior)
+                   register_kl_per_dimension, register_likelihood, register_posterior,
+                   register_prior)
 from .bernoulli import require_unit_interval, sigmoid
 
 
@@ -57,14 +63,30 @@ class GaussianPosterior(Posterior):
         draw = np.concatenate([scaled, 0.5 * (scaled * (z - mu) - 1)], axis=1)
         return draw, -scaled
 
+    def log_prob_of_draw(self, raw, eps):
+        _, lv = self.split(raw)
+        return -0.5 * (LOG_2PI + lv + eps * eps).sum(axis=1)
+
+    def log_prob_of_draw_grad(self, raw, eps):
+        _, lv = self.split(raw)
+        return np.concatenate([np.zeros_like(lv), np.full_like(lv, -0.5)], axis=1)
+
 
 @register_kl("gaussian", "normal")
 def kl_gaussian_normal(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form KL(N(mu, exp(lv)) || N(0, I)) per row and its gradient wrt [mu | lv]."""
+    kl, dkl = kl_gaussian_normal_per_dimension(raw)
+    return kl.sum(axis=1), dkl
+
+
+@register_kl_per_dimension("gaussian", "normal")
+def kl_gaussian_normal_per_dimension(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """KL(N(mu, exp(lv)) || N(0, I)) per latent dimension (B, Z), and its gradient wrt
+    [mu | lv] (B, 2Z): column j and Z + j are the derivatives of dimension j's term."""
     z_dim = raw.shape[1] // 2
     mu, lv = raw[:, :z_dim], raw[:, z_dim:]
     expm1 = np.expm1(lv)   # exp(lv) - 1 without cancellation near lv = 0
-    kl = -0.5 * (lv - expm1 - mu * mu).sum(axis=1)
+    kl = -0.5 * (lv - expm1 - mu * mu)
     return kl, np.concatenate([mu, 0.5 * expm1], axis=1)
 
 
@@ -162,3 +184,43 @@ def gaussian_posterior_backward(qraw: np.ndarray, dz: np.ndarray, counters: np.n
 def gaussian_likelihood_nll(raw: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
     """nll (B,) and draw = scale * d nll / d raw (B, 2D) for raw = [a | r]; see GaussianLikelihood."""
     return GaussianLikelihood(x.shape[1]).nll(raw, x, scale)
+
+
+def _posterior_noise(qraw, counters, seed, stream, eps):
+    """The kernels' eps: the given array, or Philox normal(seed, counters[0], B, Z, stream)."""
+    from .. import philox
+
+    if eps is not None:
+        return eps
+    return philox.normal(seed, int(counters[0]), qraw.shape[0], qraw.shape[1] // 2, stream)
+
+
+def gaussian_posterior_log_q(qraw: np.ndarray, counters: np.ndarray, seed: int, stream: int,
+                             eps: np.ndarray | None = None) -> np.ndarray:
+    """log_q (B,) = -1/2 sum_j (log 2pi + lv + eps^2): log q at z = mu + exp(lv/2) eps."""
+    z_dim = qraw.shape[1] // 2
+    return GaussianPosterior(z_dim).log_prob_of_draw(qraw, _posterior_noise(qraw, counters, seed, stream, eps))
+
+
+def gaussian_posterior_weighted_backward(qraw: np.ndarray, dz: np.ndarray, g: np.ndarray,
+                                         counters: np.ndarray, seed: int, stream: int,
+                                         eps: np.ndarray | None = None) -> np.ndarray:
+    """dqraw (B, 2Z) = rsample backward of dz + g[b] * d log q(rsample(qraw, eps)) / d qraw:
+    [dz | dz eps exp(lv/2) / 2 - g / 2]."""
+    post = GaussianPosterior(qraw.shape[1] // 2)
+    eps = _posterior_noise(qraw, counters, seed, stream, eps)
+    return post.rsample_backward(qraw, eps, dz) + g[:, None] * post.log_prob_of_draw_grad(qraw, eps)
+
+
+def gaussian_posterior_kl_per_dimension(qraw: np.ndarray) -> np.ndarray:
+    """kl_dim (B, Z) = KL(N(mu_j, exp(lv_j)) || N(0, 1)) per latent dimension."""
+    return kl_gaussian_normal_per_dimension(qraw)[0]
+
+
+def gaussian_posterior_kl_per_dimension_backward(qraw: np.ndarray, weight: np.ndarray, kl_scale,
+                                                 dqraw: np.ndarray) -> np.ndarray:
+    """dqraw += (kl_scale * weight[j]) * [mu | expm1(lv) / 2], in place (like the kernel);
+    returns dqraw.  weight (Z,): free_bits_kl's active mask."""
+    w = np.asarray(kl_scale, qraw.dtype) * weight
+    dqraw += np.tile(w, 2) * kl_gaussian_normal_per_dimension(qraw)[1]
+    return dqraw

@@ -8,7 +8,13 @@ the exact NumPy type the kernel expects, picks grid and block, and returns a Lau
 from .adam import adam_update
 from .bernoulli import bernoulli_nll
 from .gaussian_likelihood import gaussian_likelihood_nll
-from .gaussian_posterior import gaussian_posterior_backward, gaussian_posterior_forward
+from .free_bits import free_bits_kl
+from .gaussian_posterior import (gaussian_posterior_backward, gaussian_posterior_forward,
+                                 gaussian_posterior_kl_per_dimension,
+                                 gaussian_posterior_kl_per_dimension_backward,
+                                 gaussian_posterior_log_q, gaussian_posterior_weighted_backward)
+from .importance import (importance_noise, iwae_weights, log_mean_exp_accumulate,
+                         log_mean_exp_finish, repeat_rows, scale_rows, sum_row_groups)
 from .linear import linear_backward_input, linear_backward_weight, linear_forward
 from .mixture_prior import (mixture_prior_backward_params, mixture_prior_backward_z,
                             mixture_prior_forward)

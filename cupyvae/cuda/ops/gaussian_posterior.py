@@ -98,3 +98,83 @@ def _posterior_shape(qraw) -> tuple[int, int]:
     require_int32_dims(qraw.shape)
     return qraw.shape[0], qraw.shape[1] // 2
 
+
+
+# ------------------------------------------------------ Monte-Carlo objectives and free bits
+def gaussian_posterior_log_q(qraw, counters, seed, stream, log_q, eps=None) -> Launch:
+    """log_q (B,) = -1/2 sum_j (log 2pi + lv + eps^2), `=`: log q at z = mu + exp(lv/2) eps,
+    eps drawn like gaussian_posterior_forward draws it (or the given (B, Z) `eps`)."""
+    require_float32_contiguous(qraw=qraw, log_q=log_q)
+    require_counters(counters)
+    require_same_array_kind(qraw, counters, log_q)
+    batch, z_dim = _posterior_shape(qraw)
+    _require_rows("log_q", log_q, batch, qraw)
+    seed_lo, seed_hi = split_seed(seed)
+    grid, block = _warp_per_row(batch)
+    return Launch(
+        kernel="gaussian_posterior",
+        entry="gaussian_posterior_log_q",
+        grid=grid,
+        block=block,
+        args=(qraw, counters, log_q, np.int32(batch), np.int32(z_dim), np.uint32(seed_lo),
+              np.uint32(seed_hi), uint32_scalar("stream", stream), *_given_noise(eps, qraw, z_dim)),
+    )
+
+
+def gaussian_posterior_weighted_backward(qraw, dz, g, counters, seed, stream, dqraw,
+                                         eps=None) -> Launch:
+    """dqraw (B, 2Z) = [dz | dz eps exp(lv/2)/2 - g/2], `=`; g (B,) = d loss / d log q per row."""
+    require_float32_contiguous(qraw=qraw, dz=dz, g=g, dqraw=dqraw)
+    require_counters(counters)
+    require_same_array_kind(qraw, dz, g, counters, dqraw)
+    batch, z_dim = _posterior_shape(qraw)
+    if dz.shape != (batch, z_dim):
+        raise ValueError(f"dz must have shape ({batch}, {z_dim}) for qraw {qraw.shape}, got {dz.shape}")
+    _require_rows("g", g, batch, qraw)
+    if dqraw.shape != qraw.shape:
+        raise ValueError(f"dqraw {dqraw.shape} must have the shape of qraw {qraw.shape}")
+    seed_lo, seed_hi = split_seed(seed)
+    grid, block = _warp_per_row(batch)
+    return Launch(
+        kernel="gaussian_posterior",
+        entry="gaussian_posterior_weighted_backward",
+        grid=grid,
+        block=block,
+        args=(qraw, dz, g, counters, dqraw, np.int32(batch), np.int32(z_dim), np.uint32(seed_lo),
+              np.uint32(seed_hi), uint32_scalar("stream", stream), *_given_noise(eps, qraw, z_dim)),
+    )
+
+
+def gaussian_posterior_kl_per_dimension(qraw, kl_dim) -> Launch:
+    """kl_dim (B, Z) = -1/2 ((lv - expm1(lv)) - mu^2) per element, `=`."""
+    require_float32_contiguous(qraw=qraw, kl_dim=kl_dim)
+    require_same_array_kind(qraw, kl_dim)
+    batch, z_dim = _posterior_shape(qraw)
+    if kl_dim.shape != (batch, z_dim):
+        raise ValueError(f"kl_dim must have shape ({batch}, {z_dim}) for qraw {qraw.shape}, "
+                         f"got {kl_dim.shape}")
+    grid, block = _warp_per_row(batch)
+    return Launch(kernel="gaussian_posterior", entry="gaussian_posterior_kl_per_dimension",
+                  grid=grid, block=block,
+                  args=(qraw, kl_dim, np.int32(batch), np.int32(z_dim)))
+
+
+def gaussian_posterior_kl_per_dimension_backward(qraw, weight, kl_scale, dqraw) -> Launch:
+    """dqraw (B, 2Z) += kl_scale weight[j] [mu | expm1(lv)/2] (ADDS); weight (Z,)."""
+    require_float32_contiguous(qraw=qraw, weight=weight, dqraw=dqraw)
+    require_same_array_kind(qraw, weight, dqraw)
+    batch, z_dim = _posterior_shape(qraw)
+    if weight.shape != (z_dim,):
+        raise ValueError(f"weight must have shape ({z_dim},) for qraw {qraw.shape}, got {weight.shape}")
+    if dqraw.shape != qraw.shape:
+        raise ValueError(f"dqraw {dqraw.shape} must have the shape of qraw {qraw.shape}")
+    grid, block = _warp_per_row(batch)
+    return Launch(kernel="gaussian_posterior", entry="gaussian_posterior_kl_per_dimension_backward",
+                  grid=grid, block=block,
+                  args=(qraw, weight, dqraw, np.int32(batch), np.int32(z_dim),
+                        float32_scalar("kl_scale", kl_scale)))
+
+
+def _require_rows(name: str, array, batch: int, qraw) -> None:
+    if array.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) for qraw {qraw.shape}, got {array.shape}")
