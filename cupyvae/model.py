@@ -130,10 +130,8 @@ class VAE:
         """Mean negative ELBO in nats per example (one posterior sample per example,
         drawn from a fixed Philox stream, so the value is repeatable)."""
         x = self.validate_data(x, "x")
-        total = 0.0
-        for chunk, start in _chunks(x):
-            total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, philox.STREAM_EVAL).sum())
-        return total / len(x)
+        rows = self._executor.loss_rows(x, 0, philox.STREAM_EVAL, EVAL_CHUNK)   # chunk c: step c
+        return float(np.sum(rows, dtype=np.float64)) / len(x)
 
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
         """Mean negative ELBO of the batch x with noise eps (B, latent_dim), and its gradient
@@ -146,33 +144,24 @@ class VAE:
     def encode(self, x, sample: bool = False) -> np.ndarray:
         """Posterior mean (N, latent_dim), or one reparameterized draw if `sample`."""
         x = self.validate_data(x, "x")
-        out = []
-        for chunk, start in _chunks(x):
-            raw = self._executor.encode_raw(chunk)
-            if sample:
-                eps = philox.normal(self.config.seed, start // EVAL_CHUNK, len(chunk),
-                                    self.config.latent_dim, philox.STREAM_POSTERIOR)
-                out.append(self.spec.posterior.rsample(raw, eps))
-            else:
-                out.append(self.spec.posterior.mean(raw))
-        return np.concatenate(out)
+        if sample:   # chunk c of EVAL_CHUNK rows draws with Philox step c
+            return self._executor.posterior_sample(x, 0, philox.STREAM_POSTERIOR, EVAL_CHUNK)
+        return self.spec.posterior.mean(self._executor.encode_raw(x, EVAL_CHUNK))
 
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
         z = self._as_latent(z, "z")
-        out = [self.spec.likelihood.mean(self._executor.decode_raw(c)) for c, _ in _chunks(z)]
-        return np.concatenate(out).reshape(len(z), *self.config.data_shape)
+        return self._likelihood_means(self._executor.decode_raw(z, EVAL_CHUNK))
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape)."""
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         seed = self.config.seed if seed is None else int(seed)
-        z_dim = self.config.latent_dim
-        u = philox.uniform(seed, 0, int(n), 1, philox.STREAM_PRIOR)[:, 0]
-        eps = philox.normal(seed, 1, int(n), z_dim, philox.STREAM_PRIOR)
-        prior_params = self.spec.prior_params(self._host_params())
-        return self.decode(self.spec.prior.sample(prior_params, u, eps))
+        return self._likelihood_means(self._executor.sample_raw(int(n), seed, EVAL_CHUNK))
+
+    def _likelihood_means(self, raw) -> np.ndarray:
+        return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
 
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
@@ -185,21 +174,14 @@ class VAE:
         x = self.validate_data(x, "x")
         if int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        post, lik, prior = self.spec.posterior, self.spec.likelihood, self.spec.prior
+        post, prior = self.spec.posterior, self.spec.prior
         prior_params = self.spec.prior_params(self._host_params())
-        out = np.empty(len(x))
-        for i in range(len(x) // 100 + (len(x) % 100 > 0)):
-            xb = x[i * 100:(i + 1) * 100]
-            raw = self._executor.encode_raw(xb)
-            log_w = np.empty((n_samples, len(xb)))
-            for k in range(n_samples):
-                eps = philox.normal(self.config.seed, i * n_samples + k, len(xb),
-                                    self.config.latent_dim, philox.STREAM_IMPORTANCE)
-                z = post.rsample(raw, eps)
-                log_w[k] = (lik.log_prob(self._executor.decode_raw(z), xb)
-                            + prior.log_prob(z, prior_params) - post.log_prob(raw, z))
-            out[i * 100:(i + 1) * 100] = logsumexp(log_w, axis=0) - np.log(n_samples)
-        return out
+        # The draws z_k ~ q(z|x) and -log p(x|z_k), all rows at once (one read on a GPU).
+        raw, z, nll = self._executor.importance_samples(x, int(n_samples), EVAL_CHUNK)
+        log_w = np.empty((int(n_samples), len(x)))
+        for k in range(int(n_samples)):
+            log_w[k] = -nll[k] + prior.log_prob(z[k], prior_params) - post.log_prob(raw, z[k])
+        return logsumexp(log_w, axis=0) - np.log(n_samples)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path) -> None:
@@ -285,8 +267,3 @@ def format_epoch(record: dict) -> str:
     val = "" if record["val_loss"] is None else f"  val {record['val_loss']:.3f}"
     return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.3f}{val}  "
             f"({record['seconds']:.1f} s)")
-
-
-def _chunks(x: np.ndarray):
-    for start in range(0, len(x), EVAL_CHUNK):
-        yield x[start:start + EVAL_CHUNK], start
