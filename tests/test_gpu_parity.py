@@ -144,3 +144,69 @@ def test_step_glue_gives_the_emulator_bits():
         out[backend] = {"xb": to_host(xb), "losses": to_host(losses), "counters": to_host(counters)}
     for name in out["cuda"]:
         same_bits(name, out["cuda"][name], out["emulated"][name])
+
+
+# ----------------------------------------------- the rest of a step, at the training shapes
+# These use expf / log1pf / logf / cosf, whose CUDA and host versions differ by 1-2 ulp:
+# GPU and emulator agree to a few ulp, not bitwise.  They are here so that the sanitizer run
+# of this file covers every kernel of the training step at the shapes training uses.
+ULP_RTOL = 1e-5          # ~80 ulp of float32: a few ulp per function, summed over a row
+
+
+def close(name, got, want, scale):
+    err = np.abs(np.asarray(got, np.float64) - want)
+    assert np.all(err <= ULP_RTOL * scale), f"{name}: max error {err.max():.3g} vs {ULP_RTOL * scale}"
+
+
+@pytest.mark.parametrize("likelihood, width", [("bernoulli", 784), ("gaussian_likelihood", 1568)])
+def test_likelihood_kernels_at_the_training_shape(likelihood, width):
+    rng = np.random.default_rng(4)
+    raw = rng.normal(0, 2, (100, width)).astype(np.float32)
+    x = rng.random((100, 784), dtype=np.float32)
+    out = {}
+    for backend in BACKENDS:
+        nll = to_device(np.full(100, np.nan, np.float32), backend)
+        draw = to_device(np.full_like(raw, np.nan), backend)
+        run(getattr(ops, f"{likelihood}_nll")(to_device(raw, backend), to_device(x, backend),
+                                              0.01, nll, draw), backend)
+        out[backend] = to_host(nll), to_host(draw)
+    close("nll", out["cuda"][0], out["emulated"][0], np.abs(out["emulated"][0]).max())
+    close("draw", out["cuda"][1], out["emulated"][1], np.abs(out["emulated"][1]).max())
+
+
+@pytest.mark.parametrize("z_dim", [2, 20])
+def test_posterior_kernels_at_the_training_shape(z_dim):
+    rng = np.random.default_rng(5)
+    qraw = rng.normal(0, 1, (100, 2 * z_dim)).astype(np.float32)
+    dz = rng.normal(0, 1, (100, z_dim)).astype(np.float32)
+    out = {}
+    for backend in BACKENDS:
+        counters = to_device(np.array([9, 0], np.uint32), backend)
+        z, kl = (to_device(np.full(s, np.nan, np.float32), backend) for s in ((100, z_dim), 100))
+        dq = to_device(np.full((100, 2 * z_dim), np.nan, np.float32), backend)
+        sample = to_device(np.full((100, z_dim), np.nan, np.float32), backend)
+        q = to_device(qraw, backend)
+        run([ops.gaussian_posterior_forward(q, counters, 7, 0, z, kl),
+             ops.gaussian_posterior_backward(q, to_device(dz, backend), counters, 7, 0, 0.01, dq),
+             ops.gaussian_posterior_sample(q, 7, 9, 0, sample)], backend)
+        out[backend] = [to_host(a) for a in (z, kl, dq, sample)]
+    for name, got, want in zip(("z", "kl", "dqraw", "sample"), out["cuda"], out["emulated"]):
+        close(name, got, want, max(np.abs(want).max(), 1.0))
+    same_bits("sample vs forward z on the GPU", out["cuda"][3], out["cuda"][0])
+
+
+@pytest.mark.parametrize("execution", ["eager", "graph"])
+def test_a_training_epoch_tracks_the_emulator(execution):
+    """784-200-2 at batch 100, five steps: every launch of the plan at the training shapes,
+    on the GPU (eagerly, or captured) and on the emulator, from the same init."""
+    import cupyvae
+
+    x = (np.random.default_rng(6).random((500, 784)) < 0.3).astype(np.float32)
+    losses, params = {}, {}
+    for backend in BACKENDS:
+        vae = cupyvae.VAE((28, 28), latent_dim=2, hidden=(200,), device=backend, seed=3,
+                          execution=execution if backend == "cuda" else "eager")
+        losses[backend] = vae.fit(x, epochs=1, batch_size=100, binarize=True)["train_loss"]
+        params[backend] = vae._executor.host_flat()
+    np.testing.assert_allclose(losses["cuda"], losses["emulated"], rtol=ULP_RTOL)
+    close("parameters after 5 steps", params["cuda"], params["emulated"], 0.1)
