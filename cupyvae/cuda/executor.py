@@ -24,7 +24,7 @@ The plan, for an MLP encoder/decoder with layers 0..L-1:
 The GEMMs share one split-K workspace (cupyvae.cuda.ops.linear), allocated with the
 executor: launches of one stream run one after the other, and each leaves it as it found it.
 
-Inference (encode_raw, decode_raw, loss_rows, posterior_sample, decode_prior,
+Inference (encode_raw, decode_raw, loss_rows, posterior_sample, sample_raw,
 importance_samples) takes the whole array: the host uploads everything a call needs first,
 the rows then go through the network in chunks on the device (bounded memory; each chunk
 keys its noise by its index, exactly as the NumPy executor does), and the host reads the
