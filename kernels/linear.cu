@@ -113,7 +113,8 @@
 #define LINEAR_RECORD_FLOATS (LINEAR_TILE_MN + LINEAR_TILE_N)    // one split partial
 #define LINEAR_SPLIT_MAX_BLOCKS 264                              // splits x tiles, per part
 #define LINEAR_COUNTER_WORDS (2 * LINEAR_SPLIT_MAX_BLOCKS)
-#define LINEAR_WORKSPACE_FLOATS (LINEAR_COUNTER_WORDS + 2 * LINEAR_SPLIT_MAX_BLOCKS * LINEAR_RECORD_FLOATS)
+#define LINEAR_WORKSPACE_FLOATS \
+    (LINEAR_COUNTER_WORDS + 2 * LINEAR_SPLIT_MAX_BLOCKS * LINEAR_RECORD_FLOATS)
 
 static_assert(LINEAR_TILE_M == LINEAR_TILE_N, "A and B stage tiles share LINEAR_STRIDE");
 static_assert(LINEAR_TILE_MN % LINEAR_THREADS == 0, "C elements split evenly over the threads");

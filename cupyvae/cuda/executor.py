@@ -353,7 +353,8 @@ class KernelExecutor:
         chunks of `chunk` (None: one chunk).  The views' lists are fresh, so a caller may
         point an entry (the input) elsewhere."""
         if n < 1 or (chunk is not None and chunk < 1):
-            raise ValueError(f"need at least one row and a positive chunk, got {n} rows, chunk {chunk}")
+            raise ValueError(f"need at least one row and a positive chunk, got {n} rows, "
+                             f"chunk {chunk}")
         size = n if chunk is None else min(chunk, n)
         buffers = self._inference_buffers(size)
         for index, start in enumerate(range(0, n, size)):
@@ -465,10 +466,11 @@ def _head(buffers: BatchBuffers, rows: int) -> BatchBuffers:
     """Views of the first `rows` rows of every buffer (contiguous: rows are the leading axis)."""
     def head(array):
         return None if array is None else array[:rows]
-    return BatchBuffers(enc=[head(a) for a in buffers.enc], enc_grad=[head(a) for a in buffers.enc_grad],
+    return BatchBuffers(enc=[head(a) for a in buffers.enc],
+                        enc_grad=[head(a) for a in buffers.enc_grad],
                         z=head(buffers.z), dz=head(buffers.dz), kl=head(buffers.kl),
-                        dec=[head(a) for a in buffers.dec], dec_grad=[head(a) for a in buffers.dec_grad],
-                        nll=head(buffers.nll))
+                        dec=[head(a) for a in buffers.dec],
+                        dec_grad=[head(a) for a in buffers.dec_grad], nll=head(buffers.nll))
 
 
 def _uint32_step(step: int) -> int:

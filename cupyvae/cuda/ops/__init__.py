@@ -22,7 +22,8 @@ from .step import end_step, gather_rows, start_epoch
 __all__ = ["adam_update", "bernoulli_nll", "end_step", "gather_rows",
            "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",
            "gaussian_posterior_sample",
-           "linear_backward", "linear_forward", "linear_workspace", "normal_fill", "normal_prior_sample",
+           "linear_backward", "linear_forward", "linear_workspace", "normal_fill",
+           "normal_prior_sample",
            "start_epoch"]
 
 

@@ -55,7 +55,8 @@ def gaussian_posterior_sample(qraw, seed, step, stream, z) -> ElementwiseLaunch:
     require_same_array_kind(qraw, z)
     batch, z_dim = _posterior_shape(qraw)
     if z.shape != (batch, z_dim):
-        raise ValueError(f"z must have shape ({batch}, {z_dim}) for qraw {qraw.shape}, got {z.shape}")
+        raise ValueError(f"z must have shape ({batch}, {z_dim}) for qraw {qraw.shape}, "
+                         f"got {z.shape}")
     seed_lo, seed_hi = split_seed(seed)
     return ElementwiseLaunch(GAUSSIAN_POSTERIOR_SAMPLE, (
         qraw.reshape(-1), np.uint32(seed_lo), np.uint32(seed_hi), uint32_scalar("step", step),

@@ -88,7 +88,8 @@ def linear_splits(m: int, n: int, k: int) -> int:
                       SPLIT_K_MAX))
 
 
-def linear_forward(x, w, b, activation: str, y, workspace=None, splits: int | None = None) -> Launch:
+def linear_forward(x, w, b, activation: str, y, workspace=None,
+                   splits: int | None = None) -> Launch:
     """y (B, O) = act(x (B, I) @ w (I, O) + b (O,)), written with `=`."""
     _checks.require_float32_contiguous(x=x, w=w, b=b, y=y)
     _checks.require_same_array_kind(x, w, b, y)
