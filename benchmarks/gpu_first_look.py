@@ -53,9 +53,21 @@ from datetime import date, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-from cupyvae.files import write_atomic  # noqa: E402
+
+
+def _load_write_atomic():
+    """cupyvae.files.write_atomic, loaded from its file alone: the orchestrator must keep
+    writing its results even where the cupyvae package itself cannot be imported (a
+    missing dependency is then one failing part, not a dead script)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_cupyvae_files", ROOT / "cupyvae" / "files.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_atomic
+
+
+write_atomic = _load_write_atomic()
 
 DEFAULT_BUDGET_S = 450.0
 LOG = "first-look.log"
