@@ -3,22 +3,31 @@
     kernel                     measure        against
     bernoulli_nll              GB/s           the device's peak memory bandwidth
     gaussian_likelihood_nll    GB/s           the device's peak memory bandwidth
-    linear_forward             GFLOP/s        cuBLAS (cupy.matmul) on the same GEMM
-    linear_backward_input      GFLOP/s        cuBLAS: da @ W^T
-    linear_backward_weight     GFLOP/s        cuBLAS: x^T @ da
+    linear_forward             GFLOP/s        cuBLAS SGEMM on the same GEMM; and our own
+                                              single pass (split-K off), to show the split
+    linear_backward            GFLOP/s        cuBLAS: the two SGEMMs x^T da and da W^T
+                                              (ours: dW, db and dx_pre in ONE launch)
     adam_update                GB/s           the device's peak memory bandwidth
 
-Losses at batch 4096 x 784; GEMMs at the shapes of training: (B, I, O) = (100, 784, 200) and
-(100, 200, 784) (784-200-Z at batch 100), and (1024, 784, 1024), (1024, 1024, 1024),
-(1024, 1024, 784) (784-1024-1024-64 at batch 1024); Adam over the flat buffers of both
-models.  Ours fuse more than cuBLAS's plain GEMM does (bias and activation; the activation
-derivative; the bias gradient), so equal time means ours does more per byte.
+Bandwidth is only compared with the HBM peak where the working set is at least 4x the
+device's L2 cache (read from the device, cudaDevAttrL2CacheSize): a smaller set stays in L2
+between the back-to-back launches of a timed graph and would report L2 speed.  The loss
+kernels' batch is sized from the L2 (at least 4096 rows of 784); Adam runs at the flat
+buffers of the two training models (in L2: latency, not bandwidth -- no peak percentage)
+and at a buffer sized from the L2.  GEMMs at the shapes of training: (B, I, O) =
+(100, 784, 200) and (100, 200, 784) (784-200-Z at batch 100), and (1024, 784, 1024),
+(1024, 1024, 1024), (1024, 1024, 784) (784-1024-1024-64 at batch 1024).  Ours fuse more than
+cuBLAS's plain GEMM does (bias and activation; the activation derivative; the bias gradient),
+so equal time means ours does more per byte.
 
 Like cupy's examples/gemm: correctness first (a kernel that disagrees with its twin is not
 timed), then CUDA events on the same device.  Timing replays a CUDA graph of --repeat
 back-to-back launches, so a kernel of a few microseconds is measured on the GPU rather than
-through Python's launch overhead; where a baseline cannot be captured (cuBLAS may refuse),
-a plain loop of launches is timed instead and labelled so (an upper bound).  Peak bandwidth
+through Python's launch overhead.  cuBLAS is called as cupy.cublas.gemm on C-contiguous
+operands with transpose flags (no transposed views, so nothing is copied or allocated inside
+the capture).  Every timing records its method ("captured": true for a CUDA graph); where a
+launch cannot be captured a plain loop is timed instead, labelled as a host-bound upper
+bound, and then no ours-vs-cuBLAS ratio is given ("comparison" says why).  Peak bandwidth
 = 2 (DDR) x memory clock x bus width, from cudaDeviceGetAttribute (CUDA 13 removed the
 clock from cudaDeviceProp); recorded as unavailable where the driver does not report it.
 
@@ -51,11 +60,12 @@ from cupyvae.cuda.launch import to_device, to_host                    # noqa: E4
 from cupyvae.distributions.bernoulli import bernoulli_nll            # noqa: E402
 from cupyvae.distributions.gaussian import gaussian_likelihood_nll   # noqa: E402
 
-LOSS_SHAPE = (4096, 784)
+LOSS_SHAPE = (4096, 784)           # at least; grown to 4x the L2 (loss_shape)
+L2_FACTOR = 4                      # bandwidth working sets >= L2_FACTOR x the L2 cache
 GEMM_SHAPES = [(100, 784, 200), (100, 200, 784),
                (1024, 784, 1024), (1024, 1024, 1024), (1024, 1024, 784)]
 ADAM_MODELS = {"784-200-2": ((200,), 2), "784-1024-1024-64": ((1024, 1024), 64)}  # hidden, Z
-TINY = dict(loss=(8, 33), gemms=[(5, 33, 7), (5, 7, 33)], adam={"tiny": 1029})
+TINY = dict(loss=(8, 33), gemms=[(5, 33, 7), (5, 7, 33), (3, 600, 5)], adam={"tiny": 1029})
 TRIALS = 5
 # Checks against the NumPy twin (a wrong kernel is not timed).  Loose next to the unit tests
 # (tests/test_kernels_*), tight enough for a 0.1% bug: a float32 sum of K products carries
@@ -91,6 +101,36 @@ def peak_bandwidth() -> tuple[float | None, str]:
     return peak, f"2 x {clock_khz / 1e6:.3f} GHz x {bus_bits} bit / 8"
 
 
+def l2_cache_bytes() -> int | None:
+    """The current device's L2 cache size in bytes (cudaDevAttrL2CacheSize), None if unknown."""
+    import cupy
+
+    runtime, dev = cupy.cuda.runtime, cupy.cuda.Device().id
+    try:
+        size = runtime.getDeviceProperties(dev).get("l2CacheSize") or runtime.deviceGetAttribute(
+            getattr(runtime, "cudaDevAttrL2CacheSize", 38), dev)
+    except Exception:  # noqa: BLE001 -- an attribute the driver does not support
+        return None
+    return int(size) or None
+
+
+def loss_shape(l2_bytes: int | None, dim: int = LOSS_SHAPE[1]) -> tuple[int, int]:
+    """(B, D) for the loss kernels: at least LOSS_SHAPE, and enough rows that the smallest
+    working set (bernoulli: read raw and x, write draw and nll) is L2_FACTOR x the L2."""
+    if l2_bytes is None:
+        return LOSS_SHAPE
+    per_row = 3 * dim * 4 + 4
+    return max(LOSS_SHAPE[0], -(-L2_FACTOR * l2_bytes // per_row)), dim
+
+
+def adam_sizes(l2_bytes: int | None) -> dict:
+    """The two models' flat buffers (in L2), and one sized to L2_FACTOR x the L2."""
+    sizes = dict(ADAM_MODELS)
+    if l2_bytes is not None:
+        sizes[f"{L2_FACTOR}x L2"] = -(-L2_FACTOR * l2_bytes // (7 * 4))   # 7 floats per element
+    return sizes
+
+
 # ------------------------------------------------------------------------------ timing
 class CudaTimer:
     """Seconds per launch of a step (a list of callables), from CUDA events around a graph
@@ -109,13 +149,14 @@ class CudaTimer:
             stream.synchronize()
         try:
             graph = capture(step, self.repeat, "cuda", stream)
-            run, method = graph.launch, f"CUDA graph of {self.repeat} launches"
+            run, method, captured = graph.launch, f"CUDA graph of {self.repeat} launches", True
         except GraphCaptureError as exc:
             def run():
                 with stream:
                     issue(step, self.repeat)
             method = (f"loop of {self.repeat} launches (capture refused: "
                       f"{str(exc).splitlines()[0][:80]}); host-bound upper bound")
+            captured = False
         times = []
         for _ in range(TRIALS + 1):                        # the first trial warms up
             start, end = cupy.cuda.Event(), cupy.cuda.Event()
@@ -124,7 +165,7 @@ class CudaTimer:
             end.record(stream)
             end.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3 / self.repeat)
-        return {"seconds": statistics.median(times[1:]), "method": method}
+        return {"seconds": statistics.median(times[1:]), "method": method, "captured": captured}
 
 
 class HostTimer:
@@ -138,7 +179,8 @@ class HostTimer:
         start = time.perf_counter()
         issue(step, self.repeat)
         return {"seconds": (time.perf_counter() - start) / self.repeat,
-                "method": f"emulator wall time of {self.repeat} launches (not a GPU number)"}
+                "method": f"emulator wall time of {self.repeat} launches (not a GPU number)",
+                "captured": False}
 
 
 # ------------------------------------------------------------------------------ checks
@@ -162,7 +204,7 @@ def first_failure(*messages) -> str:
 
 
 # ------------------------------------------------------------------------------ benchmarks
-def bench_losses(device, timer, shape, peak) -> list[dict]:
+def bench_losses(device, timer, shape, peak, l2_bytes) -> list[dict]:
     batch, dim = shape
     rng = np.random.default_rng(0)
     x = rng.random((batch, dim), dtype=np.float32)
@@ -185,11 +227,12 @@ def bench_losses(device, timer, shape, peak) -> list[dict]:
             check(f"{name} nll", to_host(nll_d), want_nll, SUM_RTOL * (np.abs(want_nll) + 8 * dim)),
             check(f"{name} draw", to_host(draw_d), want_draw, GRAD_RTOL * np.abs(want_draw).max()))
         moved = (raw.nbytes + x.nbytes) + (raw.nbytes + batch * 4)   # read raw, x; write draw, nll
-        rows.append(_bandwidth_row(name, f"B x D = {batch} x {dim}", status, step, timer, moved, peak))
+        rows.append(_bandwidth_row(name, f"B x D = {batch} x {dim}", status, step, timer, moved,
+                                   peak, l2_bytes))
     return rows
 
 
-def bench_adam(device, timer, sizes, peak) -> list[dict]:
+def bench_adam(device, timer, sizes, peak, l2_bytes) -> list[dict]:
     rows = []
     hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
     for model, n in sizes.items():
@@ -211,7 +254,8 @@ def bench_adam(device, timer, sizes, peak) -> list[dict]:
             check("adam m", got_m, want[1], MOMENT_RTOL * (np.abs(want[1]) + np.abs(g))),
             check("adam v", got_v, want[2], MOMENT_RTOL * (np.abs(want[2]) + g * g)))
         moved = 4 * n * 4 + 3 * n * 4                        # read p, g, m, v; write p, m, v
-        rows.append(_bandwidth_row("adam_update", f"n = {n} ({model})", status, step, timer, moved, peak))
+        rows.append(_bandwidth_row("adam_update", f"n = {n} ({model})", status, step, timer, moved,
+                                   peak, l2_bytes))
     return rows
 
 
@@ -221,18 +265,26 @@ def flat_size(hidden: tuple, z_dim: int) -> int:
     return cupyvae.VAE((28, 28), latent_dim=z_dim, hidden=hidden, device="cpu").spec.layout.size
 
 
-def _bandwidth_row(name, shape, status, step, timer, moved_bytes, peak) -> dict:
-    row = {"kernel": name, "shape": shape, "check": status, "bytes": moved_bytes}
+def _bandwidth_row(name, shape, status, step, timer, moved_bytes, peak, l2_bytes) -> dict:
+    """GB/s of a memory-bound kernel; compared with the HBM peak only when the working set
+    is at least L2_FACTOR x the L2 (otherwise it is an L2 / latency number)."""
+    row = {"kernel": name, "shape": shape, "check": status, "bytes": moved_bytes,
+           "l2_bytes": l2_bytes}
     if status != "ok":
         return row
     timing = timer(step)
     gbs = moved_bytes / timing["seconds"] / 1e9
-    row.update(timing, gb_per_s=gbs, pct_of_peak=None if peak is None else 100 * gbs / peak)
+    beyond_l2 = l2_bytes is not None and moved_bytes >= L2_FACTOR * l2_bytes
+    row.update(timing, gb_per_s=gbs, beyond_l2=beyond_l2,
+               pct_of_peak=100 * gbs / peak if peak is not None and beyond_l2 else None)
     return row
 
 
 def bench_gemms(device, timer, shapes) -> list[dict]:
+    """linear_forward (split-K as the library picks it, and single pass) and linear_backward
+    (dW + db + dx_pre in one launch) against their twins, then timed against cuBLAS."""
     rows = []
+    workspace = ops.linear_workspace(device)
     for batch, n_in, n_out in shapes:
         rng = np.random.default_rng(2)
         limit = np.sqrt(6.0 / (n_in + n_out))
@@ -247,58 +299,83 @@ def bench_gemms(device, timer, shapes) -> list[dict]:
         db_d = to_device(np.zeros(n_out, np.float32), device)
         x64, w64, da64 = (a.astype(np.float64) for a in (x, w, da))
         abs_xw = np.abs(x64) @ np.abs(w64) + np.abs(b)
+        forward_check = [("y", y_d, layers.linear_forward(x64, w64, b.astype(np.float64), "relu"),
+                          GEMM_RTOL * abs_xw)]
+        forward_flops = 2.0 * batch * n_in * n_out
         cases = {
-            # name: (launch, outputs and twins with bounds, cuBLAS GEMM, (M, N, K))
+            # name: (launch, outputs and twins with bounds, cuBLAS GEMMs (transa, transb,
+            # a, b, out), flops)
             "linear_forward": (
+                ops.linear_forward(d["x"], d["w"], d["b"], "relu", y_d, workspace=workspace),
+                forward_check, [("N", "N", d["x"], d["w"], y_d)], forward_flops),
+            "linear_forward (single pass)": (
                 ops.linear_forward(d["x"], d["w"], d["b"], "relu", y_d),
-                [("y", y_d, layers.linear_forward(x64, w64, b.astype(np.float64), "relu"),
-                  GEMM_RTOL * abs_xw)],
-                (d["x"], d["w"]), (batch, n_out, n_in)),
-            "linear_backward_input": (
-                ops.linear_backward_input(d["da"], d["w"], d["x"], "relu", dx_d),
+                forward_check, [("N", "N", d["x"], d["w"], y_d)], forward_flops),
+            "linear_backward": (
+                ops.linear_backward(d["x"], d["w"], d["da"], "relu", dw_d, db_d, dx_d,
+                                    workspace=workspace),
                 [("dx_pre", dx_d, layers.linear_backward_input(da64, w64, x64, "relu"),
-                  GEMM_RTOL * (np.abs(da64) @ np.abs(w64).T))],
-                (d["da"], d["w"].T), (batch, n_in, n_out)),
-            "linear_backward_weight": (
-                ops.linear_backward_weight(d["x"], d["da"], dw_d, db_d),
-                list(zip(("dw", "db"), (dw_d, db_d), layers.linear_backward_weight(x64, da64),
-                         (GEMM_RTOL * (np.abs(x64).T @ np.abs(da64)),
-                          GEMM_RTOL * np.abs(da64).sum(axis=0)))),
-                (d["x"].T, d["da"]), (n_in, n_out, batch)),
+                  GEMM_RTOL * (np.abs(da64) @ np.abs(w64).T)),
+                 *zip(("dw", "db"), (dw_d, db_d), layers.linear_backward_weight(x64, da64),
+                      (GEMM_RTOL * (np.abs(x64).T @ np.abs(da64)),
+                       GEMM_RTOL * np.abs(da64).sum(axis=0)))],
+                [("T", "N", d["x"], d["da"], dw_d), ("N", "T", d["da"], d["w"], dx_d)],
+                2 * forward_flops),
         }
-        for name, (launch, outputs, (lhs, rhs), (m, n, k)) in cases.items():
+        for name, (launch, outputs, blas, flops) in cases.items():
             step = bind([launch], device)
             issue(step)
             status = first_failure(*(check(f"{name} {out}", to_host(got), want, bound)
                                      for out, got, want, bound in outputs))
             row = {"kernel": name, "shape": f"(B, I, O) = ({batch}, {n_in}, {n_out})",
-                   "gemm_mnk": [m, n, k], "check": status}
+                   "check": status, "blocks": launch.grid[0], "splits": _splits(launch)}
             if status == "ok":
-                flops = 2.0 * m * n * k
                 row.update(timer(step))
                 row["gflop_per_s"] = flops / row["seconds"] / 1e9
-                row["cublas"] = cublas_row(device, timer, lhs, rhs, flops)
-                if row["cublas"].get("seconds"):
-                    row["time_vs_cublas"] = row["seconds"] / row["cublas"]["seconds"]
+                row["cublas"] = cublas_row(device, timer, blas, flops)
+                _compare(row)
             rows.append(row)
     return rows
 
 
-def cublas_row(device, timer, lhs, rhs, flops) -> dict:
-    """cupy.matmul into a preallocated output (the GEMM alone), checked, then timed."""
+def _splits(launch) -> list[int]:
+    """The split-K factors of a linear launch: [S] forward, [S_dW, S_dx] backward."""
+    if launch.entry == "linear_forward":
+        return [int(launch.args[-1])]
+    return [int(launch.args[-3]), int(launch.args[-2])]
+
+
+def _compare(row: dict) -> None:
+    """time_vs_cublas, only when both sides were timed the same way (captured graphs)."""
+    blas = row["cublas"]
+    if not blas.get("seconds"):
+        row["comparison"] = f"no cuBLAS timing ({blas.get('status')})"
+    elif not (row.get("captured") and blas.get("captured")):
+        row["comparison"] = ("not comparable: " + ("ours" if not row.get("captured") else "cuBLAS")
+                             + " ran as a host loop, not a captured graph")
+    else:
+        row["time_vs_cublas"] = row["seconds"] / blas["seconds"]
+        row["comparison"] = "both captured"
+
+
+def cublas_row(device, timer, gemms, flops) -> dict:
+    """cupy.cublas.gemm on C-contiguous operands with transpose flags, into preallocated
+    outputs (nothing copied, nothing allocated: capturable); checked, then timed."""
     if device != "cuda":
         return {"status": "skipped (no cuBLAS on the emulator)"}
-    import cupy
+    from cupy import cublas
 
-    out = cupy.empty((lhs.shape[0], rhs.shape[1]), np.float32)
-    step = [lambda: cupy.matmul(lhs, rhs, out=out)]
+    step = [lambda g=g: cublas.gemm(g[0], g[1], g[2], g[3], out=g[4]) for g in gemms]
     issue(step)
-    want = to_host(lhs).astype(np.float64) @ to_host(rhs).astype(np.float64)
-    bound = GEMM_RTOL * (np.abs(to_host(lhs)).astype(np.float64) @ np.abs(to_host(rhs)))
-    status = first_failure(check("cublas", to_host(out), want, bound))
+    failures = []
+    for transa, transb, a, b_, out in gemms:
+        lhs, rhs = to_host(a).astype(np.float64), to_host(b_).astype(np.float64)
+        lhs, rhs = (lhs.T if transa == "T" else lhs), (rhs.T if transb == "T" else rhs)
+        failures.append(check("cublas", to_host(out), lhs @ rhs, GEMM_RTOL * (np.abs(lhs) @ np.abs(rhs))))
+    status = first_failure(*failures)
     if status != "ok":
         return {"status": status}
-    row = {"status": "ok", **timer(step)}
+    row = {"status": "ok", "calls": len(gemms), **timer(step)}
     row["gflop_per_s"] = flops / row["seconds"] / 1e9
     return row
 
@@ -306,18 +383,19 @@ def cublas_row(device, timer, lhs, rhs, flops) -> dict:
 # ------------------------------------------------------------------------------ report
 def print_rows(rows: list[dict]) -> None:
     for row in rows:
-        head = f"{row['kernel']:24s} {row['shape']:34s}"
+        head = f"{row['kernel']:28s} {row['shape']:34s}"
         if row["check"] != "ok":
             print(f"{head} CHECK FAILED: {row['check']}", flush=True)
         elif "gflop_per_s" in row:
             blas = row.get("cublas", {})
             blas_text = (f"  cuBLAS {blas['gflop_per_s']:8.1f} GFLOP/s, ours take "
-                         f"{row['time_vs_cublas']:.2f}x its time" if "gflop_per_s" in blas
-                         else f"  cuBLAS: {blas.get('status')}")
+                         f"{row['time_vs_cublas']:.2f}x its time" if "time_vs_cublas" in row
+                         else f"  cuBLAS: {row.get('comparison') or blas.get('status')}")
             print(f"{head} {row['seconds'] * 1e6:8.2f} us {row['gflop_per_s']:8.1f} GFLOP/s{blas_text}",
                   flush=True)
         else:
-            pct = "" if row["pct_of_peak"] is None else f" ({row['pct_of_peak']:.0f}% of peak)"
+            pct = (f" ({row['pct_of_peak']:.0f}% of peak)" if row["pct_of_peak"] is not None
+                   else " (in L2: not compared with the peak)")
             print(f"{head} {row['seconds'] * 1e6:8.2f} us {row['gb_per_s']:8.1f} GB/s{pct}", flush=True)
 
 
@@ -334,21 +412,26 @@ def main() -> None:
 
         timer = CudaTimer(args.repeat)
         peak, peak_note = peak_bandwidth()
+        l2_bytes = l2_cache_bytes()
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
         env = {"gpu": name, "cupy": cupy.__version__,
                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
-               "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
+               "cuda_driver": cupy.cuda.runtime.driverGetVersion(),
+               "sm_count": props.get("multiProcessorCount"), "l2_bytes": l2_bytes}
     else:
         timer, peak, peak_note = HostTimer(args.repeat), None, "emulator: no device bandwidth"
-        env = {"gpu": None, "cpu": platform.processor() or platform.machine()}
-    shapes = TINY if args.tiny else dict(loss=LOSS_SHAPE, gemms=GEMM_SHAPES, adam=ADAM_MODELS)
+        l2_bytes = None
+        env = {"gpu": None, "cpu": platform.processor() or platform.machine(), "l2_bytes": None}
+    shapes = TINY if args.tiny else dict(loss=loss_shape(l2_bytes), gemms=GEMM_SHAPES,
+                                         adam=adam_sizes(l2_bytes))
     print(f"{env.get('gpu') or env.get('cpu')}: peak bandwidth "
-          f"{'n/a' if peak is None else f'{peak:.0f} GB/s'} ({peak_note})", flush=True)
+          f"{'n/a' if peak is None else f'{peak:.0f} GB/s'} ({peak_note}), L2 "
+          f"{'n/a' if l2_bytes is None else f'{l2_bytes / 2 ** 20:.0f} MiB'}", flush=True)
     rows = []
-    for part in (lambda: bench_losses(args.device, timer, shapes["loss"], peak),
+    for part in (lambda: bench_losses(args.device, timer, shapes["loss"], peak, l2_bytes),
                  lambda: bench_gemms(args.device, timer, shapes["gemms"]),
-                 lambda: bench_adam(args.device, timer, shapes["adam"], peak)):
+                 lambda: bench_adam(args.device, timer, shapes["adam"], peak, l2_bytes)):
         new = part()
         print_rows(new)
         rows.extend(new)

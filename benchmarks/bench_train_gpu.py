@@ -122,9 +122,28 @@ def time_cupyvae(case: Case, x, perms, device: str, execution: str, steps_per_gr
         start = time.perf_counter()
         loss = ex.train_epoch(x, perm, case.batch, optimizer, False)   # ends with a read-back
         seconds.append(time.perf_counter() - start)
+    method = execution_method(ex)
     del vae, ex
     _free_cupy(device)
-    return {"seconds": seconds, "final_train_loss": loss}
+    return {"seconds": seconds, "final_train_loss": loss, **method}
+
+
+def execution_method(ex) -> dict:
+    """How the timed epochs really ran: {"method": text, "captured": bool}.  A "graph"
+    variant counts as captured only if its steps are replayed CUDA graphs, so a silent
+    fallback to issuing launches could never pass for a graph timing."""
+    from cupyvae.cuda.graph import CudaGraphSteps, EagerSteps, ReplayedSteps
+
+    steps = ex._steps
+    if isinstance(steps, EagerSteps):
+        return {"method": "eager: every launch issued from Python", "captured": False}
+    if isinstance(steps, ReplayedSteps):
+        sizes = [g.steps for g in steps.graphs]
+        if steps.graphs and all(isinstance(g, CudaGraphSteps) for g in steps.graphs):
+            return {"method": f"replayed CUDA graphs of {sizes} steps", "captured": True}
+        return {"method": f"emulator recordings of {sizes} steps (not CUDA graphs)",
+                "captured": False}
+    return {"method": f"unknown ({type(steps).__name__})", "captured": False}
 
 
 def _synchronize(device: str) -> None:
@@ -301,6 +320,9 @@ def summarize(row: dict) -> dict:
     # Eager and every graph size run the same kernels in the same order: the same bits.
     row["cupyvae_variants_agree"] = len({r["final_train_loss"] for k, r in row["results"].items()
                                          if k.startswith("cupyvae")}) == 1
+    # On a GPU every "graph" variant must really have replayed captured graphs.
+    row["cupyvae_graphs_captured"] = all(r.get("captured") for k, r in row["results"].items()
+                                         if k.startswith("cupyvae-graph"))
     headline = row["seconds_per_epoch"][HEADLINE]
     row["time_relative_to_cupyvae_graph"] = {
         k: v / headline for k, v in row["seconds_per_epoch"].items()
@@ -318,6 +340,10 @@ def print_row(row: dict) -> None:
     print(f"{row['model']} (batch {row['batch']}, {row['steps_per_epoch']} steps/epoch):", flush=True)
     if not row["cupyvae_variants_agree"]:
         print("  WARNING: cupyvae eager and graph variants ended with different losses", flush=True)
+    if not row["cupyvae_graphs_captured"]:
+        print("  note: a cupyvae graph variant did not replay captured CUDA graphs: "
+              + "; ".join(f"{k}: {r.get('method')}" for k, r in row["results"].items()
+                          if k.startswith("cupyvae-graph")), flush=True)
     for name, seconds in row["seconds_per_epoch"].items():
         result = row["results"][name]
         if seconds is None:

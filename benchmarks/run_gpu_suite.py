@@ -5,6 +5,8 @@ microbenchmarks and the training benchmarks, everything written under one folder
                                                       # benchmarks/results/gpu-<date>
     python benchmarks/run_gpu_suite.py --dry-run      # print the plan, run nothing
 
+(The 8-minute first look at a new GPU, in a few files, is benchmarks/gpu_first_look.py.)
+
 Parts, in order (each one's output in OUT_DIR/<part>.log):
     nvidia-smi      the GPU, driver and clocks                  nvidia-smi.log
     install         pip install --no-deps --no-build-isolation -e .

@@ -15,7 +15,8 @@ import numpy as np
 from . import philox
 from .objectives import Elbo, Objective
 from .optim import Adam
-from .reference import decode_raw, encode_raw, negative_elbo_and_grads, negative_elbo_rows
+from .reference import (decode_raw, encode_raw, negative_elbo_and_grads, negative_elbo_rows,
+                        prior_state)
 from .registry import Registry
 from .spec import ModelSpec
 
@@ -69,16 +70,56 @@ class NumpyExecutor:
         loss = negative_elbo_and_grads(self.spec, self.params, self.grads, x, eps)
         return loss, self.grad_flat.copy()
 
-    def loss_rows(self, x: np.ndarray, step: int, stream: int) -> np.ndarray:
-        """Per-example negative ELBO with the Philox noise of (step, stream)."""
-        eps = philox.normal(self.spec.config.seed, step, len(x), self.spec.latent_dim, stream)
-        return negative_elbo_rows(self.spec, self.params, x, eps)
+    # Inference takes whole arrays; chunk c of `chunk` rows (None: one chunk) keys its noise
+    # with step + c.  The kernel executors take the same calls and keys (cupyvae.cuda.executor).
+    def loss_rows(self, x: np.ndarray, step: int, stream: int,
+                  chunk: int | None = None) -> np.ndarray:
+        """Per-example negative ELBO (N,) with the Philox noise of (step + chunk index, stream)."""
+        return np.concatenate([
+            negative_elbo_rows(self.spec, self.params, part, philox.normal(
+                self.spec.config.seed, step + c, len(part), self.spec.latent_dim, stream))
+            for c, part in _chunked(x, chunk)])
 
-    def encode_raw(self, x: np.ndarray) -> np.ndarray:
-        return encode_raw(self.spec, self.params, x)
+    def encode_raw(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        return np.concatenate([encode_raw(self.spec, self.params, part)
+                               for _, part in _chunked(x, chunk)])
 
-    def decode_raw(self, z: np.ndarray) -> np.ndarray:
-        return decode_raw(self.spec, self.params, z)
+    def decode_raw(self, z: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        return np.concatenate([decode_raw(self.spec, self.params, part)
+                               for _, part in _chunked(z, chunk)])
+
+    def posterior_sample(self, x: np.ndarray, step: int, stream: int,
+                         chunk: int | None = None) -> np.ndarray:
+        """One reparameterized draw z (N, Z) of q(z|x) per row (noise step + chunk index)."""
+        seed, z_dim = self.spec.config.seed, self.spec.latent_dim
+        return np.concatenate([
+            self.spec.posterior.rsample(encode_raw(self.spec, self.params, part),
+                                        philox.normal(seed, step + c, len(part), z_dim, stream))
+            for c, part in _chunked(x, chunk)])
+
+    def sample_raw(self, n: int, seed: int, chunk: int | None = None) -> np.ndarray:
+        """The decoder's raw outputs for n draws of the prior (prior_draws)."""
+        return self.decode_raw(prior_draws(self.spec, self.params, n, seed), chunk)
+
+
+# Prior draws (VAE.sample): the Philox steps of STREAM_PRIOR giving u and eps.
+PRIOR_U_STEP, PRIOR_EPS_STEP = 0, 1
+
+
+def prior_draws(spec: ModelSpec, params: dict, n: int, seed: int) -> np.ndarray:
+    """n draws z (n, Z) of the prior, from uniforms u (n,) and standard normals eps (n, Z)
+    of STREAM_PRIOR (steps PRIOR_U_STEP, PRIOR_EPS_STEP): prior.sample(density, u, eps).
+    `params`: the model's named host parameters (the VampPrior encodes its pseudo-inputs)."""
+    u = philox.uniform(seed, PRIOR_U_STEP, n, 1, philox.STREAM_PRIOR)[:, 0]
+    eps = philox.normal(seed, PRIOR_EPS_STEP, n, spec.latent_dim, philox.STREAM_PRIOR)
+    return spec.prior.sample(prior_state(spec, params).density, u, eps)
+
+
+def _chunked(x: np.ndarray, chunk: int | None):
+    """(chunk index, rows) of x in chunks of `chunk` rows (None: all rows at once)."""
+    size = len(x) if chunk is None else chunk
+    for c, start in enumerate(range(0, len(x), max(size, 1))):
+        yield c, x[start:start + size]
 
 
 def binarize_batch(xb: np.ndarray, seed: int, step: int) -> np.ndarray:

@@ -200,11 +200,8 @@ class VAE:
         drawn from a fixed Philox stream, so the value is repeatable); the rows are summed
         in float64, so extreme but finite rows do not overflow the total."""
         x = self.validate_data(x, "x")
-        total = 0.0
-        for chunk, start in _chunks(x):
-            rows = self._executor.loss_rows(chunk, start // EVAL_CHUNK, philox.STREAM_EVAL)
-            total += float(np.sum(rows, dtype=np.float64))
-        return total / len(x)
+        rows = self._executor.loss_rows(x, 0, philox.STREAM_EVAL, EVAL_CHUNK)   # chunk c: step c
+        return float(np.sum(rows, dtype=np.float64)) / len(x)
 
     def elbo_terms(self, x) -> dict:
         """The validation metrics of one set x:
@@ -218,15 +215,15 @@ class VAE:
         x = self.validate_data(x, "x")
         negative_elbo = self.loss(x)
         params = self._host_params()
-        kl_total, means = 0.0, []
-        for chunk, start in _chunks(x):
-            raw = self._executor.encode_raw(chunk)
-            eps = philox.normal(self.config.seed, start // EVAL_CHUNK, len(chunk),
-                                self.config.latent_dim, philox.STREAM_EVAL)
+        raw_all = self._executor.encode_raw(x, EVAL_CHUNK)
+        kl_total = 0.0
+        for c, start in enumerate(range(0, len(x), EVAL_CHUNK)):   # loss()'s noise: chunk c, step c
+            raw = raw_all[start:start + EVAL_CHUNK]
+            eps = philox.normal(self.config.seed, c, len(raw), self.config.latent_dim,
+                                philox.STREAM_EVAL)
             kl_total += float(np.sum(kl_rows(self.spec, params, raw, eps), dtype=np.float64))
-            means.append(self.spec.posterior.mean(raw))
         kl = kl_total / len(x)
-        variance = np.var(np.concatenate(means).astype(np.float64), axis=0)
+        variance = np.var(self.spec.posterior.mean(raw_all).astype(np.float64), axis=0)
         return {"negative_elbo": negative_elbo, "reconstruction": negative_elbo - kl, "kl": kl,
                 "active_units": int(np.sum(variance > ACTIVE_UNIT_THRESHOLD))}
 
@@ -241,33 +238,24 @@ class VAE:
     def encode(self, x, sample: bool = False) -> np.ndarray:
         """Posterior mean (N, latent_dim), or one reparameterized draw if `sample`."""
         x = self.validate_data(x, "x")
-        out = []
-        for chunk, start in _chunks(x):
-            raw = self._executor.encode_raw(chunk)
-            if sample:
-                eps = philox.normal(self.config.seed, start // EVAL_CHUNK, len(chunk),
-                                    self.config.latent_dim, philox.STREAM_POSTERIOR)
-                out.append(self.spec.posterior.rsample(raw, eps))
-            else:
-                out.append(self.spec.posterior.mean(raw))
-        return np.concatenate(out)
+        if sample:   # chunk c of EVAL_CHUNK rows draws with Philox step c
+            return self._executor.posterior_sample(x, 0, philox.STREAM_POSTERIOR, EVAL_CHUNK)
+        return self.spec.posterior.mean(self._executor.encode_raw(x, EVAL_CHUNK))
 
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
         z = self._as_latent(z, "z")
-        out = [self.spec.likelihood.mean(self._executor.decode_raw(c)) for c, _ in _chunks(z)]
-        return np.concatenate(out).reshape(len(z), *self.config.data_shape)
+        return self._likelihood_means(self._executor.decode_raw(z, EVAL_CHUNK))
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape)."""
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         seed = self.config.seed if seed is None else int(seed)
-        z_dim = self.config.latent_dim
-        u = philox.uniform(seed, 0, int(n), 1, philox.STREAM_PRIOR)[:, 0]
-        eps = philox.normal(seed, 1, int(n), z_dim, philox.STREAM_PRIOR)
-        state = prior_state(self.spec, self._host_params())
-        return self.decode(self.spec.prior.sample(state.density, u, eps))
+        return self._likelihood_means(self._executor.sample_raw(int(n), seed, EVAL_CHUNK))
+
+    def _likelihood_means(self, raw) -> np.ndarray:
+        return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
 
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
@@ -398,8 +386,3 @@ def format_epoch(record: dict) -> str:
     val = "" if record["val_loss"] is None else f"  val {record['val_loss']:.3f}"
     return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.3f}{val}  "
             f"({record['seconds']:.1f} s)")
-
-
-def _chunks(x: np.ndarray):
-    for start in range(0, len(x), EVAL_CHUNK):
-        yield x[start:start + EVAL_CHUNK], start

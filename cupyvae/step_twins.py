@@ -13,31 +13,34 @@ from .executors import binarize_batch
 
 
 def gather_rows(data: np.ndarray, perm: np.ndarray, counters: np.ndarray, batch_size: int,
-                binarize: bool, seed: int) -> np.ndarray:
-    """xb (B, D) = data[perm[counters[1] B : (counters[1] + 1) B]], binarized if asked.
+                binarize: bool, seed: int) -> np.ndarray | None:
+    """xb (B, D) = data[perm[counters[1] B : (counters[1] + 1) B]], binarized if asked;
+    None past the epoch (counters[1] >= len(perm) // B), where the kernel writes nothing.
 
     Binarization is executors.binarize_batch keyed by step = counters[0]: the very
     numbers NumpyExecutor.train_epoch draws for that step.
     """
-    start = int(counters[1]) * int(batch_size)
+    batch = int(counters[1])
+    if batch >= len(perm) // int(batch_size):
+        return None
+    start = batch * int(batch_size)
     xb = data[perm[start:start + int(batch_size)]]
     if binarize:
         xb = binarize_batch(xb, seed, int(counters[0]))
     return xb
 
 
-def batch_loss(nll: np.ndarray, kl: np.ndarray, counters: np.ndarray,
-               losses: np.ndarray) -> np.ndarray:
-    """losses[counters[1]] = (1/B) sum_b (nll[b] + kl[b]) (float64 sum, rounded); returns losses."""
-    total = nll.astype(np.float64).sum() + kl.astype(np.float64).sum()
-    losses[int(counters[1])] = total / nll.shape[0]
-    return losses
-
-
-def advance_counters(counters: np.ndarray) -> np.ndarray:
-    """counters[0] += 1 (next global step), counters[1] += 1 (next batch); in place."""
+def end_step(nll: np.ndarray, kl: np.ndarray, counters: np.ndarray,
+             losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In place: losses[counters[1]] = (1/B) sum_b (nll[b] + kl[b]) (float64 sum, rounded;
+    skipped when counters[1] >= len(losses)), then counters[0] += 1 (next global step) and
+    counters[1] += 1 (next batch).  Returns (losses, counters)."""
+    batch = int(counters[1])
+    if batch < len(losses):
+        total = nll.astype(np.float64).sum() + kl.astype(np.float64).sum()
+        losses[batch] = total / nll.shape[0]
     counters += np.uint32(1)
-    return counters
+    return losses, counters
 
 
 def start_epoch(counters: np.ndarray) -> np.ndarray:

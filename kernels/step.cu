@@ -6,6 +6,11 @@
 //     counters[0] = global step: the Adam step count before this step's update, and the
 //                   Philox `step` key of all of this step's noise
 //     counters[1] = batch index within the epoch
+// n_batches: the batches of the epoch, the bound of counters[1].  A step replayed past
+//     the end (a caller's bug: cupyvae.cuda.graph replays exactly the epoch's steps) makes
+//     gather_rows and end_step write nothing, instead of indexing perm / losses out of
+//     bounds.  The check reads counters[1], the same value in every thread: the early
+//     return is uniform, and no barrier follows it.
 //
 // gather_rows:      xb[b, j] = data[perm[counters[1] B + b], j]
 //                   and, with binarize != 0 (dynamic binarization),
@@ -13,15 +18,23 @@
 //                   u = Philox uniform(seed, step = counters[0], row = b, col = j,
 //                                      STREAM_BINARIZE)
 //                   bit-identical to cupyvae.executors.binarize_batch (uniforms are exact).
-//                   data: (N, D), xb: (B, D) float32 row-major; perm: int32, length >= the
-//                   batches of an epoch times B (the caller guarantees perm[...] < N).
+//                   data: (N, D), xb: (B, D) float32 row-major; perm: int32, at least
+//                   n_batches B long (the caller guarantees perm[...] < N).
 //                   Writes xb with `=`.  Blocks stride over rows (one perm lookup per
 //                   row), threads over columns: any grid, any block.
-// batch_loss:       losses[counters[1]] = (1 / B) sum_b (nll[b] + kl[b])
-//                   nll, kl: (B,); losses: (batches per epoch,), one slot written with `=`.
+//                   Binarization stays fused here rather than in a separate elementwise
+//                   pass: the gather reads each pixel once and writes it once either way,
+//                   and a second pass would re-read and re-write the whole batch and add
+//                   one launch (a graph node, ~1-2 us) to every step, for no gain; the
+//                   Philox draw it needs is keyed by (row, col), which this loop has.
+// end_step:         the last launch of a step (after Adam, which reads counters[0]):
+//                   losses[counters[1]] = (1 / B) sum_b (nll[b] + kl[b])   (if in bounds)
+//                   counters[0] += 1, counters[1] += 1
+//                   nll, kl: (B,); losses: (n_batches,), one slot written with `=`.
 //                   One block, fixed reduction tree: deterministic for a given block size.
-//                   The host reads `losses` once per epoch.
-// advance_counters: counters[0] += 1, counters[1] += 1.  One thread; the last launch of a step.
+//                   Thread 0 writes the loss and then advances the counters, so the slot
+//                   it writes is the one of this step.  The host reads `losses` once per
+//                   epoch.  (One launch for what were batch_loss and advance_counters.)
 // start_epoch:      counters[1] = 0.  One thread; before an epoch's first step.
 // No gradients here: nothing in this file is differentiated.
 // NumPy twins: cupyvae.step_twins (same names, same arguments).
@@ -31,10 +44,14 @@
 extern "C" __global__ void gather_rows(const float* data, const int* perm,
                                        const unsigned int* counters, float* xb, int B, int D,
                                        int binarize, unsigned int seed_lo,
-                                       unsigned int seed_hi)
+                                       unsigned int seed_hi, unsigned int n_batches)
 {
     unsigned int step = counters[0];
-    unsigned long long batch_start = (unsigned long long)counters[1] * (unsigned long long)B;
+    unsigned int batch = counters[1];
+    if (batch >= n_batches) {
+        return;  // past the epoch: perm has no rows for this batch
+    }
+    unsigned long long batch_start = (unsigned long long)batch * (unsigned long long)B;
     for (int row = blockIdx.x; row < B; row += gridDim.x) {
         unsigned long long source = (unsigned long long)perm[batch_start + row];
         const float* data_row = data + source * (unsigned long long)D;
@@ -51,8 +68,8 @@ extern "C" __global__ void gather_rows(const float* data, const int* perm,
     }
 }
 
-extern "C" __global__ void batch_loss(const float* nll, const float* kl, float* losses,
-                                      const unsigned int* counters, int B)
+extern "C" __global__ void end_step(const float* nll, const float* kl, float* losses,
+                                    unsigned int* counters, int B, unsigned int n_batches)
 {
     __shared__ float warp_totals[REDUCE_MAX_WARPS];
     if (blockIdx.x != 0) {
@@ -64,15 +81,12 @@ extern "C" __global__ void batch_loss(const float* nll, const float* kl, float* 
     }
     float total = reduce_block_sum(partial, warp_totals);
     if (threadIdx.x == 0) {
-        losses[counters[1]] = total / (float)B;
-    }
-}
-
-extern "C" __global__ void advance_counters(unsigned int* counters)
-{
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        counters[0] += 1u;
-        counters[1] += 1u;
+        unsigned int batch = counters[1];
+        if (batch < n_batches) {
+            losses[batch] = total / (float)B;
+        }
+        counters[0] = counters[0] + 1u;
+        counters[1] = batch + 1u;
     }
 }
 

@@ -189,6 +189,100 @@ def test_replayed_steps_run_exactly_their_step_count():
         capture([], 0, "emulated")
 
 
+# ----------------------------------------------------------------------------- progress from events
+class FakeDevice:
+    """Events complete in the order recorded, when the test says the 'device' got there
+    (finished = how many have completed) or when the host waits for one."""
+
+    def __init__(self):
+        self.recorded = self.finished = 0
+
+    def record(self):
+        event = FakeEvent(self, self.recorded)
+        self.recorded += 1
+        return event
+
+
+class FakeEvent:
+    def __init__(self, device, index):
+        self.device, self.index = device, index
+
+    @property
+    def done(self):
+        return self.index < self.device.finished
+
+    def synchronize(self):
+        self.device.finished = max(self.device.finished, self.index + 1)
+
+
+def _replay_with(device, n_steps=7, steps_per_graph=2, lag=None):
+    """A ReplayedSteps of a trivial step whose events come from `device`; with lag=True the
+    device completes every earlier graph just before the next is launched."""
+    log = []
+    replay = ReplayedSteps([lambda: None], n_steps, steps_per_graph, "emulated")
+    replay.new_event = device.record
+    for graph_ in replay.graphs:
+        original = graph_.launch
+
+        def launch(original=original):
+            if lag:
+                device.finished = device.recorded
+            log.append("launch")
+            original()
+        graph_.launch = launch
+    return replay, log
+
+
+def test_progress_reports_steps_done_not_steps_queued():
+    """The device has finished nothing while the host queues the epoch's graphs, so no
+    progress is reported then; the rest is reported in order as the host waits for each
+    graph's event -- never ahead of the device."""
+    device = FakeDevice()
+    replay, log = _replay_with(device)
+    seen = []
+
+    def progress(n):
+        assert device.finished >= len(seen) + 1, "reported a graph whose event is not done"
+        seen.append(n)
+        log.append(f"progress {n}")
+
+    replay.run(7, progress)
+    assert log == ["launch"] * 4 + ["progress 2", "progress 2", "progress 2", "progress 1"]
+    assert seen == [2, 2, 2, 1] and device.recorded == 4
+
+
+def test_progress_follows_the_device_while_work_is_queued():
+    """A device one graph behind the host: each finished graph is reported at the next
+    launch, without waiting; only the last is waited for."""
+    device = FakeDevice()
+    replay, log = _replay_with(device, lag=True)
+    replay.run(7, lambda n: log.append(f"progress {n}"))
+    assert log == ["launch", "launch", "progress 2", "launch", "progress 2", "launch",
+                   "progress 2", "progress 1"]
+
+
+def test_no_events_without_a_progress_callback():
+    device = FakeDevice()
+    replay, _ = _replay_with(device)
+    replay.run(7)
+    assert device.recorded == 0
+
+
+def test_eager_progress_counts_completed_steps():
+    device = FakeDevice()
+    eager = graph.EagerSteps([lambda: None], "emulated")
+    eager.new_event = device.record
+    seen = []
+    eager.run(3, lambda n: seen.append((n, device.finished)))
+    assert seen == [(1, 1), (1, 2), (1, 3)], "each step reported only once its event is done"
+
+
+def test_emulated_events_are_complete_at_once():
+    event = graph.record_event("emulated")
+    assert event.done
+    event.synchronize()
+
+
 # ----------------------------------------------------------------------------- the data an epoch sees
 @pytest.mark.parametrize("execution", ["eager", "graph"])
 @pytest.mark.parametrize("n, batch", [(20, 5), (23, 5), (23, 23), (7, 1)])
@@ -322,6 +416,54 @@ def test_allocation_during_capture_raises_and_leaves_the_stream_usable():
     replay.launch()
     stream.synchronize()
     np.testing.assert_array_equal(to_host(out), 3)
+
+
+@gpu
+@needs_gpu
+def test_capture_is_thread_local_so_a_raw_cuda_malloc_is_refused():
+    """cudaMalloc called past CuPy's allocator (as non-CuPy code would) is an unsafe call:
+    in THREAD_LOCAL capture mode CUDA refuses it, where CuPy's default relaxed mode would
+    let it run silently outside the graph."""
+    import cupy
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    pointers = []
+    with pytest.raises(GraphCaptureError, match="capturing the training step failed"):
+        capture([lambda: pointers.append(cupy.cuda.runtime.malloc(256))], 1, "cuda", stream)
+    for pointer in pointers:
+        cupy.cuda.runtime.free(pointer)
+    assert not pointers, "the malloc should have been refused during capture"
+    assert not stream.is_capturing()
+
+
+@gpu
+@needs_gpu
+def test_elementwise_and_raw_kernels_capture_with_nothing_allocated():
+    """Both kinds of launch, bound once, capture into one CUDA graph under the allocation
+    guard, and its replay gives the eager launches' bits."""
+    import cupy
+
+    from cupyvae.cuda import ops
+    from cupyvae.cuda.launch import run
+
+    qraw = cupy.asarray(np.random.default_rng(0).standard_normal((37, 6)).astype(np.float32))
+    z, zf, kl = (cupy.zeros((37, 3), np.float32), cupy.zeros((37, 3), np.float32),
+                 cupy.zeros(37, np.float32))
+    noise = cupy.zeros((5, 33), np.float32)
+    counters = cupy.asarray(np.array([4, 0], np.uint32))
+    launches = [ops.normal_fill(noise, 3, 2, 1), ops.gaussian_posterior_sample(qraw, 11, 4, 0, z),
+                ops.gaussian_posterior_forward(qraw, counters, 11, 0, zf, kl)]
+    run(launches, "cuda")
+    eager = [to_host(a).copy() for a in (noise, z, zf)]
+    for a in (noise, z, zf):
+        a[...] = np.nan
+    stream = cupy.cuda.Stream(non_blocking=True)
+    replay = capture(bind(launches, "cuda"), 2, "cuda", stream)
+    replay.launch()
+    stream.synchronize()
+    for name, got, want in zip(("normal_fill", "sample", "forward z"), (noise, z, zf), eager):
+        np.testing.assert_array_equal(to_host(got), want, err_msg=name)
+    np.testing.assert_array_equal(to_host(z), to_host(zf), "sample vs the forward's draw")
 
 
 @gpu

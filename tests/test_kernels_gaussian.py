@@ -188,6 +188,67 @@ def assert_posterior_backward_matches(qraw, dz, counters, kl_scale, dqraw, seed=
     assert_within(dqraw[:, z_dim:], expected[:, z_dim:], bound, "dlogvar")
 
 
+# ------------------------------------------------- the draw alone: an ElementwiseSpec
+
+def posterior_sample(backend, qraw, step, seed=SEED, stream=philox.STREAM_POSTERIOR):
+    z = to_device(np.full((qraw.shape[0], qraw.shape[1] // 2), np.nan, np.float32), backend)
+    run(ops.gaussian_posterior_sample(to_device(qraw, backend), seed, step, stream, z), backend)
+    return to_host(z)
+
+
+@pytest.mark.parametrize("z_dim", [1, 3, 20, 33])
+@pytest.mark.parametrize("batch", [1, 37])
+def test_posterior_sample_matches_twin_and_is_the_forward_draw(backend, batch, z_dim):
+    """The elementwise draw is the NumPy rsample with Philox noise (to the few ulp of
+    logf/cosf/expf), and BIT FOR BIT the z the fused forward kernel draws for the same keys:
+    the same expression on the same words (emulator: no contraction; GPU: --fmad=false)."""
+    qraw = make_qraw(batch, z_dim, seed=batch + z_dim)
+    z = posterior_sample(backend, qraw, COUNTERS[0])
+    z_forward, _ = posterior_forward(backend, qraw, counters_array())
+    np.testing.assert_array_equal(z.view(np.uint32), z_forward.view(np.uint32))
+    eps = philox.normal(SEED, COUNTERS[0], batch, z_dim, philox.STREAM_POSTERIOR)
+    expected = gaussian.GaussianPosterior(z_dim).rsample(qraw, eps)
+    mu, lv = qraw[:, :z_dim].astype(np.float64), qraw[:, z_dim:].astype(np.float64)
+    sigma = np.exp(0.5 * lv)
+    assert_within(z, expected, EPS_RTOL * (np.abs(mu) + sigma * np.abs(eps)) + EPS_ATOL * sigma,
+                  "z")
+
+
+def test_posterior_sample_is_captured_and_replays_its_bits():
+    """Recorded like a CUDA graph (the emulator's graph mode) and replayed: nothing runs
+    while recording, the replay writes the eager launch's bits."""
+    from cupyvae.cuda.graph import bind, capture
+
+    qraw = make_qraw(9, 4, seed=3)
+    z = np.full((9, 4), np.nan, np.float32)
+    recording = capture(bind([ops.gaussian_posterior_sample(qraw, SEED, 8, 0, z)], "emulated"), 3,
+                        "emulated")
+    assert np.isnan(z).all()
+    recording.launch()
+    np.testing.assert_array_equal(z, posterior_sample("emulated", qraw, 8, stream=0))
+
+
+@pytest.mark.parametrize("thread_order", ["reverse", "random"])
+def test_posterior_sample_twin_is_independent_of_thread_order(thread_order):
+    qraw = make_qraw(37, 5, seed=4)
+    launch = ops.gaussian_posterior_sample(qraw, SEED, 2, 1, np.empty((37, 5), np.float32))
+    twin = launch.spec.emulated(thread_order=thread_order, seed=5)
+    z = np.full((37, 5), np.nan, np.float32)
+    twin(*launch.args[:-1], z)
+    np.testing.assert_array_equal(z, posterior_sample("emulated", qraw, 2, stream=1))
+
+
+def test_posterior_sample_rejects_bad_shapes():
+    qraw = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match=r"z must have shape \(4, 3\)"):
+        ops.gaussian_posterior_sample(qraw, 1, 0, 0, np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"qraw must be 2-D \(B, 2Z\)"):
+        ops.gaussian_posterior_sample(np.zeros((4, 5), np.float32), 1, 0, 0,
+                                      np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="step must be a uint32"):
+        ops.gaussian_posterior_sample(qraw, 1, 2 ** 32, 0, np.zeros((4, 3), np.float32))
+
+
 @pytest.mark.parametrize("z_dim", LATENT_DIMS)
 @pytest.mark.parametrize("batch", BATCH_SIZES)
 def test_posterior_backward_matches_twin(backend, batch, z_dim):

@@ -1,5 +1,7 @@
-"""kernels/linear.cu (linear_forward, linear_backward_input, linear_backward_weight) against
-the NumPy twins in cupyvae.layers, on every backend and under every emulator thread order."""
+"""kernels/linear.cu (linear_forward, and linear_backward: dW, db and dx_pre in one launch)
+against the NumPy twins in cupyvae.layers, on every backend and under every emulator thread
+order; the deterministic split-K against the twins, against the single-pass GEMM, and under
+every block completion order."""
 import re
 
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from cupyvae import layers
 from cupyvae.cuda import ops
+from cupyvae.cuda.graph import bind, capture, issue
 from cupyvae.cuda.launch import run, to_device, to_host
 from cupyvae.cuda.loader import load_source, module_from_source
 
@@ -95,27 +98,36 @@ def _nan_output(shape, backend):
     return to_device(np.full(shape, np.nan, np.float32), backend)
 
 
-def kernel_forward(backend, x, w, b, activation, module=None):
+def kernel_forward(backend, x, w, b, activation, module=None, workspace=None, splits=None):
     y = _nan_output((x.shape[0], w.shape[1]), backend)
     _launch(ops.linear_forward(to_device(x, backend), to_device(w, backend),
-                                      to_device(b, backend), activation, y), backend, module)
+                               to_device(b, backend), activation, y, workspace=workspace,
+                               splits=splits), backend, module)
     return to_host(y)
 
 
-def kernel_backward_input(backend, da, w, x, activation_x, module=None):
-    dx_pre = _nan_output(x.shape, backend)
-    _launch(ops.linear_backward_input(to_device(da, backend), to_device(w, backend),
-                                             to_device(x, backend), activation_x, dx_pre),
+def kernel_backward(backend, x, w, da, activation_x, need_dx=True, module=None,
+                    workspace=None, splits_w=None, splits_x=None):
+    """(dw, db, dx_pre or None) from ONE linear_backward launch."""
+    dw = _nan_output(w.shape, backend)
+    db = _nan_output((w.shape[1],), backend)
+    dx_pre = _nan_output(x.shape, backend) if need_dx else None
+    _launch(ops.linear_backward(to_device(x, backend), to_device(w, backend),
+                                to_device(da, backend), activation_x, dw, db, dx_pre,
+                                workspace=workspace, splits_w=splits_w, splits_x=splits_x),
             backend, module)
-    return to_host(dx_pre)
+    return to_host(dw), to_host(db), None if dx_pre is None else to_host(dx_pre)
+
+
+def kernel_backward_input(backend, da, w, x, activation_x, module=None):
+    return kernel_backward(backend, x, w, da, activation_x, module=module)[2]
 
 
 def kernel_backward_weight(backend, x, da, module=None):
-    dw = _nan_output((x.shape[1], da.shape[1]), backend)
-    db = _nan_output((da.shape[1],), backend)
-    _launch(ops.linear_backward_weight(to_device(x, backend), to_device(da, backend),
-                                              dw, db), backend, module)
-    return to_host(dw), to_host(db)
+    """dW and db alone (no dx): w is only needed for its shape."""
+    w = np.zeros((x.shape[1], da.shape[1]), np.float32)
+    dw, db, _ = kernel_backward(backend, x, w, da, "identity", need_dx=False, module=module)
+    return dw, db
 
 
 # ------------------------------------------------------ checks against the float64 twins
@@ -161,10 +173,12 @@ def test_forward_matches_twin(backend, shape, activation):
 
 @pytest.mark.parametrize("activation_x", ACTIVATIONS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_backward_input_matches_twin(backend, shape, activation_x):
+def test_backward_matches_twins(backend, shape, activation_x):
+    """One linear_backward launch writes dW, db and dx_pre, each matching its twin."""
     x, w, _, da = make_layer(*shape, activation_x=activation_x, seed=_seed(shape, 1))
-    check_backward_input(kernel_backward_input(backend, da, w, x, activation_x),
-                         da, w, x, activation_x)
+    dw, db, dx_pre = kernel_backward(backend, x, w, da, activation_x)
+    check_backward_input(dx_pre, da, w, x, activation_x)
+    check_backward_weight(dw, db, x, da)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -314,8 +328,13 @@ def test_backward_input_twin_matches_finite_differences(activation_x):
 def test_tile_constants_match_the_kernel():
     source = load_source("linear")
     defines = dict(re.findall(r"^#define (LINEAR_\w+) (\d+)\b", source, flags=re.M))
-    assert int(defines["LINEAR_TILE_M"]) == ops.linear.LINEAR_TILE_M
-    assert int(defines["LINEAR_TILE_N"]) == ops.linear.LINEAR_TILE_N
+    for name in ("LINEAR_TILE_M", "LINEAR_TILE_N", "LINEAR_TILE_K", "LINEAR_SPLIT_MAX_BLOCKS"):
+        assert int(defines[name]) == getattr(ops.linear, name), name
+    tile_mn = int(defines["LINEAR_TILE_M"]) * int(defines["LINEAR_TILE_N"])
+    assert ops.linear.LINEAR_RECORD_FLOATS == tile_mn + int(defines["LINEAR_TILE_N"])
+    assert ops.linear.LINEAR_WORKSPACE_FLOATS == (2 * int(defines["LINEAR_SPLIT_MAX_BLOCKS"])
+                                                  * (1 + ops.linear.LINEAR_RECORD_FLOATS))
+    assert ops.linear.LINEAR_SPLIT_MAX_BLOCKS >= 2 * ops.linear.SPLIT_K_TARGET_BLOCKS
     slices = int(defines["LINEAR_SLICES"])
     per_slice = ((int(defines["LINEAR_TILE_M"]) // int(defines["LINEAR_MICRO_M"]))
                  * (int(defines["LINEAR_TILE_N"]) // int(defines["LINEAR_MICRO_N"])))
@@ -326,21 +345,197 @@ def test_launches_have_exact_scalar_types_and_grids():
     x, w, b, da = make_layer(37, 65, 33)
     launch = ops.linear_forward(x, w, b, "softplus", np.empty((37, 33), np.float32))
     assert (launch.kernel, launch.entry) == ("linear", "linear_forward")
-    assert [type(a) for a in launch.args[4:]] == [np.int32] * 4
-    assert [int(a) for a in launch.args[4:]] == [37, 65, 33, 3]
-    assert launch.grid == (2, 2) and launch.block == (256,)
+    assert [type(a) for a in launch.args[5:]] == [np.int32] * 5
+    assert [int(a) for a in launch.args[5:]] == [37, 65, 33, 3, 1]
+    assert launch.grid == (4,) and launch.block == (256,)        # 2 x 2 tiles, one pass
 
-    launch = ops.linear_backward_input(da, w, x, "tanh", np.empty_like(x))
-    assert launch.entry == "linear_backward_input"
-    assert [type(a) for a in launch.args[4:]] == [np.int32] * 4
-    assert [int(a) for a in launch.args[4:]] == [37, 65, 33, 2]
-    assert launch.grid == (3, 2)
+    launch = ops.linear_backward(x, w, da, "tanh", np.empty_like(w), np.empty_like(b),
+                                 np.empty_like(x))
+    assert launch.entry == "linear_backward"
+    assert [type(a) for a in launch.args[7:]] == [np.int32] * 7
+    assert [int(a) for a in launch.args[7:]] == [37, 65, 33, 2, 1, 1, 1]
+    assert launch.grid == (3 * 2 + 2 * 3,)                       # dW (65, 33) + dx (37, 65) tiles
+    launch = ops.linear_backward(x, w, da, "tanh", np.empty_like(w), np.empty_like(b))
+    assert int(launch.args[-1]) == 0 and launch.grid == (6,)     # no dx: dW tiles only
 
-    launch = ops.linear_backward_weight(x, da, np.empty_like(w), np.empty_like(b))
-    assert launch.entry == "linear_backward_weight"
-    assert [type(a) for a in launch.args[4:]] == [np.int32] * 3
-    assert [int(a) for a in launch.args[4:]] == [37, 65, 33]
-    assert launch.grid == (2, 3)
+
+def test_the_split_is_chosen_from_the_shape():
+    """The heuristic of cupyvae.cuda.ops.linear: long K and few tiles split; the result
+    never needs more than the workspace's partial tiles."""
+    splits = ops.linear.linear_splits
+    assert splits(100, 200, 784) == 5        # 28 tiles, 13 stages: ceil(132 / 28) = 5
+    assert splits(100, 200, 511) == 1        # K below SPLIT_K_MIN_K
+    assert splits(1024, 1024, 784) == 1      # 1024 tiles fill the GPU already
+    assert splits(1, 1, 4096) == 16          # one tile, 64 stages: capped at SPLIT_K_MAX
+    assert splits(1, 1, 600) == 5            # 10 stages: at least 2 stages per split
+    assert splits(0, 200, 784) == 1          # no tiles, nothing to split
+    for m in (1, 7, 33, 100, 130, 257, 500):
+        for n in (1, 20, 64, 200, 784):
+            for k in (0, 100, 512, 784, 1024, 5000):
+                s_ = splits(m, n, k)
+                tiles, stages = ops.linear.gemm_tiles(m, n), -(-k // 64)
+                assert 1 <= s_ <= max(stages, 1)
+                assert s_ == 1 or s_ * tiles <= ops.linear.LINEAR_SPLIT_MAX_BLOCKS, (m, n, k)
+
+
+def test_a_workspace_turns_the_split_on():
+    x, w, b, da = make_layer(100, 784, 200)
+    workspace = ops.linear_workspace("emulated")
+    y = np.empty((100, 200), np.float32)
+    assert int(ops.linear_forward(x, w, b, "relu", y).args[-1]) == 1
+    launch = ops.linear_forward(x, w, b, "relu", y, workspace=workspace)
+    assert int(launch.args[-1]) == 5 and launch.grid == (5 * 28,) and launch.args[4] is workspace
+    back = ops.linear_backward(y, w.T.copy(), np.empty((100, 784), np.float32), "relu",
+                               np.empty((200, 784), np.float32), np.empty(784, np.float32),
+                               np.empty_like(y), workspace=workspace)
+    # dW (200, 784): K = 100, 175 tiles, no split; dx (100, 200): K = 784, 28 tiles, S = 5.
+    assert [int(a) for a in back.args[-3:-1]] == [1, 5] and back.grid == (175 + 5 * 28,)
+
+
+# ------------------------------------------------------------------------- split-K
+
+# (B, I, O): odd sizes with a long K in every GEMM that has one -- forward K = I,
+# dW K = B, dx K = O -- and few tiles, so the heuristic splits.
+SPLIT_SHAPES = [(37, 700, 45), (3, 1000, 5), (37, 45, 700), (600, 40, 33), (1, 513, 1)]
+
+
+@pytest.fixture(scope="module")
+def workspace():
+    return ops.linear_workspace("emulated")
+
+
+def _splits_of(shape):
+    batch, inputs, outputs = shape
+    return {"forward": ops.linear.linear_splits(batch, outputs, inputs),
+            "dw": ops.linear.linear_splits(inputs, outputs, batch),
+            "dx": ops.linear.linear_splits(batch, inputs, outputs)}
+
+
+def test_the_split_shapes_do_split():
+    splits = [_splits_of(shape) for shape in SPLIT_SHAPES]
+    assert all(max(s.values()) > 1 for s in splits), splits
+    assert {key for s in splits for key, value in s.items() if value > 1} == {"forward", "dw", "dx"}
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_split_k_matches_the_twins(shape, workspace):
+    """Every output of a split launch (the heuristic's S) within the same order-independent
+    float32 bound as the single-pass GEMM; the workspace's counters are back to 0 after."""
+    x, w, b, da = make_layer(*shape, activation_x="relu", seed=_seed(shape, 7))
+    check_forward(kernel_forward("emulated", x, w, b, "tanh", workspace=workspace),
+                  x, w, b, "tanh")
+    dw, db, dx_pre = kernel_backward("emulated", x, w, da, "relu", workspace=workspace)
+    check_backward_weight(dw, db, x, da)
+    check_backward_input(dx_pre, da, w, x, "relu")
+    counters = workspace[:ops.linear.LINEAR_COUNTER_WORDS].view(np.uint32)
+    assert not counters.any(), "every split launch must leave its arrival counters at 0"
+
+
+def _exact_layer(shape, seed):
+    """Small integers (|x| <= 3, |w| <= 3, |da| <= 3) and a bias of quarters: every product
+    and every partial sum (< 2^24) is exact in float32, so ANY summation order -- single
+    pass, any split, NumPy -- gives the same bits."""
+    rng = np.random.default_rng(seed)
+    batch, inputs, outputs = shape
+    x = rng.integers(-3, 4, (batch, inputs)).astype(np.float32)
+    w = rng.integers(-3, 4, (inputs, outputs)).astype(np.float32)
+    b = (rng.integers(-8, 9, outputs) / 4).astype(np.float32)
+    da = rng.integers(-3, 4, (batch, outputs)).astype(np.float32)
+    return x, w, b, da
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_split_k_equals_single_pass_bit_for_bit_where_sums_are_exact(shape, workspace):
+    """With exact sums the summation order cannot matter, so every split factor must give
+    the single-pass bits and NumPy's: a term dropped, doubled or taken from another split's
+    range shows up as a difference of at least 1."""
+    x, w, b, da = _exact_layer(shape, seed=_seed(shape, 8))
+    batch, inputs, outputs = shape
+    exact_y = x.astype(np.float64) @ w + b
+    exact_dw, exact_db = layers.linear_backward_weight(x.astype(np.float64), da.astype(np.float64))
+    exact_dx = da.astype(np.float64) @ w.T.astype(np.float64)
+    single_y = kernel_forward("emulated", x, w, b, "identity")
+    single = kernel_backward("emulated", x, w, da, "identity")
+    np.testing.assert_array_equal(single_y, exact_y)
+    for name, got, want in zip(("dw", "db", "dx"), single, (exact_dw, exact_db, exact_dx)):
+        np.testing.assert_array_equal(got, want, err_msg=f"single-pass {name}")
+    for s_ in sorted({2, 3, ops.linear.linear_splits(batch, outputs, inputs)}):
+        if s_ <= -(-inputs // 64):
+            y = kernel_forward("emulated", x, w, b, "identity", workspace=workspace, splits=s_)
+            assert np.array_equal(y.view(np.uint32), single_y.view(np.uint32)), f"y, S = {s_}"
+    for s_w in sorted({1, 2, ops.linear.linear_splits(inputs, outputs, batch)}):
+        for s_x in sorted({1, 3, ops.linear.linear_splits(batch, inputs, outputs)}):
+            if s_w > -(-batch // 64) or s_x > -(-outputs // 64):
+                continue
+            got = kernel_backward("emulated", x, w, da, "identity", workspace=workspace,
+                                  splits_w=s_w, splits_x=s_x)
+            for name, a, c in zip(("dw", "db", "dx"), got, single):
+                assert np.array_equal(a.view(np.uint32), c.view(np.uint32)), \
+                    f"{name} with splits (dW {s_w}, dx {s_x}) differs from the single pass"
+
+
+def test_split_k_stays_within_twice_the_single_pass_bound(workspace):
+    """Random inputs: a split sums the same terms in another grouping, so split and single
+    pass may differ by a few roundings, each within the order-independent bound of its own
+    sum; their difference is therefore within twice that bound (the documented tolerance)
+    -- and, the groupings being different, they do differ somewhere."""
+    shape = (37, 1000, 45)
+    x, w, b, _ = make_layer(*shape, seed=31)
+    single = kernel_forward("emulated", x, w, b, "identity")
+    split = kernel_forward("emulated", x, w, b, "identity", workspace=workspace, splits=4)
+    magnitude = np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)) + np.abs(b)
+    assert_within("y split vs single", split, single.astype(np.float64),
+                  2 * sum_bound(shape[1] + 1, magnitude))
+    assert not np.array_equal(split, single), "S = 4 should round differently somewhere"
+
+
+# Block completion orders: the emulator takes blocks in thread_order ("random": shuffled per
+# seed) over `workers` OS threads, so which block of a tile arrives last varies.
+BLOCK_ORDERS = {"forward-1": ("forward", 0, 1), "reverse-2": ("reverse", 0, 2),
+                "random-3-1": ("random", 3, 1), "random-4-2": ("random", 4, 2)}
+
+
+@pytest.fixture(scope="module")
+def block_order_modules():
+    source = load_source("linear")
+    return {name: module_from_source(source, "emulated", thread_order=order, seed=seed,
+                                     workers=workers)
+            for name, (order, seed, workers) in BLOCK_ORDERS.items()}
+
+
+def test_split_k_bits_do_not_depend_on_the_block_completion_order(block_order_modules, workspace):
+    """The last block of a tile adds the partials in split order, whoever it is: the same
+    bits under every thread order, block order and worker count, and correct ones."""
+    shape = (37, 600, 520)          # forward S = 4 (K = 600), dx S = 4 (K = 520)
+    x, w, b, da = make_layer(*shape, activation_x="softplus", seed=41)
+    results = {}
+    for name, module in block_order_modules.items():
+        y = kernel_forward("emulated", x, w, b, "softplus", module=module, workspace=workspace)
+        dw, db, dx_pre = kernel_backward("emulated", x, w, da, "softplus", module=module,
+                                         workspace=workspace)
+        results[name] = {"y": y, "dw": dw, "db": db, "dx_pre": dx_pre}
+    assert _splits_of(shape)["forward"] > 1 and _splits_of(shape)["dx"] > 1
+    first = results["forward-1"]
+    check_forward(first["y"], x, w, b, "softplus")
+    check_backward_input(first["dx_pre"], da, w, x, "softplus")
+    check_backward_weight(first["dw"], first["db"], x, da)
+    for name, outputs in results.items():
+        for output, value in outputs.items():
+            assert np.array_equal(value.view(np.uint32), first[output].view(np.uint32)), \
+                f"{output} differs between block orders 'forward-1' and {name!r}"
+
+
+def test_a_replayed_split_launch_gives_the_same_bits(workspace):
+    """The counters reset by the last block make the next launch (a graph replay) work."""
+    x, w, b, _ = make_layer(3, 1000, 5, seed=43)
+    y = np.full((3, 5), np.nan, np.float32)
+    step = bind([ops.linear_forward(x, w, b, "relu", y, workspace=workspace)], "emulated")
+    issue(step)
+    first = y.copy()
+    y[...] = np.nan
+    capture(step, 3, "emulated").launch()
+    np.testing.assert_array_equal(y, first)
+    check_forward(first, x, w, b, "relu")
 
 
 def _forward_args(**change):
@@ -357,10 +552,23 @@ def _forward_args(**change):
     (dict(w=np.zeros((3, 6), np.float32).T), "C-contiguous"),
     (dict(x=np.zeros(24, np.float32)), r"2-D .*\(24,\)"),
     (dict(activation="gelu"), "unknown activation 'gelu'; available: identity, relu"),
+    (dict(splits=2), r"splits=2 needs a split-K workspace"),
+    (dict(splits=0), "splits must be a positive integer"),
+    (dict(workspace=np.zeros(10, np.float32)), r"workspace must be a flat float32 buffer"),
+    (dict(workspace=np.zeros(ops.linear.LINEAR_WORKSPACE_FLOATS), splits=2), "workspace must be float32"),
+    (dict(workspace=np.zeros(ops.linear.LINEAR_WORKSPACE_FLOATS, np.float32), splits=2),
+     r"splits=2 exceeds the 1 k stages of K = 6"),
 ])
 def test_forward_launch_rejects_bad_arguments(change, message):
     with pytest.raises(ValueError, match=message):
         ops.linear_forward(**_forward_args(**change))
+
+
+def test_a_split_that_overflows_the_workspace_is_refused():
+    x, w = np.zeros((100, 4096), np.float32), np.zeros((4096, 700), np.float32)
+    with pytest.raises(ValueError, match=r"splits=16 x 88 tiles .* exceed .* 264"):
+        ops.linear_forward(x, w, np.zeros(700, np.float32), "relu", np.zeros((100, 700), np.float32),
+                           workspace=ops.linear_workspace("emulated"), splits=16)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -368,23 +576,15 @@ def test_forward_launch_rejects_bad_arguments(change, message):
     (dict(dx_pre=np.zeros((4, 3), np.float32)), r"dx_pre must have shape \(4, 6\)"),
     (dict(x=np.zeros((4, 5), np.float32)), r"x \(4, 5\) and w \(6, 3\)"),
     (dict(activation_x="swish"), "unknown activation 'swish'"),
-])
-def test_backward_input_launch_rejects_bad_arguments(change, message):
-    args = dict(da=np.zeros((4, 3), np.float32), w=np.zeros((6, 3), np.float32),
-                x=np.zeros((4, 6), np.float32), activation_x="tanh",
-                dx_pre=np.zeros((4, 6), np.float32))
-    with pytest.raises(ValueError, match=message):
-        ops.linear_backward_input(**{**args, **change})
-
-
-@pytest.mark.parametrize("change, message", [
-    (dict(da=np.zeros((5, 3), np.float32)), r"x \(4, 6\) and da \(5, 3\).*batch"),
     (dict(dw=np.zeros((3, 6), np.float32)), r"dw must have shape \(6, 3\).*got \(3, 6\)"),
     (dict(db=np.zeros((1, 3), np.float32)), r"db must have shape \(3,\).*\(1, 3\)"),
     (dict(db=np.zeros(3, np.float64)), "db must be float32"),
+    (dict(splits_x=2), "linear_backward dx: splits=2 needs a split-K workspace"),
 ])
-def test_backward_weight_launch_rejects_bad_arguments(change, message):
-    args = dict(x=np.zeros((4, 6), np.float32), da=np.zeros((4, 3), np.float32),
-                dw=np.zeros((6, 3), np.float32), db=np.zeros(3, np.float32))
+def test_backward_launch_rejects_bad_arguments(change, message):
+    args = dict(x=np.zeros((4, 6), np.float32), w=np.zeros((6, 3), np.float32),
+                da=np.zeros((4, 3), np.float32), activation_x="tanh",
+                dw=np.zeros((6, 3), np.float32), db=np.zeros(3, np.float32),
+                dx_pre=np.zeros((4, 6), np.float32))
     with pytest.raises(ValueError, match=message):
-        ops.linear_backward_weight(**{**args, **change})
+        ops.linear_backward(**{**args, **change})

@@ -3,7 +3,7 @@
 
 `prior_pass_launches` is the launch recipe a kernel step plan uses (see the report of issue
 8, stage 1): for `vamp` the encoder runs ONCE on the batch and the K pseudo-inputs stacked
-(B + K rows), so a single linear_backward_weight per layer writes (with `=`) the sum of the
+(B + K rows), so a single linear_backward per layer writes (with `=`) the sum of the
 data pass's and the pseudo-input pass's weight gradients -- no `+=` GEMM, no extra buffer.
 The posterior's own backward is stood in for by given values (its kernels are tested in
 tests/test_kernels_gaussian.py).
@@ -56,17 +56,17 @@ def prior_pass_launches(spec, params, grads, buf, batch):
                                                   dlogits, dcomp)]
     for i in reversed(range(len(encoder))):
         layer = encoder[i]
-        da = buf["enc_grad"][i + 1]
-        backward.append(ops.linear_backward_weight(buf["enc"][i], da, grads[f"{layer.name}.weight"],
-                                                   grads[f"{layer.name}.bias"]))
-        if i > 0:
-            backward.append(ops.linear_backward_input(da, params[f"{layer.name}.weight"], buf["enc"][i],
-                                                      encoder[i - 1].activation, buf["enc_grad"][i]))
-        elif vamp:   # d u for the pseudo-input rows only; the data need no d x
-            backward.append(ops.linear_backward_input(da[batch:], params[f"{layer.name}.weight"],
-                                                      buf["enc"][0][batch:], "identity", buf["du"]))
+        # One fused launch per layer: dW, db over all rows (the data pass plus, for vamp, the
+        # pseudo-input pass, summed with `=`) and d input; layer 0's d input only for vamp,
+        # where its pseudo-input rows are d u (the data rows' part is computed and unused).
+        target = buf["enc_grad"][i] if i > 0 else (buf["dx0"] if vamp else None)
+        below = encoder[i - 1].activation if i > 0 else "identity"
+        backward.append(ops.linear_backward(buf["enc"][i], params[f"{layer.name}.weight"],
+                                            buf["enc_grad"][i + 1], below,
+                                            grads[f"{layer.name}.weight"], grads[f"{layer.name}.bias"],
+                                            target))
     if vamp:
-        backward.append(ops.vamp_pseudo_inputs_backward(params["prior.pseudo_inputs"], buf["du"],
+        backward.append(ops.vamp_pseudo_inputs_backward(params["prior.pseudo_inputs"], buf["dx0"][batch:],
                                                         grads["prior.pseudo_inputs"]))
     return forward, backward_z, backward
 
@@ -107,7 +107,7 @@ def test_prior_pass_launches_match_the_numpy_prior_pass(backend, prior):
            "enc_grad": [None] + [dev(np.zeros((rows, w))) for w in widths[1:]],
            "z": dev(z), "dz": dev(dz_decoder), "g": dev(g),
            "logp": dev(np.zeros(batch)), "resp": dev(np.zeros((batch, k))),
-           "logits0": dev(np.zeros(k)), "dlogits_scratch": dev(np.zeros(k)), "du": dev(np.zeros((k, 6)))}
+           "logits0": dev(np.zeros(k)), "dlogits_scratch": dev(np.zeros(k)), "dx0": dev(np.zeros((rows, 6)))}
     buf["enc"][0][:batch] = dev(x)
     forward, backward_z, backward = prior_pass_launches(spec, params_dev, grads_dev, buf, batch)
     run(forward + backward_z, backend)

@@ -1,5 +1,5 @@
-"""kernels/step.cu (gather_rows, batch_loss, advance_counters, start_epoch) against the
-NumPy twins in cupyvae.step_twins, on every backend."""
+"""kernels/step.cu (gather_rows, end_step, start_epoch) against the NumPy twins in
+cupyvae.step_twins, on every backend, including steps replayed past the epoch's end."""
 import dataclasses
 import functools
 
@@ -14,7 +14,7 @@ from cupyvae.executors import binarize_batch
 
 THREAD_ORDERS = ["forward", "reverse", "random"]
 SEED = 2 ** 33 + 2 ** 20 + 5
-# batch_loss: a float32 tree sum of B (<= 1000) terms against a float64 sum: each level of
+# end_step's loss: a float32 tree sum of B (<= 1000) terms against a float64 sum: each level of
 # the ~log2(B) <= 10 levels rounds by at most 2^-24 of the partial magnitudes, so the error
 # is <= 10 * 6e-8 = 6e-7 of sum |nll + kl|; 1e-6 bounds it.
 LOSS_RTOL = 1e-6
@@ -96,62 +96,114 @@ def loss_inputs(batch, seed=0):
     return nll, kl
 
 
-def batch_loss(backend, nll, kl, counters, n_slots, thread_order=None):
+def end_step(backend, nll, kl, counters, n_slots, thread_order=None):
+    """(losses, counters) after one end_step launch; losses start NaN."""
     losses = to_device(np.full(n_slots, np.nan, np.float32), backend)
-    launch = ops.batch_loss(to_device(nll, backend), to_device(kl, backend),
-                                 to_device(counters, backend), losses)
+    counters = to_device(np.array(counters, np.uint32), backend)
+    launch = ops.end_step(to_device(nll, backend), to_device(kl, backend), counters, losses)
     launch_on(backend, launch, thread_order)
-    return to_host(losses)
+    return to_host(losses), to_host(counters)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 37, 100, 1000])
-def test_batch_loss_matches_twin(backend, batch):
+def test_end_step_matches_twin(backend, batch):
     nll, kl = loss_inputs(batch, seed=batch)
     counters = np.array([9, 2], np.uint32)
-    losses = batch_loss(backend, nll, kl, counters, 4)
-    expected = step_twins.batch_loss(nll, kl, counters, np.full(4, np.nan, np.float32))
+    losses, counters_after = end_step(backend, nll, kl, counters, 4)
+    expected, expected_counters = step_twins.end_step(nll, kl, counters.copy(),
+                                                      np.full(4, np.nan, np.float32))
     assert np.isnan(losses[[0, 1, 3]]).all(), "only slot counters[1] may be written"
     bound = LOSS_RTOL * (np.abs(nll.astype(np.float64)) + np.abs(kl)).sum() / batch
     assert abs(float(losses[2]) - float(expected[2])) <= bound, \
         f"loss {losses[2]!r} vs twin {expected[2]!r} (B = {batch}, bound {bound:.3g})"
+    np.testing.assert_array_equal(counters_after, expected_counters)
+    np.testing.assert_array_equal(counters_after, [10, 3])
 
 
 @pytest.mark.parametrize("batch", [37, 1000])
-def test_batch_loss_is_deterministic_across_thread_orders(batch):
+def test_end_step_is_deterministic_across_thread_orders(batch):
     """The reduction tree is fixed by the thread indices, so every execution order must give
     the very same bits (missing barriers would make the sum order-dependent)."""
     nll, kl = loss_inputs(batch, seed=1)
     counters = np.array([0, 0], np.uint32)
-    results = {order: batch_loss("emulated", nll, kl, counters, 1, thread_order=order)[0]
+    results = {order: end_step("emulated", nll, kl, counters, 1, thread_order=order)[0][0]
                for order in THREAD_ORDERS}
-    results["again"] = batch_loss("emulated", nll, kl, counters, 1, thread_order="random")[0]
+    results["again"] = end_step("emulated", nll, kl, counters, 1, thread_order="random")[0][0]
     assert len({r.tobytes() for r in results.values()}) == 1, f"order-dependent sums: {results}"
-    expected = step_twins.batch_loss(nll, kl, counters, np.zeros(1, np.float32))[0]
+    expected = step_twins.end_step(nll, kl, counters.copy(), np.zeros(1, np.float32))[0][0]
     assert abs(float(results["forward"]) - float(expected)) <= \
         LOSS_RTOL * (nll.astype(np.float64) + kl).sum() / batch
 
 
-def counters_after(backend, launches_of, counters):
-    device_counters = to_device(np.array(counters, np.uint32), backend)
-    for build in launches_of:
-        run(build(device_counters), backend)
-    return to_host(device_counters)
-
-
 @pytest.mark.parametrize("start", [(0, 0), (41, 3), (2 ** 32 - 1, 7)])
-def test_advance_counters_and_start_epoch(backend, start):
-    """advance: step and batch both +1 (uint32, wrapping like the twin); start_epoch: batch = 0."""
-    twin = np.array(start, np.uint32)
-    got = counters_after(backend, [ops.advance_counters], start)
-    np.testing.assert_array_equal(got, step_twins.advance_counters(twin.copy()))
-    got = counters_after(backend, [ops.advance_counters, ops.start_epoch], start)
-    expected = step_twins.start_epoch(step_twins.advance_counters(twin.copy()))
-    np.testing.assert_array_equal(got, expected)
-    assert int(got[1]) == 0 and int(got[0]) == (start[0] + 1) % 2 ** 32
+def test_end_step_advances_and_start_epoch_resets(backend, start):
+    """end_step: step and batch both +1 (uint32, wrapping like the twin), even past the
+    last slot (where it writes no loss); start_epoch: batch = 0."""
+    nll, kl = loss_inputs(3)
+    losses, got = end_step(backend, nll, kl, start, 2)
+    twin_losses, twin = step_twins.end_step(nll, kl, np.array(start, np.uint32),
+                                            np.full(2, np.nan, np.float32))
+    np.testing.assert_array_equal(got, twin)
+    np.testing.assert_array_equal(np.isnan(losses), np.isnan(twin_losses))
+    assert int(got[0]) == (start[0] + 1) % 2 ** 32 and int(got[1]) == start[1] + 1
+    device_counters = to_device(got, backend)
+    run(ops.start_epoch(device_counters), backend)
+    np.testing.assert_array_equal(to_host(device_counters),
+                                  step_twins.start_epoch(twin.copy()))
+    assert int(to_host(device_counters)[1]) == 0
+
+
+# ------------------------------------------------------------------ replay past the end
+def test_a_step_past_the_epoch_writes_nothing(backend):
+    """counters[1] == the epoch's batch count (a replay one step too many): gather_rows
+    leaves xb untouched (perm has no rows for that batch) and end_step writes no loss
+    slot -- neither reads nor writes out of bounds -- while the counters still advance.
+    The twins say the same (None, losses unchanged)."""
+    data, perm = make_data(23, 6, seed=9)
+    batch = 5
+    n_batches = 23 // batch                                   # 4: perm[20:23] is no batch
+    for past in (n_batches, n_batches + 1, 2 ** 32 - 1):
+        counters = np.array([7, past], np.uint32)
+        xb = gather(backend, data, perm, counters, batch, True)
+        assert np.isnan(xb).all(), f"gather_rows wrote a batch at counters[1] = {past}"
+        assert step_twins.gather_rows(data, perm, counters, batch, True, SEED) is None
+        nll, kl = loss_inputs(batch)
+        losses, after = end_step(backend, nll, kl, counters, n_batches)
+        assert np.isnan(losses).all(), f"end_step wrote a loss at counters[1] = {past}"
+        twin_losses, twin_counters = step_twins.end_step(
+            nll, kl, counters.copy(), np.full(n_batches, np.nan, np.float32))
+        assert np.isnan(twin_losses).all()
+        np.testing.assert_array_equal(after, twin_counters)
+    # The last real batch is still written: the bound is exact.
+    last = np.array([7, n_batches - 1], np.uint32)
+    xb = gather(backend, data, perm, last, batch, False)
+    np.testing.assert_array_equal(xb, data[perm[15:20]])
+
+
+def test_a_recorded_epoch_replayed_one_step_too_far_stays_in_bounds():
+    """The emulator's graph mode replays recorded launches like a CUDA graph: record the
+    step glue of a 4-batch epoch as 5 steps; the 5th writes no loss beyond the 4 slots
+    and gathers nothing (the emulator would report an out-of-bounds access as a crash,
+    and the NaN-filled guard slot after the losses stays NaN)."""
+    from cupyvae.cuda.graph import bind, capture
+
+    data, perm = make_data(23, 6, seed=10)
+    batch, n_batches = 5, 4
+    counters = np.array([0, 0], np.uint32)
+    slots = np.full(n_batches + 1, np.nan, np.float32)       # the last slot is a guard
+    losses = slots[:n_batches]
+    xb = np.zeros((batch, 6), np.float32)
+    nll, kl = loss_inputs(batch)
+    step = bind([ops.gather_rows(data, perm, counters, batch, False, SEED, xb),
+                 ops.end_step(nll, kl, counters, losses)], "emulated")
+    capture(step, n_batches + 1, "emulated").launch()
+    assert np.isfinite(losses).all() and np.isnan(slots[-1]), slots
+    np.testing.assert_array_equal(counters, [n_batches + 1, n_batches + 1])
+    np.testing.assert_array_equal(xb, data[perm[15:20]], "the 5th step must not gather")
 
 
 def test_two_epochs_of_step_glue_match_the_numpy_executor_loop(backend):
-    """start_epoch, then per batch: gather (binarized), batch_loss, advance_counters -- all
+    """start_epoch, then per batch: gather (binarized), end_step -- all
     driven by the device counters alone, exactly as NumpyExecutor.train_epoch keys its
     batches (perm slice i) and noise (step = optimizer.step_count before the update)."""
     n, dim, batch = 23, 10, 5
@@ -178,8 +230,7 @@ def test_two_epochs_of_step_glue_match_the_numpy_executor_loop(backend):
             # stand-ins for the model's per-row nll and kl
             nll_h, kl_h = expected_xb.sum(axis=1) + i, np.full(batch, 0.5 * epoch, np.float32)
             nll[...], kl[...] = to_device(nll_h.astype(np.float32), backend), to_device(kl_h, backend)
-            run(ops.batch_loss(nll, kl, counters, losses), backend)
-            run(ops.advance_counters(counters), backend)
+            run(ops.end_step(nll, kl, counters, losses), backend)
             expected_losses.append((nll_h.astype(np.float64) + kl_h).mean())
             step_count += 1
         np.testing.assert_allclose(to_host(losses), expected_losses, rtol=LOSS_RTOL)
@@ -190,13 +241,15 @@ def test_launch_shapes_and_types():
     data, perm = make_data(10, 4)
     counters = np.zeros(2, np.uint32)
     launch = ops.gather_rows(data, perm, counters, 3, True, 2 ** 32 + 9, np.zeros((3, 4), np.float32))
-    assert [type(a) for a in launch.args[4:]] == [np.int32] * 3 + [np.uint32] * 2
-    assert [int(a) for a in launch.args[4:]] == [3, 4, 1, 9, 1]
-    loss = ops.batch_loss(np.zeros(37, np.float32), np.zeros(37, np.float32), counters,
-                               np.zeros(5, np.float32))
-    assert loss.grid == (1,) and loss.block == (64,) and type(loss.args[-1]) is np.int32
-    for build in (ops.advance_counters, ops.start_epoch):
-        assert build(counters).grid == (1,) and build(counters).args == (counters,)
+    assert [type(a) for a in launch.args[4:]] == [np.int32] * 3 + [np.uint32] * 3
+    assert [int(a) for a in launch.args[4:]] == [3, 4, 1, 9, 1, 3]   # 10 // 3 = 3 batches
+    end = ops.end_step(np.zeros(37, np.float32), np.zeros(37, np.float32), counters,
+                       np.zeros(5, np.float32))
+    assert end.grid == (1,) and end.block == (64,)
+    assert [type(a) for a in end.args[4:]] == [np.int32, np.uint32]
+    assert [int(a) for a in end.args[4:]] == [37, 5]
+    assert ops.start_epoch(counters).grid == (1,)
+    assert ops.start_epoch(counters).args == (counters,)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -214,13 +267,17 @@ def test_gather_rows_rejects_bad_arguments(change, message):
         ops.gather_rows(**{**args, **change})
 
 
-def test_batch_loss_rejects_bad_arguments():
+def test_end_step_rejects_bad_arguments():
     counters = np.zeros(2, np.uint32)
     with pytest.raises(ValueError, match=r"nll \(4,\) and kl \(5,\)"):
-        ops.batch_loss(np.zeros(4, np.float32), np.zeros(5, np.float32), counters,
-                            np.zeros(2, np.float32))
+        ops.end_step(np.zeros(4, np.float32), np.zeros(5, np.float32), counters,
+                     np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match=r"nll \(0,\).*B >= 1"):
+        ops.end_step(np.zeros(0, np.float32), np.zeros(0, np.float32), counters,
+                     np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="losses"):
-        ops.batch_loss(np.zeros(4, np.float32), np.zeros(4, np.float32), counters,
-                            np.zeros((2, 2), np.float32))
+        ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), counters,
+                     np.zeros((2, 2), np.float32))
     with pytest.raises(ValueError, match="counters"):
-        ops.advance_counters(np.zeros(3, np.uint32))
+        ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(3, np.uint32),
+                     np.zeros(2, np.float32))

@@ -26,8 +26,8 @@ def test_kernel_file_compiles(kernel_file, arch):
 def test_entry_points_keep_their_c_names():
     ptx = compile_ptx(loader.load_source("bernoulli"), name="bernoulli.cu")
     assert ".entry bernoulli_nll(" in ptx
-    ptx = compile_ptx(loader.load_source("normal"), name="normal.cu")
-    assert ".entry normal_fill(" in ptx
+    ptx = compile_ptx(loader.load_source("step"), name="step.cu")
+    assert ".entry gather_rows(" in ptx and ".entry end_step(" in ptx
 
 
 @needs_nvrtc
@@ -41,12 +41,12 @@ def test_broken_source_raises_with_the_compiler_log():
 
 
 def test_kernel_files_are_found():
-    assert {"bernoulli.cu", "normal.cu"} <= set(loader.kernel_files())
+    assert {"bernoulli.cu", "linear.cu"} <= set(loader.kernel_files())
     assert (loader.kernel_dir() / "philox.cuh").is_file()
 
 
 def test_load_source_inlines_each_local_header_once():
-    source = loader.load_source("normal")
+    source = loader.load_source("step")
     assert '#include "' not in source
     assert source.count("begin philox.cuh") == 1
     assert "#pragma once" not in source
@@ -62,3 +62,71 @@ def test_missing_header_names_file_and_line():
 def test_nvrtc_options_never_use_fast_math():
     assert not any("fast" in option for option in loader.NVRTC_OPTIONS)
     assert "-std=c++17" in loader.NVRTC_OPTIONS
+
+
+# ------------------------------------------------------------------ the parity policy
+CONTRACTIBLE = ('extern "C" __global__ void k(const float* a, const float* b, float* c)\n'
+                '{ c[0] = a[0] * b[0] + c[0]; c[1] = fmaf(a[1], b[1], c[1]); }\n')
+
+
+def _float_ops(ptx):
+    return [line.split()[0] for line in ptx.splitlines()
+            if line.strip().startswith(("fma.", "mul.", "add."))]
+
+
+def test_every_way_cupy_compiles_gets_the_no_contraction_option():
+    """RawModule (NVRTC_OPTIONS) and ElementwiseKernel (ELEMENTWISE_NVRTC_OPTIONS) alike:
+    --fmad=false, the GPU side of the emulator's -ffp-contract=off."""
+    assert "--fmad=false" in loader.NVRTC_OPTIONS
+    assert "--fmad=false" in loader.ELEMENTWISE_NVRTC_OPTIONS
+    assert not any("std" in option for option in loader.ELEMENTWISE_NVRTC_OPTIONS), \
+        "CuPy picks the language standard of the code it generates around an operation"
+    assert not any("fast" in option for option in loader.ELEMENTWISE_NVRTC_OPTIONS)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_no_contraction_keeps_a_times_b_plus_c_as_written(arch):
+    """With the project's options a * b + c is a rounded multiply then a rounded add, as
+    on the emulator; an explicit fmaf stays one fused operation.  NVRTC's default
+    (--fmad=true, the last option wins) would fuse both: the option is what makes the
+    difference."""
+    assert _float_ops(compile_ptx(CONTRACTIBLE, arch=arch)) == ["mul.rn.f32", "add.rn.f32",
+                                                                 "fma.rn.f32"]
+    assert _float_ops(compile_ptx(CONTRACTIBLE, arch=arch, options=("--fmad=true",))) == \
+        ["fma.rn.f32", "fma.rn.f32"]
+
+
+@needs_nvrtc
+def test_the_gemm_keeps_its_explicit_fused_multiply_adds():
+    ptx = compile_ptx(loader.load_source("linear"), name="linear.cu")
+    assert ".entry linear_forward(" in ptx and ".entry linear_backward(" in ptx
+    assert ptx.count("fma.rn.f32") >= 16, "the 4 x 4 micro-tile's fmaf must survive"
+
+
+def _elementwise_specs():
+    from cupyvae.cuda import ops
+
+    return ops.elementwise_specs()
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("name", sorted(_elementwise_specs()))
+def test_elementwise_spec_compiles(name, arch):
+    """Each ElementwiseSpec's operation and preamble, as the grid-stride kernel its emulator
+    twin runs (every non-raw input a scalar, as the launch builders pass them), with the
+    same code-generation options; CuPy wraps the same operation in its own indexing code."""
+    spec = _elementwise_specs()[name]
+    scalars = frozenset(part.split()[-1] for part in spec.in_params.split(",")
+                        if part.strip() and part.split()[0] != "raw")
+    try:
+        ptx = compile_ptx(spec.cuda_source(scalars), arch=arch, name=f"{name}.cu")
+    except NvrtcError as error:
+        pytest.fail(f"elementwise {name} does not compile for {arch}:\n{error.log}",
+                    pytrace=False)
+    assert f".entry {name}(" in ptx
+
+
+def test_the_elementwise_specs_are_found():
+    assert {"normal_fill", "gaussian_posterior_sample"} <= set(_elementwise_specs())

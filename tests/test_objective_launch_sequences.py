@@ -56,13 +56,11 @@ class Chain:
         launches, grad = [], top_grad
         for i in reversed(range(len(layers))):
             layer = layers[i]
-            launches.append(ops.linear_backward_weight(acts[i], grad, self.grads[f"{layer.name}.weight"],
-                                                       self.grads[f"{layer.name}.bias"]))
             target = input_grad if i == 0 else self.buffer(*acts[i].shape)
-            if target is not None:
-                below = layers[i - 1].activation if i > 0 else "identity"
-                launches.append(ops.linear_backward_input(grad, self.params[f"{layer.name}.weight"],
-                                                          acts[i], below, target))
+            below = layers[i - 1].activation if i > 0 else "identity"
+            launches.append(ops.linear_backward(acts[i], self.params[f"{layer.name}.weight"], grad,
+                                                below, self.grads[f"{layer.name}.weight"],
+                                                self.grads[f"{layer.name}.bias"], target))
             grad = target
         return launches
 
@@ -114,7 +112,7 @@ def test_iwae_step_sequence_matches_the_reference(backend, k):
                                                   philox.STREAM_POSTERIOR, dq_rows),
          ops.sum_row_groups(dq_rows, k, dq_raw),
          *chain.backward(spec.encoder, enc, dq_raw, None),
-         ops.batch_loss(bound, chain.buffer(batch, fill=0.0), counters, losses)], backend)
+         ops.end_step(bound, chain.buffer(batch, fill=0.0), counters, losses)], backend)
 
     grads = spec.layout.views(spec.layout.zeros())
     eps = philox.normal(SEED, STEP, rows, z_dim, philox.STREAM_POSTERIOR)
@@ -153,11 +151,11 @@ def test_free_bits_step_sequence_matches_the_reference(backend, beta):
                                          0.0, dq_raw),                        # reparameterization only
          ops.gaussian_posterior_kl_per_dimension_backward(enc[-1], active, beta / batch, dq_raw),
          *chain.backward(spec.encoder, enc, dq_raw, None),
-         ops.batch_loss(nll, kl, counters, losses)], backend)
+         ops.end_step(nll, kl, counters, losses)], backend)
 
     grads = spec.layout.views(spec.layout.zeros())
     loss = negative_elbo_and_grads(spec, model.params, grads, x, eps, kl_weight=beta, free_bits=floor)
-    if beta == 1.0:   # batch_loss adds nll and kl unweighted (the KL weight's own kernel work)
+    if beta == 1.0:   # end_step adds nll and kl unweighted (the KL weight's own kernel work)
         assert float(to_host(losses)[0]) == pytest.approx(loss, rel=STEP_RTOL)
     np.testing.assert_array_equal(to_host(active), (kl_mean > floor).astype(np.float32))
     for name, value in chain.host_grads().items():

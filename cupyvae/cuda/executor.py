@@ -15,12 +15,19 @@ The plan, for an MLP encoder/decoder with layers 0..L-1:
     <posterior>_forward          z = mu + exp(lv/2) eps(Philox), kl per row
     linear_forward  x L          decoder
     <likelihood>_nll             nll per row, d p_raw = (1/B) d nll / d p_raw
-    linear_backward_weight/_input, last layer first   (decoder; d z at the end)
+    linear_backward x L          decoder, last layer first: dW, db and d input in ONE launch
+                                 per layer (d z at the end)
     <posterior>_backward         d q_raw from d z and the KL
-    linear_backward_weight/_input                     (encoder; no d x for layer 0)
-    batch_loss                   losses[batch] = mean_b (nll + kl)
+    linear_backward x L          encoder (no d x for layer 0)
     adam_update                  the whole flat buffer, one launch
-    advance_counters             step += 1, batch += 1
+    end_step                     losses[batch] = mean_b (nll + kl); step += 1, batch += 1
+The GEMMs share one split-K workspace (cupyvae.cuda.ops.linear), allocated with the
+executor: launches of one stream run one after the other, and each leaves it as it found it.
+
+Inference (encode_raw, decode_raw, loss_rows, posterior_sample, sample_raw) takes the whole
+array: the host uploads everything a call needs first, the rows then go through the network in chunks on the device (bounded memory; each chunk
+keys its noise by its index, exactly as the NumPy executor does), and the host reads the
+result once per call -- no synchronization between chunks.
 
 Execution (cupyvae.cuda.graph): "eager" issues the bound launches of every step from
 Python; "graph" (the default on "cuda") captures them once per plan into CUDA graphs of
@@ -37,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import philox
-from ..executors import EXECUTORS
+from ..executors import EXECUTORS, prior_draws
 from ..spec import ModelSpec
 from . import ops
 from .graph import (DEFAULT_STEPS_PER_GRAPH, EagerSteps, ReplayedSteps, bind, check_steps_per_graph,
@@ -94,6 +101,7 @@ class KernelExecutor:
         self.params = spec.layout.views(self.flat)
         self.grads = spec.layout.views(self.grad_flat)
         self.counters = self.xp.zeros(2, np.uint32)
+        self.workspace = ops.linear_workspace(self.device)   # split-K partials, every GEMM
         self._data = None          # (host array identity, device copy)
         self._plan_key = None
         self._plan: list[Launch] = []
@@ -155,7 +163,7 @@ class KernelExecutor:
         if self._steps is None:
             step = bind(plan, self.device)
             if self.execution == "eager":
-                self._steps = EagerSteps(step)
+                self._steps = EagerSteps(step, self.device)
             else:
                 self._warm_up(step)
                 self._steps = ReplayedSteps(step, n_batches, self.steps_per_graph, self.device,
@@ -236,29 +244,91 @@ class KernelExecutor:
         return loss, np.array(to_host(self.grad_flat))
 
     # ------------------------------------------------------------------ inference
-    # Each call evaluates a whole chunk (the model sends up to 10000 rows) in one batch:
-    # one upload, the launches, one read-back -- no synchronization in between.
-    def loss_rows(self, x: np.ndarray, step: int, stream: int) -> np.ndarray:
-        buffers = self._inference_buffers(len(x))
-        buffers.enc[0][...] = to_device(x, self.device)
-        counters = to_device(np.array([step, 0], np.uint32), self.device)
-        launches = [*self._forward(buffers, counters, stream),
-                    self._likelihood_launch(buffers, 1.0)]
-        run(launches, self.device)
-        # Summed on the device (the same float32 rounding as on the host): one read-back.
-        return np.array(to_host(buffers.nll + buffers.kl), np.float64)
+    # Same methods and noise keys as the NumPy executor (cupyvae.executors): chunk c of
+    # `chunk` rows (None: one chunk) draws its noise with step + c.  Uploads first, then
+    # the launches of every chunk, then one read of the results: no synchronization between
+    # chunks (a small host->device copy from pageable memory would wait for the stream).
+    def encode_raw(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """The encoder's raw outputs (N, P) for x (N, D)."""
+        return self._forward_raw(self.spec.encoder, to_device(x, self.device), chunk,
+                                 lambda buffers: buffers.enc)
 
-    def encode_raw(self, x: np.ndarray) -> np.ndarray:
-        buffers = self._inference_buffers(len(x))
-        buffers.enc[0][...] = to_device(x, self.device)
-        run(self._mlp_forward(self.spec.encoder, buffers.enc), self.device)
-        return np.array(to_host(buffers.enc[-1]))     # a copy: the buffer is reused
+    def decode_raw(self, z: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """The decoder's raw outputs (N, R) for z (N, Z)."""
+        return self._forward_raw(self.spec.decoder, to_device(z, self.device), chunk,
+                                 lambda buffers: buffers.dec)
 
-    def decode_raw(self, z: np.ndarray) -> np.ndarray:
-        buffers = self._inference_buffers(len(z))
-        buffers.dec[0][...] = to_device(z, self.device)
-        run(self._mlp_forward(self.spec.decoder, buffers.dec), self.device)
-        return np.array(to_host(buffers.dec[-1]))
+    def loss_rows(self, x: np.ndarray, step: int, stream: int,
+                  chunk: int | None = None) -> np.ndarray:
+        """Per-example negative ELBO (N,) float64, one posterior draw each (Philox, `stream`)."""
+        x_dev = to_device(x, self.device)
+        counters = self._chunk_counters(len(x), step, chunk)
+        out = self.xp.empty(len(x), np.float32)
+        for c, rows, buffers in self._chunks(len(x), chunk):
+            buffers.enc[0] = x_dev[rows]
+            run([*self._forward(buffers, counters[c], stream),
+                 self._likelihood_launch(buffers, 1.0)], self.device)
+            self.xp.add(buffers.nll, buffers.kl, out=out[rows])   # float32, as on the host
+        return np.array(to_host(out), np.float64)
+
+    def posterior_sample(self, x: np.ndarray, step: int, stream: int,
+                         chunk: int | None = None) -> np.ndarray:
+        """One reparameterized draw z (N, Z) of q(z|x) per row, drawn on the device by the
+        posterior's elementwise kernel (ops.<posterior>_sample)."""
+        x_dev = to_device(x, self.device)
+        out = self.xp.empty((len(x), self.spec.latent_dim), np.float32)
+        sample = getattr(ops, f"{self.spec.posterior.kernel}_sample")
+        for c, rows, buffers in self._chunks(len(x), chunk):
+            buffers.enc[0] = x_dev[rows]
+            run([*self._mlp_forward(self.spec.encoder, buffers.enc),
+                 sample(buffers.enc[-1], self.spec.config.seed, _uint32_step(step + c), stream,
+                        out[rows])], self.device)
+        return np.array(to_host(out))
+
+    def sample_raw(self, n: int, seed: int, chunk: int | None = None) -> np.ndarray:
+        """The decoder's raw outputs for n draws of the prior, keyed as
+        cupyvae.executors.prior_draws keys them.  A prior whose `kernel` names an ops
+        module with a `<kernel>_prior_sample` builder is drawn on the device (the standard
+        normal: ops.normal_prior_sample, an elementwise kernel); any other is drawn on the
+        host and uploaded."""
+        draw = getattr(ops, f"{self.spec.prior.kernel}_prior_sample", None) \
+            if self.spec.prior.kernel else None
+        if draw is None:
+            host = self.spec.layout.views(self.host_flat())
+            return self.decode_raw(prior_draws(self.spec, host, n, seed), chunk)
+        z = self.xp.empty((n, self.spec.latent_dim), np.float32)
+        run(draw(z, seed), self.device)
+        return self._forward_raw(self.spec.decoder, z, chunk, lambda buffers: buffers.dec)
+
+    def _forward_raw(self, layers, inputs_dev, chunk, activations, out=None) -> np.ndarray:
+        """Run `layers` over every row of the device array `inputs_dev` chunk by chunk into
+        `out` (allocated when None, then read back once and returned)."""
+        result = out if out is not None else self.xp.empty((len(inputs_dev), layers[-1].n_out),
+                                                           np.float32)
+        for _, rows, buffers in self._chunks(len(inputs_dev), chunk):
+            acts = activations(buffers)
+            acts[0], acts[-1] = inputs_dev[rows], result[rows]
+            run(self._mlp_forward(layers, acts), self.device)
+        return None if out is not None else np.array(to_host(result))
+
+    def _chunk_counters(self, n: int, step: int, chunk: int | None):
+        """Device counters [step + c, 0] for every chunk c, uploaded at once."""
+        n_chunks = -(-n // (n if chunk is None else chunk))
+        steps = [_uint32_step(step + c) for c in range(n_chunks)]
+        return to_device(np.array([[s, 0] for s in steps], np.uint32), self.device)
+
+    def _chunks(self, n: int, chunk: int | None):
+        """(chunk index, row slice, forward buffers viewed at the chunk's rows) for n rows in
+        chunks of `chunk` (None: one chunk).  The views' lists are fresh, so a caller may
+        point an entry (the input) elsewhere."""
+        if n < 1 or (chunk is not None and chunk < 1):
+            raise ValueError(f"need at least one row and a positive chunk, got {n} rows, "
+                             f"chunk {chunk}")
+        size = n if chunk is None else min(chunk, n)
+        buffers = self._inference_buffers(size)
+        for index, start in enumerate(range(0, n, size)):
+            rows = slice(start, min(start + size, n))
+            yield index, rows, _head(buffers, rows.stop - rows.start)
 
     def _inference_buffers(self, batch: int) -> BatchBuffers:
         """Forward-only buffers for `batch` rows, kept while calls come with the same batch
@@ -299,23 +369,22 @@ class KernelExecutor:
 
     def _mlp_forward(self, layers, acts) -> list[Launch]:
         return [ops.linear_forward(acts[i], self.params[f"{layer.name}.weight"],
-                                   self.params[f"{layer.name}.bias"], layer.activation, acts[i + 1])
+                                   self.params[f"{layer.name}.bias"], layer.activation, acts[i + 1],
+                                   workspace=self.workspace)
                 for i, layer in enumerate(layers)]
 
     def _mlp_backward(self, layers, acts, grads, input_grad) -> list[Launch]:
         """grads[i + 1] holds d loss / d pre-activation of layer i's output on entry;
-        writes every dW, db and grads[i] downwards; `input_grad` receives d input (or None)."""
+        writes every dW, db and grads[i] downwards, one launch per layer; `input_grad`
+        receives d input (or None: no dx for the first layer)."""
         launches = []
         for i in reversed(range(len(layers))):
             layer = layers[i]
-            launches.append(ops.linear_backward_weight(
-                acts[i], grads[i + 1], self.grads[f"{layer.name}.weight"],
-                self.grads[f"{layer.name}.bias"]))
-            target = grads[i] if i > 0 else input_grad
-            if target is not None:
-                act_below = layers[i - 1].activation if i > 0 else "identity"
-                launches.append(ops.linear_backward_input(grads[i + 1], self.params[f"{layer.name}.weight"],
-                                                          acts[i], act_below, target))
+            act_below = layers[i - 1].activation if i > 0 else "identity"
+            launches.append(ops.linear_backward(
+                acts[i], self.params[f"{layer.name}.weight"], grads[i + 1], act_below,
+                self.grads[f"{layer.name}.weight"], self.grads[f"{layer.name}.bias"],
+                grads[i] if i > 0 else input_grad, workspace=self.workspace))
         return launches
 
     def _forward(self, buffers: BatchBuffers, counters, stream: int, eps=None) -> list[Launch]:
@@ -356,11 +425,28 @@ def build_training_plan(ex: KernelExecutor, data, perm_dev, batch_size: int, opt
         ops.gather_rows(data, perm_dev, ex.counters, batch_size, binarize, spec.config.seed,
                         buffers.enc[0]),
         *ex._forward_backward(buffers, ex.counters, philox.STREAM_POSTERIOR),
-        ops.batch_loss(buffers.nll, buffers.kl, ex.counters, ex._losses),
         ops.adam_update(ex.flat, ex.grad_flat, ex.m, ex.v, ex.counters, optimizer.lr,
                         optimizer.beta1, optimizer.beta2, optimizer.eps, optimizer.weight_decay),
-        ops.advance_counters(ex.counters),
+        ops.end_step(buffers.nll, buffers.kl, ex.counters, ex._losses),   # after Adam: advances
     ]
+
+
+def _head(buffers: BatchBuffers, rows: int) -> BatchBuffers:
+    """Views of the first `rows` rows of every buffer (contiguous: rows are the leading axis)."""
+    def head(array):
+        return None if array is None else array[:rows]
+    return BatchBuffers(enc=[head(a) for a in buffers.enc],
+                        enc_grad=[head(a) for a in buffers.enc_grad],
+                        z=head(buffers.z), dz=head(buffers.dz), kl=head(buffers.kl),
+                        dec=[head(a) for a in buffers.dec],
+                        dec_grad=[head(a) for a in buffers.dec_grad], nll=head(buffers.nll))
+
+
+def _uint32_step(step: int) -> int:
+    """A Philox step key: it must fit the kernels' uint32."""
+    if not 0 <= step < 2 ** 32:
+        raise OverflowError(f"Philox step {step} does not fit in uint32")
+    return step
 
 
 def _array_module(device: str):

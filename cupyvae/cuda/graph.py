@@ -25,9 +25,25 @@ Rules of CUDA stream capture this module enforces (it is what makes a capture fa
       GraphCaptureError is installed for the capture (cupy.cuda.using_allocator);
     * nothing may synchronize or copy host<->device (CUDA invalidates the capture; the
       error is re-raised as GraphCaptureError);
+    * capture runs in CUDA's THREAD-LOCAL mode, not CuPy's default relaxed one: a
+      potentially unsafe call made by this thread during the capture (cudaMalloc from
+      code that bypasses CuPy's allocator, a legacy-stream call, a module load) is then
+      an error CUDA reports, instead of something silently captured or silently run
+      outside the graph.  Other threads' calls are not affected;
     * the legacy default stream cannot be captured: capture and replay use the caller's
       private non-blocking stream, and a failed capture is always ended, so that stream
       stays usable.
+
+Both kinds of launch (cupyvae.cuda.launch: RawKernel Launch and ElementwiseLaunch) bind
+to a callable that only issues its kernel, so both capture the same way.
+
+Progress counts steps DONE, not steps queued: after each graph launch (each eager step)
+an event is recorded on the stream, and `progress(n)` is called once the event has
+completed -- polled without blocking while work is queued, then waited for in order at
+the end of the epoch.  On "cuda" that is a cupy.cuda.Event; on "emulated" every launch
+has finished when the call returns, so its event (CompletedEvent) is complete at once.
+The bookkeeping (StepProgress) is the same on both, and a test drives it with events
+that complete late.
 
     step = bind(plan, "cuda")                       # plan: list of Launch
     graph = capture(step, 50, "cuda", stream)       # 50 steps, one graph
@@ -35,11 +51,9 @@ Rules of CUDA stream capture this module enforces (it is what makes a capture fa
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-
-from .launch import Launch
-from .loader import get_function
 
 EXECUTION_MODES = ("eager", "graph")
 # The emulator's "graph" is a recorded replay: no faster there, so eager stays its default.
@@ -78,26 +92,20 @@ def check_steps_per_graph(steps_per_graph) -> int | None:
 
 @dataclass(frozen=True)
 class BoundLaunch:
-    """A Launch whose kernel function is already resolved (compiled and loaded): calling it
-    issues the kernel on the current stream and does nothing else."""
+    """A launch whose kernel is already resolved (compiled and loaded): calling it issues
+    the kernel on the current stream and does nothing else."""
 
-    function: Callable
-    grid: tuple
-    block: tuple
-    args: tuple
-    shared_mem: int
-    name: str       # "file.entry", for messages
+    call: Callable[[], None]
+    name: str       # "file.entry" or "elementwise.name", for messages
 
     def __call__(self) -> None:
-        self.function(self.grid, self.block, self.args, shared_mem=self.shared_mem)
+        self.call()
 
 
-def bind(launches: Iterable[Launch], device: str) -> tuple[BoundLaunch, ...]:
-    """Resolve each launch's kernel once (compiling and loading its module if needed)."""
-    return tuple(BoundLaunch(get_function(launch.kernel, launch.entry, device), launch.grid,
-                             launch.block, launch.args, launch.shared_mem,
-                             f"{launch.kernel}.{launch.entry}")
-                 for launch in launches)
+def bind(launches: Iterable, device: str) -> tuple[BoundLaunch, ...]:
+    """Resolve each launch's kernel once (compiling and loading its module if needed);
+    launches are cupyvae.cuda.launch.Launch or ElementwiseLaunch."""
+    return tuple(BoundLaunch(launch.bind(device), launch.name) for launch in launches)
 
 
 def issue(step: Sequence[Callable[[], None]], steps: int = 1) -> None:
@@ -160,7 +168,7 @@ def _capture_cuda(step, steps: int, stream):
         raise ValueError("CUDA graph capture needs a private stream, e.g. "
                          "cupy.cuda.Stream(non_blocking=True); got the default stream")
     with stream:
-        stream.begin_capture()
+        stream.begin_capture(mode=cupy.cuda.runtime.streamCaptureModeThreadLocal)
         try:
             with cupy.cuda.using_allocator(_refuse_allocation):
                 issue(step, steps)
@@ -196,17 +204,74 @@ def _end_failed_capture(stream) -> None:
         pass
 
 
+class CompletedEvent:
+    """The emulator's event: its launches ran to completion before the call returned."""
+
+    done = True
+
+    def synchronize(self) -> None:
+        pass
+
+
+COMPLETED = CompletedEvent()
+
+
+def record_event(device: str):
+    """An event recorded on the current stream, with .done (non-blocking query) and
+    .synchronize(); complete once everything queued before it has run."""
+    if device == "emulated":
+        return COMPLETED
+    import cupy  # lazy: CuPy exists only on GPU machines
+
+    event = cupy.cuda.Event(disable_timing=True)
+    event.record()
+    return event
+
+
+class StepProgress:
+    """Calls `progress(n)` for steps that have RUN: queued(n) records an event after n
+    newly issued steps and reports, in order, every batch whose event has completed;
+    finish() waits for the rest, in order.  Events on one stream complete in the order
+    they were recorded, so only the oldest pending one is ever queried."""
+
+    def __init__(self, progress: Callable[[int], None] | None,
+                 new_event: Callable[[], object]):
+        self.progress, self.new_event = progress, new_event
+        self.pending: deque = deque()
+
+    def queued(self, steps: int) -> None:
+        if self.progress is None:
+            return
+        self.pending.append((self.new_event(), steps))
+        self._report(wait=False)
+
+    def finish(self) -> None:
+        self._report(wait=True)
+
+    def _report(self, wait: bool) -> None:
+        while self.pending:
+            event, steps = self.pending[0]
+            if not event.done:
+                if not wait:
+                    return
+                event.synchronize()
+            self.pending.popleft()
+            self.progress(steps)
+
+
 class EagerSteps:
     """Runs `n_steps` steps by issuing every launch from Python."""
 
-    def __init__(self, step: Sequence[Callable[[], None]]):
+    def __init__(self, step: Sequence[Callable[[], None]], device: str):
         self.step = tuple(step)
+        self.new_event = lambda: record_event(device)
 
     def run(self, n_steps: int, progress: Callable[[int], None] | None = None) -> None:
+        done = StepProgress(progress, self.new_event)
         for _ in range(n_steps):
             issue(self.step)
-            if progress is not None:
-                progress(1)
+            done.queued(1)
+        done.finish()
 
 
 class ReplayedSteps:
@@ -218,6 +283,7 @@ class ReplayedSteps:
                  steps_per_graph: int | None, device: str, stream=None):
         self.n_steps = n_steps
         self.chunk = self.rest = None
+        self.new_event = lambda: record_event(device)
         if n_steps == 0:
             return
         chunk = n_steps if steps_per_graph is None else min(steps_per_graph, n_steps)
@@ -230,6 +296,8 @@ class ReplayedSteps:
         return tuple(g for g in (self.chunk, self.rest) if g is not None)
 
     def run(self, n_steps: int, progress: Callable[[int], None] | None = None) -> None:
+        """Replays on the graphs' stream (their events are recorded on the current stream,
+        which the executor makes that same stream)."""
         if n_steps != self.n_steps:
             raise ValueError(f"these graphs replay exactly {self.n_steps} steps, asked for {n_steps}")
         if self.chunk is None:
@@ -237,7 +305,8 @@ class ReplayedSteps:
         launches = [self.chunk] * (n_steps // self.chunk.steps)
         if self.rest is not None:
             launches.append(self.rest)
+        done = StepProgress(progress, self.new_event)
         for graph in launches:
             graph.launch()
-            if progress is not None:
-                progress(graph.steps)
+            done.queued(graph.steps)
+        done.finish()

@@ -132,6 +132,7 @@ class GaussianLikelihood(Likelihood):
 @register_prior("normal")
 class NormalPrior(Prior):
     """Standard normal N(0, I): no learnable parameters."""
+    kernel = "normal"   # its draws on the kernel devices: cupyvae.cuda.ops.normal_prior_sample
 
     def log_prob(self, z, params):
         return -0.5 * (LOG_2PI + z * z).sum(axis=1)

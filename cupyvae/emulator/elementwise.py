@@ -93,12 +93,17 @@ class ElementwiseSpec:
             return "const long long _n = _ind.size();\n" + self.operation
         return self.operation
 
-    def cupy_kernel(self):
-        """``cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble)``."""
+    def cupy_kernel(self, options: tuple[str, ...] | None = None):
+        """``cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble,
+        options=options)``; `options` defaults to the project's NVRTC code-generation policy
+        (cupyvae.cuda.loader.ELEMENTWISE_NVRTC_OPTIONS: no FMA contraction, like the emulator)."""
         import cupy  # lazy: CuPy is optional
 
+        if options is None:
+            from ..cuda.loader import ELEMENTWISE_NVRTC_OPTIONS
+            options = ELEMENTWISE_NVRTC_OPTIONS
         return cupy.ElementwiseKernel(self.in_params, self.out_params, self._op_with_prelude(), self.name,
-                                      preamble=self.preamble)
+                                      preamble=self.preamble, options=tuple(options))
 
     # ------------------------------------------------------- raw CUDA source
     def cuda_source(self, scalars: tuple[str, ...] | frozenset = ()) -> str:

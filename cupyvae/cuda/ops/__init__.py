@@ -3,8 +3,13 @@
 Each builder takes the same leading arguments as its NumPy twin plus preallocated outputs,
 checks shapes/dtypes/contiguity (ValueError naming the shapes), converts every scalar to
 the exact NumPy type the kernel expects, picks grid and block, and returns a Launch
-(cupyvae.cuda.launch).  Arrays are all NumPy (emulated) or all CuPy (cuda).
+(cupyvae.cuda.launch) -- or, for purely elementwise work, an ElementwiseLaunch of a
+module-level ElementwiseSpec (elementwise_specs() lists them all, for the compile checks).
+Arrays are all NumPy (emulated) or all CuPy (cuda).
 """
+import importlib
+import pkgutil
+
 from .adam import adam_update
 from .bernoulli import bernoulli_nll
 from .gaussian_likelihood import gaussian_likelihood_nll
@@ -12,18 +17,36 @@ from .free_bits import free_bits_kl
 from .gaussian_posterior import (gaussian_posterior_backward, gaussian_posterior_forward,
                                  gaussian_posterior_kl_per_dimension,
                                  gaussian_posterior_kl_per_dimension_backward,
-                                 gaussian_posterior_log_q, gaussian_posterior_weighted_backward)
+                                 gaussian_posterior_log_q, gaussian_posterior_sample,
+                                 gaussian_posterior_weighted_backward)
 from .importance import (importance_noise, iwae_weights, log_mean_exp_accumulate,
                          log_mean_exp_finish, repeat_rows, scale_rows, sum_row_groups)
-from .linear import linear_backward_input, linear_backward_weight, linear_forward
+from .linear import linear_backward, linear_forward, linear_workspace
 from .mixture_prior import (mixture_prior_backward_params, mixture_prior_backward_z,
                             mixture_prior_forward)
-from .normal import normal_fill
-from .step import advance_counters, batch_loss, gather_rows, start_epoch
+from .normal import normal_fill, normal_prior_sample
+from .step import end_step, gather_rows, start_epoch
 from .vamp_prior import vamp_pseudo_inputs_backward, vamp_pseudo_inputs_forward
 
-__all__ = ["adam_update", "advance_counters", "batch_loss", "bernoulli_nll", "gather_rows",
+__all__ = ["adam_update", "bernoulli_nll", "end_step", "gather_rows",
            "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",
-           "linear_backward_input", "linear_backward_weight", "linear_forward",
+           "gaussian_posterior_kl_per_dimension", "gaussian_posterior_kl_per_dimension_backward",
+           "gaussian_posterior_log_q", "gaussian_posterior_sample",
+           "gaussian_posterior_weighted_backward", "free_bits_kl", "importance_noise",
+           "iwae_weights", "log_mean_exp_accumulate", "log_mean_exp_finish", "repeat_rows",
+           "scale_rows", "sum_row_groups", "linear_backward", "linear_forward", "linear_workspace",
            "mixture_prior_backward_params", "mixture_prior_backward_z", "mixture_prior_forward",
-           "normal_fill", "start_epoch", "vamp_pseudo_inputs_backward", "vamp_pseudo_inputs_forward"]
+           "normal_fill", "normal_prior_sample", "start_epoch", "vamp_pseudo_inputs_backward",
+           "vamp_pseudo_inputs_forward"]
+
+
+def elementwise_specs() -> dict:
+    """name -> every ElementwiseSpec defined at module level in cupyvae.cuda.ops."""
+    from cupyvae.emulator.elementwise import ElementwiseSpec
+
+    specs = {}
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        specs.update({value.name: value for value in vars(module).values()
+                      if isinstance(value, ElementwiseSpec)})
+    return specs

@@ -1,5 +1,6 @@
 """Launch builders for kernels/gaussian_posterior.cu (twins: cupyvae.distributions.gaussian.
-gaussian_posterior_forward / gaussian_posterior_backward).
+gaussian_posterior_forward / gaussian_posterior_backward), and the posterior's reparameterized
+draw alone as an ElementwiseSpec (gaussian_posterior_sample).
 
 `counters`: the device step counters [step, batch] (see cupyvae.cuda.ops._checks.require_counters).
 """
@@ -9,7 +10,10 @@ import numpy as np
 
 from cupyvae.philox import split_seed
 
-from ..launch import Launch
+from cupyvae.emulator.elementwise import ElementwiseSpec
+
+from ..launch import ElementwiseLaunch, Launch
+from .normal import PHILOX_PREAMBLE
 from ._checks import (
     WARP_SIZE,
     float32_scalar,
@@ -22,6 +26,41 @@ from ._checks import (
 
 # gaussian_posterior_*: one warp per row, up to this many rows (warps) per block.
 POSTERIOR_ROWS_PER_BLOCK = 8
+
+# z = mu + exp(lv / 2) eps, eps = Philox normal(seed, step, row, col, stream): the draw of
+# gaussian_posterior_forward without the KL (no row reduction), so purely elementwise.  The
+# expression is the forward kernel's, term for term, so both give the same bits for the same
+# keys (on the emulator, and on a GPU: NVRTC contracts nothing, see cupyvae.cuda.loader).
+# qraw is passed flat (B * 2Z,) = rows of [mu | lv]; i runs over z (B, Z).
+GAUSSIAN_POSTERIOR_SAMPLE = ElementwiseSpec(
+    "raw float32 qraw, uint32 seed_lo, uint32 seed_hi, uint32 step, uint32 stream, int32 z_dim",
+    "float32 z",
+    "const long long row = i / z_dim; const long long col = i % z_dim;"
+    " const float m = qraw[row * 2 * z_dim + col];"
+    " const float l = qraw[row * 2 * z_dim + z_dim + col];"
+    " z = m + expf(0.5f * l) * philox_element_normal(seed_lo, seed_hi, step, stream,"
+    " (unsigned int)row, (unsigned int)col)",
+    "gaussian_posterior_sample",
+    preamble=PHILOX_PREAMBLE,
+)
+
+
+def gaussian_posterior_sample(qraw, seed, step, stream, z) -> ElementwiseLaunch:
+    """z (B, Z) = mu + exp(lv/2) eps with qraw (B, 2Z) = [mu | lv] and eps = Philox
+    normal(seed, step, row, col, stream), written with `=`: a reparameterized draw of q(z|x)
+    (encode(sample=True), importance samples).  Twin: GaussianPosterior.rsample(qraw,
+    cupyvae.philox.normal(seed, step, B, Z, stream)).  `step` is a launch argument here
+    (inference), not the training counters."""
+    require_float32_contiguous(qraw=qraw, z=z)
+    require_same_array_kind(qraw, z)
+    batch, z_dim = _posterior_shape(qraw)
+    if z.shape != (batch, z_dim):
+        raise ValueError(f"z must have shape ({batch}, {z_dim}) for qraw {qraw.shape}, "
+                         f"got {z.shape}")
+    seed_lo, seed_hi = split_seed(seed)
+    return ElementwiseLaunch(GAUSSIAN_POSTERIOR_SAMPLE, (
+        qraw.reshape(-1), np.uint32(seed_lo), np.uint32(seed_hi), uint32_scalar("step", step),
+        uint32_scalar("stream", stream), np.int32(z_dim), z))
 
 
 def gaussian_posterior_forward(qraw, counters, seed, stream, z, kl, eps=None) -> Launch:

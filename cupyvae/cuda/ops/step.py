@@ -1,7 +1,10 @@
 """Launch builders for kernels/step.cu, the glue of a training step (twins:
-cupyvae.step_twins): the batch gather, the per-step loss, the counters.
+cupyvae.step_twins): the batch gather, the end of a step (its loss and the counters).
 
 `counters`: the device step counters [step, batch] (see cupyvae.cuda.ops._checks.require_counters).
+Both builders pass the kernel the epoch's batch count, taken from the array the kernel
+indexes with counters[1] (perm holds len(perm) // B batches, losses one slot per batch),
+so a step replayed past the end writes nothing instead of reading or writing out of bounds.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ GATHER_MAX_BLOCKS = 65535
 
 
 def gather_rows(data, perm, counters, batch_size, binarize, seed, xb) -> Launch:
-    """xb (B, D) = data[perm[counters[1] B + b]], Philox-binarized if `binarize`; `=`."""
+    """xb (B, D) = data[perm[counters[1] B + b]], Philox-binarized if `binarize`; `=`.
+    Writes nothing once counters[1] >= len(perm) // B (past the epoch's batches)."""
     require_float32_contiguous(data=data, xb=xb)
     require_counters(counters)
     require_same_array_kind(data, perm, counters, xb)
@@ -48,34 +52,31 @@ def gather_rows(data, perm, counters, batch_size, binarize, seed, xb) -> Launch:
         grid=(min(batch_size, GATHER_MAX_BLOCKS),),
         block=(row_block_size(data.shape[1]),),
         args=(data, perm, counters, xb, np.int32(batch_size), np.int32(data.shape[1]),
-              np.int32(bool(binarize)), np.uint32(seed_lo), np.uint32(seed_hi)),
+              np.int32(bool(binarize)), np.uint32(seed_lo), np.uint32(seed_hi),
+              np.uint32(perm.shape[0] // batch_size)),
     )
 
 
-def batch_loss(nll, kl, counters, losses) -> Launch:
-    """losses[counters[1]] = mean_b (nll[b] + kl[b]), one block (deterministic)."""
+def end_step(nll, kl, counters, losses) -> Launch:
+    """losses[counters[1]] = mean_b (nll[b] + kl[b]) (nothing once counters[1] >= len(losses)),
+    then counters[0] += 1, counters[1] += 1: the last launch of every training step, after
+    Adam (which reads counters[0]).  One block (deterministic)."""
     require_float32_contiguous(nll=nll, kl=kl, losses=losses)
     require_counters(counters)
     require_same_array_kind(nll, kl, counters, losses)
-    if nll.ndim != 1 or kl.shape != nll.shape:
-        raise ValueError(f"nll {nll.shape} and kl {kl.shape} must both have shape (B,)")
+    if nll.ndim != 1 or kl.shape != nll.shape or nll.shape[0] < 1:
+        raise ValueError(f"nll {nll.shape} and kl {kl.shape} must both have shape (B,), B >= 1")
     if losses.ndim != 1 or losses.shape[0] < 1:
         raise ValueError(f"losses must have shape (batches per epoch,), got {losses.shape}")
     require_int32_dims(nll.shape)
+    require_int32_dims(losses.shape)
     return Launch(
         kernel="step",
-        entry="batch_loss",
+        entry="end_step",
         grid=(1,),
         block=(row_block_size(nll.shape[0]),),
-        args=(nll, kl, losses, counters, np.int32(nll.shape[0])),
+        args=(nll, kl, losses, counters, np.int32(nll.shape[0]), np.uint32(losses.shape[0])),
     )
-
-
-def advance_counters(counters) -> Launch:
-    """counters[0] += 1, counters[1] += 1: the last launch of every training step."""
-    require_counters(counters)
-    return Launch(kernel="step", entry="advance_counters", grid=(1,), block=(1,),
-                  args=(counters,))
 
 
 def start_epoch(counters) -> Launch:
