@@ -13,6 +13,7 @@ import numpy as np
 from . import philox
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import VAEConfig
+from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, binarize_batch, resolve_device
 from .optim import Adam
 from .spec import ModelSpec
@@ -198,6 +199,21 @@ class VAE:
                             + prior.log_prob(z, prior_params) - post.log_prob(raw, z))
             out[i * 100:(i + 1) * 100] = logsumexp(log_w, axis=0) - np.log(n_samples)
         return out
+
+    def bits_per_dim(self, log_px, x) -> np.ndarray:
+        """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
+        bound) -> bits per dimension, -log2 p(x) / D (cupyvae.distributions.bits_per_dim).
+
+        Discrete likelihoods (bernoulli, discretized-logistic) report their mass function
+        as is.  Continuous densities on 8-bit images (every value of x is k/255) are first
+        converted to the 0..255 pixel scale, log p(255 x) = log p(x) - D log 255; on other
+        data they report the density of x itself.  x: the data log_px was computed on (only
+        its values' grid is read).  bits_per_dim_basis(x) says which applied."""
+        return self.spec.likelihood.bits_per_dim(log_px, eight_bit_scale(x))
+
+    def bits_per_dim_basis(self, x) -> str:
+        """The formula bits_per_dim(., x) applies, in words (for reports)."""
+        return self.spec.likelihood.bits_per_dim_basis(eight_bit_scale(x))
 
     # ---------------------------------------------------------------- persistence
     def save(self, path) -> None:

@@ -198,7 +198,7 @@ def test_bad_training_options(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"likelihood": "poisson"}, "available: bernoulli, gaussian"),
+    ({"likelihood": "poisson"}, "available: bernoulli, continuous-bernoulli"),
     ({"posterior": "laplace"}, "available: gaussian"),
     ({"prior": "vamp"}, "available: normal"),
     ({"activation": "gelu"}, "available: identity, relu, softplus, tanh"),

@@ -1,9 +1,10 @@
 """The distribution plug-ins.  Importing this package registers every built-in one."""
 from .base import (KL_PAIRS, LIKELIHOODS, POSTERIORS, PRIORS, Likelihood, ParamSpec, Posterior,
-                   Prior, kl_key, register_kl, register_likelihood, register_posterior,
-                   register_prior)
+                   Prior, bits_per_dim, kl_key, register_kl, register_likelihood,
+                   register_posterior, register_prior)
 from . import bernoulli, gaussian  # noqa: F401  (registration side effects)
+from . import continuous_bernoulli, discretized_logistic, gaussian_real, laplace  # noqa: F401
 
 __all__ = ["KL_PAIRS", "LIKELIHOODS", "POSTERIORS", "PRIORS", "Likelihood", "ParamSpec",
-           "Posterior", "Prior", "kl_key", "register_kl", "register_likelihood",
+           "Posterior", "Prior", "bits_per_dim", "kl_key", "register_kl", "register_likelihood",
            "register_posterior", "register_prior"]

@@ -7,13 +7,18 @@ the exact NumPy type the kernel expects, picks grid and block, and returns a Lau
 """
 from .adam import adam_update
 from .bernoulli import bernoulli_nll
+from .continuous_bernoulli import continuous_bernoulli_nll
+from .discretized_logistic import discretized_logistic_nll
 from .gaussian_likelihood import gaussian_likelihood_nll
 from .gaussian_posterior import gaussian_posterior_backward, gaussian_posterior_forward
+from .gaussian_real import gaussian_real_nll
+from .laplace import laplace_nll
 from .linear import linear_backward_input, linear_backward_weight, linear_forward
 from .normal import normal_fill
 from .step import advance_counters, batch_loss, gather_rows, start_epoch
 
-__all__ = ["adam_update", "advance_counters", "batch_loss", "bernoulli_nll", "gather_rows",
+__all__ = ["adam_update", "advance_counters", "batch_loss", "bernoulli_nll",
+           "continuous_bernoulli_nll", "discretized_logistic_nll", "gather_rows",
            "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",
-           "linear_backward_input", "linear_backward_weight", "linear_forward", "normal_fill",
-           "start_epoch"]
+           "gaussian_real_nll", "laplace_nll", "linear_backward_input", "linear_backward_weight",
+           "linear_forward", "normal_fill", "start_epoch"]
