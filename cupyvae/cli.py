@@ -243,7 +243,8 @@ def main():
 @click.option("--posterior", type=_registry_choice(POSTERIORS), default="gaussian", show_default=True,
               help="Approximate posterior q(z|x).")
 @click.option("--likelihood", type=_registry_choice(LIKELIHOODS), default="bernoulli",
-              show_default=True, help="Likelihood p(x|z); bernoulli and gaussian need data in [0, 1].")
+              show_default=True, help="Likelihood p(x|z); gaussian-real and laplace take any real "
+              "data, discretized-logistic 8-bit data (k/255), the others data in [0, 1].")
 @click.option("--prior", type=_registry_choice(PRIORS), default="normal", show_default=True,
               help="Prior p(z).")
 @click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True,
@@ -489,7 +490,8 @@ def _report_interrupt(run_dir: Path, config: dict) -> None:
               help="Importance samples per example for the log-likelihood estimate (0 = skip).")
 def evaluate(run_dir: Path, device: str, iw_samples: int):
     """Test-set mean negative ELBO (and, with --iw-samples K, the importance-sampled
-    log-likelihood) of a trained run; prints them and writes RUN_DIR/evaluation.json."""
+    log-likelihood) of a trained run, in nats per example and bits per dimension; prints
+    them and writes RUN_DIR/evaluation.json (bits_per_dim_basis says what bits/dim means)."""
     with user_errors():
         config, model = _load_run(run_dir, device)
         dataset = load_dataset(config["training"]["data"])
@@ -499,14 +501,20 @@ def evaluate(run_dir: Path, device: str, iw_samples: int):
         result = {"dataset": dataset.name, "split": "test", "examples": len(x_test),
                   "binarized": config["training"]["binarize"],
                   "epochs": len(model.history["epoch"]),
-                  "negative_elbo": model.loss(x_test)}
-        click.echo(f"test negative ELBO: {result['negative_elbo']:.4f} nats per example "
+                  "negative_elbo": model.loss(x_test),
+                  "bits_per_dim_basis": model.bits_per_dim_basis(x_test)}
+        result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-result["negative_elbo"], x_test))
+        click.echo(f"test negative ELBO: {result['negative_elbo']:.4f} nats per example, "
+                   f"{result['negative_elbo_bits_per_dim']:.4f} bits/dim "
                    f"({len(x_test)} examples of {dataset.name})")
         if iw_samples:
             log_px = model.log_likelihood(x_test, n_samples=iw_samples)
             result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
+            result["log_likelihood_bits_per_dim"] = float(model.bits_per_dim(result["log_likelihood"], x_test))
             click.echo(f"test log-likelihood (importance sampled, K={iw_samples}): "
-                       f"{result['log_likelihood']:.4f} nats per example")
+                       f"{result['log_likelihood']:.4f} nats per example, "
+                       f"{result['log_likelihood_bits_per_dim']:.4f} bits/dim")
+        click.echo(f"bits/dim: {result['bits_per_dim_basis']}", err=True)
         _write_json(run_dir / EVALUATION_FILE, result)
         click.echo(f"wrote {run_dir / EVALUATION_FILE}", err=True)
 
