@@ -204,11 +204,13 @@ class VAE:
         """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
         bound) -> bits per dimension, -log2 p(x) / D (cupyvae.distributions.bits_per_dim).
 
-        Discrete likelihoods (bernoulli, discretized-logistic) report their mass function
-        as is.  Continuous densities on 8-bit images (every value of x is k/255) are first
+        Likelihoods that are mass functions (Likelihood.discrete) report -log2 P(x) / D as
+        is.  Continuous densities on 8-bit images (every value of x is k/255) are first
         converted to the 0..255 pixel scale, log p(255 x) = log p(x) - D log 255; on other
-        data they report the density of x itself.  x: the data log_px was computed on (only
-        its values' grid is read).  bits_per_dim_basis(x) says which applied."""
+        data they report the density of x itself.  log_px: nats, any shape (e.g. (N,));
+        returns float64 bits per dimension of the same shape.  x: the data log_px was
+        computed on (only its values' grid is read).  bits_per_dim_basis(x) says which
+        formula applied."""
         return self.spec.likelihood.bits_per_dim(log_px, eight_bit_scale(x))
 
     def bits_per_dim_basis(self, x) -> str:

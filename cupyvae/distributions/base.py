@@ -132,11 +132,12 @@ def bits_per_dim(log_px, dim: int, *, discrete: bool, data_scale: float = 1.0) -
     change of variables p_Y(y) = p_X(x) / data_scale^D:
         -(log p(x) - D log data_scale) / (D ln 2) = -log p(x) / (D ln 2) + log2(data_scale).
     For 8-bit images stored as x = k/255, data_scale = 255 reports the density on the
-    0..255 pixel scale, the convention of the image-modelling literature (e.g. Theis et
-    al. 2016, "A note on the evaluation of generative models", section 3.1, there with
-    uniform dequantization, which we do not apply: a density evaluated at the grid points
-    is not a probability mass, so it compares with a discrete likelihood's bits/dim only
+    0..255 pixel scale, the convention of the image-modelling literature (Theis et al.
+    2016, "A note on the evaluation of generative models", there with uniform
+    dequantization, which we do not apply: a density evaluated at the grid points is not
+    a probability mass, so it compares with a discrete likelihood's bits/dim only
     loosely).  data_scale = 1 reports the density of x itself (real-valued data).
+    Returns float64 shaped like log_px; ValueError unless dim >= 1 and data_scale > 0.
     """
     log_px = np.asarray(log_px, np.float64)
     if int(dim) != dim or dim < 1 or not data_scale > 0:

@@ -23,7 +23,7 @@ lam / (2 lam - 1) = sigmoid(l) / tanh(l/2) = 1 / (1 - e^-l):
 
     E[x] = 1 / -expm1(-l) - 1/l          (-> 0 as l -> -inf, 1/2 at l = 0, -> 1 as l -> +inf)
 
-It is not lam: decode() returns E[x], which is pulled towards 1/2 (lam = 0.9 has mean 0.72).
+It is not lam: decode() returns E[x], which is pulled towards 1/2 (lam = 0.9 has mean 0.67).
 
 Sampling by inverting the CDF F(x) = (lam^x (1 - lam)^(1 - x) + lam - 1) / (2 lam - 1)
 (paper, section 3), where (2 lam - 1) / (1 - lam) = expm1(l):
