@@ -23,6 +23,12 @@ Data: the grey levels (x = k/255) for the continuous Bernoulli and the discretiz
 logistic; for Laplace and gaussian-real the same images standardised to zero mean and unit
 variance (values in [-0.8, 2.0]): real-valued data, which gaussian-sigmoid would refuse.
 """
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.special import logsumexp
@@ -118,3 +124,24 @@ def test_likelihood_learns_fashion_mnist(name):
     threshold = blind - (blind - mixture) / 4
     assert history["val_loss"][-1] < threshold, (name, history["val_loss"], blind, mixture)
     assert history["train_loss"][-1] < history["train_loss"][0]
+
+
+def test_likelihood_benchmark_runs_end_to_end(tmp_path):
+    """benchmarks/bench_likelihoods.py --quick, shrunk further: JSON and one picture each."""
+    fashion_mnist()                      # skips without the dataset
+    bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_likelihoods.py"
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--train-examples", "200",
+                           "--test-examples", "20", "--iw-samples", "2", "--samples", "4",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "likelihoods-quick.json").read_text())
+    assert [row["likelihood"] for row in result["rows"]] == ["bernoulli", "continuous-bernoulli",
+                                                             "discretized-logistic"]
+    assert result["iw_samples"] == 2 and result["test_examples"] == 20 and result["epochs"] == 1
+    for row in result["rows"]:
+        assert math.isfinite(row["test_log_likelihood_nats"]) and row["seconds_per_epoch"] > 0
+        # bits/dim restate the nats: mass functions as -log2 P / D, the density on 255 x.
+        correction = 0 if row["discrete"] else math.log2(255)
+        assert row["test_log_likelihood_bits_per_dim"] == pytest.approx(
+            -row["test_log_likelihood_nats"] / (784 * math.log(2)) + correction, rel=1e-9)
+        assert (tmp_path / row["samples_picture"]).stat().st_size > 1000
