@@ -227,14 +227,18 @@ def train(ctx, out, resume, force, **values):
               help="Importance samples per example for the log-likelihood estimate (0 = skip).")
 def evaluate(run_dir: Path, device: str, iw_samples: int):
     """Test-set mean negative ELBO (and, with --iw-samples K, the importance-sampled
-    log-likelihood) of a trained run; prints them and writes RUN_DIR/evaluation.json."""
+    log-likelihood) of a trained run, in nats per example and bits per dimension; prints
+    them and writes RUN_DIR/evaluation.json (bits_per_dim_basis says what bits/dim means)."""
     with user_errors():
         result = runs.evaluate_run(run_dir, device, iw_samples)
-    click.echo(f"test negative ELBO: {result['negative_elbo']:.4f} nats per example "
+    click.echo(f"test negative ELBO: {result['negative_elbo']:.4f} nats per example, "
+               f"{result['negative_elbo_bits_per_dim']:.4f} bits/dim "
                f"({result['examples']} examples of {result['dataset']})")
     if iw_samples:
         click.echo(f"test log-likelihood (importance sampled, K={iw_samples}): "
-                   f"{result['log_likelihood']:.4f} nats per example")
+                   f"{result['log_likelihood']:.4f} nats per example, "
+                   f"{result['log_likelihood_bits_per_dim']:.4f} bits/dim")
+    click.echo(f"bits/dim: {result['bits_per_dim_basis']}", err=True)
     click.echo(f"wrote {run_dir / runs.EVALUATION_FILE}", err=True)
 
 

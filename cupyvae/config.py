@@ -62,7 +62,9 @@ class VAEConfig(ValidatedOptions):
     activation: str | tuple[str, ...] = option(
         "relu", _activations, "Hidden activation, or a comma list with one per hidden layer.")
     posterior: str = option("gaussian", registered(POSTERIORS), "Approximate posterior q(z|x).")
-    likelihood: str = option("bernoulli", registered(LIKELIHOODS), "Likelihood p(x|z).")
+    likelihood: str = option("bernoulli", registered(LIKELIHOODS),
+                             "Likelihood p(x|z); gaussian-real and laplace take any real data, "
+                             "discretized-logistic 8-bit data (k/255), the others data in [0, 1].")
     prior: str = option("normal", registered(PRIORS), "Prior p(z).")
     seed: int = option(0, integer_at_least(0, 2 ** 64 - 1),
                        "Seeds the initialization and all training noise.")

@@ -13,6 +13,7 @@ import numpy as np
 from . import philox
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
+from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, NumpyExecutor, binarize_batch, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
@@ -307,6 +308,23 @@ class VAE:
         log_p = prior_log_prob(self.spec, params, z)[0]
         log_q = self.spec.posterior.log_prob_of_draw(q_rows.astype(np.float64), eps.astype(np.float64))
         return nll, log_p, log_q
+
+    def bits_per_dim(self, log_px, x) -> np.ndarray:
+        """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
+        bound) -> bits per dimension, -log2 p(x) / D (cupyvae.distributions.bits_per_dim).
+
+        Likelihoods that are mass functions (Likelihood.discrete) report -log2 P(x) / D as
+        is.  Continuous densities on 8-bit images (every value of x is k/255) are first
+        converted to the 0..255 pixel scale, log p(255 x) = log p(x) - D log 255; on other
+        data they report the density of x itself.  log_px: nats, any shape (e.g. (N,));
+        returns float64 bits per dimension of the same shape.  x: the data log_px was
+        computed on (only its values' grid is read).  bits_per_dim_basis(x) says which
+        formula applied."""
+        return self.spec.likelihood.bits_per_dim(log_px, eight_bit_scale(x))
+
+    def bits_per_dim_basis(self, x) -> str:
+        """The formula bits_per_dim(., x) applies, in words (for reports)."""
+        return self.spec.likelihood.bits_per_dim_basis(eight_bit_scale(x))
 
     # ---------------------------------------------------------------- persistence
     def save(self, path) -> None:

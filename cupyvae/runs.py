@@ -476,10 +476,14 @@ def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
         raise RunError(f"dataset {dataset.name} has no test split to evaluate on")
     result = {"dataset": dataset.name, "split": "test", "examples": len(x_test),
               "binarized": config.training.binarize, "epochs": len(model.history["epoch"]),
-              "negative_elbo": model.loss(x_test)}
+              "negative_elbo": model.loss(x_test),
+              "bits_per_dim_basis": model.bits_per_dim_basis(x_test)}
+    result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-result["negative_elbo"], x_test))
     if iw_samples:
         log_px = model.log_likelihood(x_test, n_samples=iw_samples)
         result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
+        result["log_likelihood_bits_per_dim"] = float(model.bits_per_dim(result["log_likelihood"],
+                                                                          x_test))
     write_json(folder / EVALUATION_FILE, result)
     return result
 

@@ -222,6 +222,13 @@ def test_evaluate_writes_the_test_loss_of_the_checkpoint(trained_run, tiny_npz, 
     assert evaluation["examples"] == 40 and evaluation["iw_samples"] == 3
     assert math.isfinite(evaluation["log_likelihood"])
     assert "negative ELBO" in result.stdout and "log-likelihood" in result.stdout
+    # bits per dimension: bernoulli is a mass function, so -log2 P / D with no correction.
+    dim = x_test[0].size
+    assert evaluation["negative_elbo_bits_per_dim"] == pytest.approx(
+        evaluation["negative_elbo"] / (dim * math.log(2)), rel=1e-12)
+    assert evaluation["log_likelihood_bits_per_dim"] == pytest.approx(
+        -evaluation["log_likelihood"] / (dim * math.log(2)), rel=1e-12)
+    assert "mass function" in evaluation["bits_per_dim_basis"] and "bits/dim" in result.stdout
 
 
 def test_sample_writes_an_array_or_an_image_grid(trained_run, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import cupyvae
 from cupyvae import philox
 from cupyvae.distributions.gaussian import NormalPrior
-from cupyvae.distributions.base import PRIORS, register_prior
+from cupyvae.distributions.base import LIKELIHOODS, PRIORS, register_prior
 
 STEP_RTOL = 1e-5
 
@@ -38,11 +38,16 @@ def binary_data(n, shape=(5, 7), seed=0):
     return (np.random.default_rng(seed).random((n, *shape)) < 0.4).astype(np.float32)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def grid_data(n, shape=(5, 7), seed=1):
+    """8-bit grey levels k/255: inside every likelihood's support (the discretized logistic's too)."""
+    return (np.random.default_rng(seed).integers(0, 256, (n, *shape)) / 255).astype(np.float32)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS.names())
 @pytest.mark.parametrize("activation", ["relu", "tanh", "softplus"])
 def test_loss_and_every_gradient_match_the_reference(backend, likelihood, activation):
     ref, dev = pair(backend, likelihood=likelihood, activation=activation, hidden=(11, 4))
-    x = np.random.default_rng(1).random((13, 5, 7)).astype(np.float32)   # 13: no tile multiple
+    x = grid_data(13)                                                      # 13: no tile multiple
     eps = philox.normal(9, 4, 13, 3)
     loss_ref, grads_ref = ref.loss_and_grads(x, eps)
     loss_dev, grads_dev = dev.loss_and_grads(x, eps)
@@ -64,6 +69,24 @@ def test_one_training_step_updates_every_parameter_like_the_reference(backend, b
         assert_tensor_close(dev_params[name], value, f"{backend} updated {name}")
     assert_tensor_close(dev.optimizer.m, ref.optimizer.m, "adam m")
     assert_tensor_close(dev.optimizer.v, ref.optimizer.v, "adam v")
+
+
+@pytest.mark.parametrize("likelihood", ["continuous-bernoulli", "discretized-logistic", "laplace",
+                                        "gaussian-real"])
+def test_training_with_each_likelihood_tracks_the_reference_step_for_step(backend, likelihood):
+    """Four epochs of five steps: losses, validation losses, parameters and Adam moments."""
+    ref, dev = pair(backend, likelihood=likelihood)
+    x = grid_data(60, seed=7)
+    h_ref = ref.fit(x[:50], x[50:], epochs=4, batch_size=10)
+    h_dev = dev.fit(x[:50], x[50:], epochs=4, batch_size=10)
+    np.testing.assert_allclose(h_dev["train_loss"], h_ref["train_loss"], rtol=STEP_RTOL)
+    np.testing.assert_allclose(h_dev["val_loss"], h_ref["val_loss"], rtol=STEP_RTOL)
+    assert h_ref["train_loss"][-1] < h_ref["train_loss"][0]
+    dev_params = dev.spec.layout.views(dev._executor.host_flat())
+    for name, value in ref.params.items():   # 20 Adam steps: see the module docstring
+        assert_tensor_close(dev_params[name], value, f"{backend} {likelihood} {name}", rtol=1e-4)
+    assert_tensor_close(dev.optimizer.v, ref.optimizer.v, "adam v", rtol=1e-4)
+    assert_tensor_close(dev.decode(ref.encode(x[:3])), ref.decode(ref.encode(x[:3])), "decode")
 
 
 def test_training_on_real_data_tracks_the_reference_step_for_step(backend):

@@ -201,7 +201,7 @@ def test_bad_training_options(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"likelihood": "poisson"}, "available: bernoulli, gaussian"),
+    ({"likelihood": "poisson"}, "available: bernoulli, continuous-bernoulli"),
     ({"posterior": "laplace"}, "available: gaussian"),
     ({"prior": "flow"}, "unknown prior .flow.; available: mog, normal"),
     ({"activation": "gelu"}, "available: identity, relu, softplus, tanh"),

@@ -104,7 +104,11 @@ class Posterior(Distribution):
 
 
 class Likelihood(Distribution):
-    """p(x|z), parameterized by the decoder's raw output."""
+    """p(x|z), parameterized by the decoder's raw output.
+
+    `discrete`: True when p is a probability mass function over the data values (so
+    log p is a log-probability), False when it is a density on the data space."""
+    discrete: ClassVar[bool] = False
 
     def nll(self, raw: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
         """(-log p(x|raw) per row (B,), scale * d/d raw (B, raw_width)) in one pass."""
@@ -122,6 +126,41 @@ class Likelihood(Distribution):
 
     def validate_data(self, x: np.ndarray, what: str = "data") -> None:
         """Raise ValueError naming the problem when x is outside the support."""
+
+    def bits_per_dim(self, log_px, data_scale: float = 1.0) -> np.ndarray:
+        """Per-example log-likelihoods in nats -> bits per dimension; see `bits_per_dim`."""
+        return bits_per_dim(log_px, self.dim, discrete=self.discrete, data_scale=data_scale)
+
+    def bits_per_dim_basis(self, data_scale: float = 1.0) -> str:
+        """What bits_per_dim reports for this likelihood and data_scale, in words."""
+        if self.discrete:
+            return "-log2 P(x) / D of the probability mass function"
+        if data_scale == 1:
+            return "-log2 p(x) / D of the density of x itself"
+        return (f"-log2 p(y) / D of the density of y = {data_scale:g} x "
+                f"(log p(y) = log p(x) - D log {data_scale:g})")
+
+
+def bits_per_dim(log_px, dim: int, *, discrete: bool, data_scale: float = 1.0) -> np.ndarray:
+    """log p(x) in nats per example (any shape) -> bits per dimension, -log2 p / D.
+
+    discrete (a probability mass function): -log p(x) / (D ln 2), as is.
+    continuous (a density): the density of the rescaled data y = data_scale * x, by the
+    change of variables p_Y(y) = p_X(x) / data_scale^D:
+        -(log p(x) - D log data_scale) / (D ln 2) = -log p(x) / (D ln 2) + log2(data_scale).
+    For 8-bit images stored as x = k/255, data_scale = 255 reports the density on the
+    0..255 pixel scale, the convention of the image-modelling literature (Theis et al.
+    2016, "A note on the evaluation of generative models", there with uniform
+    dequantization, which we do not apply: a density evaluated at the grid points is not
+    a probability mass, so it compares with a discrete likelihood's bits/dim only
+    loosely).  data_scale = 1 reports the density of x itself (real-valued data).
+    Returns float64 shaped like log_px; ValueError unless dim >= 1 and data_scale > 0.
+    """
+    log_px = np.asarray(log_px, np.float64)
+    if int(dim) != dim or dim < 1 or not data_scale > 0:
+        raise ValueError(f"bits_per_dim needs dim >= 1 and data_scale > 0, got {dim}, {data_scale}")
+    correction = 0.0 if discrete else float(np.log2(data_scale))
+    return -log_px / (dim * np.log(2.0)) + correction
 
 
 class Prior:

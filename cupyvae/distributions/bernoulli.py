@@ -46,6 +46,7 @@ class Bernoulli(Likelihood):
     """Independent Bernoulli pixels; data must lie in [0, 1]."""
     params = (ParamSpec("logits", "real"),)
     kernel = "bernoulli"
+    discrete = True     # a mass function on {0, 1}: on grey levels a cross-entropy, not a likelihood
 
     def nll(self, raw, x, scale):
         return bernoulli_nll(raw, x, scale)

@@ -1,4 +1,5 @@
-"""Gaussian distributions: the diagonal posterior, the grey-level likelihood, the N(0, I) prior.
+"""Gaussian distributions: the diagonal posterior, the grey-level likelihood
+('gaussian-sigmoid'), the N(0, I) prior.
 
 Posterior q(z|x) = N(mu, diag(exp(lv))), raw = [mu | lv], both (B, Z):
     z            = mu + exp(lv/2) * eps
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import (LOG_2PI, Likelihood, ParamSpec, Posterior, Prior, register_kl,
+from .base import (LIKELIHOODS, LOG_2PI, Likelihood, ParamSpec, Posterior, Prior, register_kl,
                    register_kl_per_dimension, register_likelihood, register_posterior,
                    register_prior)
 from .bernoulli import require_unit_interval, sigmoid
@@ -90,9 +91,12 @@ def kl_gaussian_normal_per_dimension(raw: np.ndarray) -> tuple[np.ndarray, np.nd
     return kl, np.concatenate([mu, 0.5 * expm1], axis=1)
 
 
-@register_likelihood("gaussian")
+@register_likelihood("gaussian-sigmoid")
 class GaussianLikelihood(Likelihood):
-    """Per-pixel Gaussian with a learned, softly bounded log-variance (Frey Face)."""
+    """Per-pixel Gaussian with a sigmoid mean, for grey levels in [0, 1] (Kingma & Welling's
+    Frey Face model), and a learned, softly bounded log-variance.  Registered as
+    'gaussian-sigmoid'; 'gaussian', its name before 'gaussian-real' existed, still loads.
+    For real-valued data use 'gaussian-real' (gaussian_real.py)."""
     LOGVAR_BOUND = 7.0
     params = (ParamSpec("mean_logit", "real; mean = sigmoid(mean_logit)"),
               ParamSpec("logvar_raw", f"real; logvar = {LOGVAR_BOUND:g} tanh(raw / {LOGVAR_BOUND:g})"))
@@ -126,7 +130,11 @@ class GaussianLikelihood(Likelihood):
         return m + np.exp(0.5 * s) * eps
 
     def validate_data(self, x, what="data"):
-        require_unit_interval(x, what, "the gaussian likelihood (its mean is a sigmoid)")
+        require_unit_interval(x, what, "the gaussian-sigmoid likelihood (its mean is a sigmoid; "
+                                       "use gaussian-real for real-valued data)")
+
+
+LIKELIHOODS.alias("gaussian", "gaussian-sigmoid")   # the old name, in checkpoints and run folders
 
 
 @register_prior("normal")

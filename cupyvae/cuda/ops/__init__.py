@@ -12,8 +12,12 @@ import pkgutil
 
 from .adam import adam_update
 from .bernoulli import bernoulli_nll
+from .continuous_bernoulli import continuous_bernoulli_nll
+from .discretized_logistic import discretized_logistic_nll
 from .gaussian_likelihood import gaussian_likelihood_nll
 from .free_bits import free_bits_kl
+from .gaussian_real import gaussian_real_nll
+from .laplace import laplace_nll
 from .gaussian_posterior import (gaussian_posterior_backward, gaussian_posterior_forward,
                                  gaussian_posterior_kl_per_dimension,
                                  gaussian_posterior_kl_per_dimension_backward,
@@ -28,7 +32,8 @@ from .normal import normal_fill, normal_prior_sample
 from .step import end_step, gather_rows, start_epoch
 from .vamp_prior import vamp_pseudo_inputs_backward, vamp_pseudo_inputs_forward
 
-__all__ = ["adam_update", "bernoulli_nll", "end_step", "gather_rows",
+__all__ = ["adam_update", "continuous_bernoulli_nll", "discretized_logistic_nll",
+           "gaussian_real_nll", "laplace_nll", "bernoulli_nll", "end_step", "gather_rows",
            "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",
            "gaussian_posterior_kl_per_dimension", "gaussian_posterior_kl_per_dimension_backward",
            "gaussian_posterior_log_q", "gaussian_posterior_sample",
