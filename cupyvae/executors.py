@@ -7,7 +7,7 @@ reference path (executors/'cpu' below); the kernel executors register "cuda" and
 """
 from __future__ import annotations
 
-import sys
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -90,12 +90,28 @@ def cuda_available() -> bool:
         return False
 
 
+class NoGPUWarning(UserWarning):
+    """device='auto' found no usable CUDA GPU and runs on the NumPy CPU path.  Shown once
+    per process (a "once" filter, appended so that the user's own filters win:
+    `warnings.filterwarnings("ignore", category=NoGPUWarning)` silences it); the CLI shows
+    it as one line for the commands that choose a device for real work (train, evaluate,
+    encode) and silences it elsewhere."""
+
+
+NO_GPU_NOTICE = "no usable CUDA GPU, using the NumPy CPU path (device='cpu')"
+warnings.filterwarnings("once", category=NoGPUWarning, append=True)
+
+
 def resolve_device(device: str) -> str:
-    """'auto' becomes 'cuda' where CuPy sees a GPU and a backend is registered, else 'cpu'."""
+    """'auto' becomes 'cuda' where CuPy sees a GPU and a backend is registered, else 'cpu'
+    (with a NoGPUWarning).  ValueError for an unknown name, listing 'auto' and the
+    registered devices."""
     if device != "auto":
-        EXECUTORS.get(device)
+        if device not in EXECUTORS:
+            raise ValueError(f"unknown device {device!r}; available: auto, "
+                             f"{', '.join(EXECUTORS.names())}")
         return device
     if "cuda" in EXECUTORS and cuda_available():
         return "cuda"
-    print("cupyvae: no usable CUDA GPU, using the NumPy CPU path (device='cpu')", file=sys.stderr)
+    warnings.warn(NO_GPU_NOTICE, NoGPUWarning, stacklevel=3)   # the line that made the VAE
     return "cpu"

@@ -3,7 +3,6 @@ numbers to an executor (see executors.py), so the same code drives every device.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,12 +10,14 @@ from typing import Callable
 import numpy as np
 
 from . import philox
+from .arrays import as_float32_examples
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .executors import EXECUTORS, binarize_batch, resolve_device
 from .optim import Adam
 from .spec import ModelSpec
-from .training import TrainingOptions
+from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
+from .training import TrainingOptions, best_epoch, split_validation, stopped_early
 
 EVAL_CHUNK = 10_000
 
@@ -61,41 +62,75 @@ class VAE:
 
     # ---------------------------------------------------------------- training
     def fit(self, x_train, x_val=None, options: TrainingOptions | None = None, *,
-            checkpoint: str | Path | None = None, verbose: bool = False,
+            checkpoint: str | Path | None = None, verbose: int | bool = 0,
             progress: Callable[[int], None] | None = None,
-            on_epoch: Callable[[dict], None] | None = None, **option_changes) -> dict[str, list]:
-        """Train with Adam; returns the history (per-epoch train and validation loss).
+            on_epoch: Callable[[dict], None] | None = None, reporter: Reporter | None = None,
+            **option_changes) -> dict[str, list]:
+        """Train with Adam; returns this call's epochs of the history (a copy: train and
+        validation loss in nats per example, seconds) -- `model.history` holds them all.
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
-        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False`); every value
-        is validated (ValueError naming the field) before any work.  Only whole batches are
-        used in an epoch (the order is reshuffled every epoch, so every example is seen).
+        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False,
+        val_fraction=0, patience=None`); every value is validated (ValueError naming the
+        field) before any work.  Only whole batches are used in an epoch (the order is
+        reshuffled every epoch, so every example is seen).
+
+        Validation: `x_val`, or with `val_fraction` > 0 a seeded random subset of x_train
+        (training.split_validation; not both).  `patience`: early stopping -- training ends
+        once the validation loss has not improved for that many epochs (counted over the
+        whole history, so resuming from a checkpoint stops where an uninterrupted run
+        would); with `checkpoint`, the best epoch's model is also written beside it
+        (best_checkpoint_path: model.safetensors -> model.best.safetensors).
+
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
-        one epoch.  `verbose`: print one line per epoch to stderr.  `progress(n)` is called
-        after every n batches, `on_epoch(record)` after every epoch.  Calling fit again
-        continues training (the optimizer keeps its state).
+        one epoch.  `verbose`: 0 silent, 1 one line per epoch on stderr, 2 also progress
+        bars for the batches and the validation pass.  `progress(n)` is called after every
+        n batches, `on_epoch(record)` after every epoch; `reporter` (cupyvae.progress)
+        receives every event.  Calling fit again continues training (the optimizer keeps
+        its state).
         """
         options = TrainingOptions.build(options, **option_changes)
+        reporter = combine(reporter_for_level(verbose), reporter,
+                           None if progress is None else BatchCallback(progress))
         x_train = self.validate_data(x_train, "x_train")
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
+        x_train, x_val = self._validation_split(x_train, x_val, options)
         if options.batch_size > len(x_train):
             raise ValueError(f"batch_size {options.batch_size} is larger than the training set "
                              f"({len(x_train)} examples)")
+        if options.patience is not None and x_val is None:
+            raise ValueError("patience (early stopping) needs validation data: pass x_val or "
+                             "set val_fraction")
         self._ensure_optimizer(options.lr, options.weight_decay)
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
-        for _ in range(options.epochs):
+        first = len(self.history["epoch"])
+        last_epoch = first + options.epochs
+        for epoch in range(first + 1, last_epoch + 1):
+            if stopped_early(self.history, options.patience):
+                break
+            reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
             record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
-                                           progress)
+                                           reporter)
             if checkpoint is not None:
                 self.save(checkpoint)
-            if verbose:
-                print(format_epoch(record), file=sys.stderr)
+                if options.patience is not None and best_epoch(self.history)[0] == epoch:
+                    self.save(best_checkpoint_path(checkpoint))
+            reporter.epoch_finished(record)
             if on_epoch is not None:
                 on_epoch(record)
-        return self.history
+        return {key: list(values[first:]) for key, values in self.history.items()}
 
-    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress) -> dict:
+    def _validation_split(self, x_train, x_val, options: TrainingOptions):
+        """(training rows, validation rows): x_val as given, or the val_fraction split."""
+        if not options.val_fraction:
+            return x_train, x_val
+        if x_val is not None:
+            raise ValueError("give x_val or val_fraction, not both")
+        train_rows, val_rows = split_validation(len(x_train), options.val_fraction, self.config.seed)
+        return x_train[train_rows], x_train[val_rows]
+
+    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, reporter) -> dict:
         start = time.perf_counter()
         epoch = len(self.history["epoch"]) + 1
         # Keyed by epoch, so a run resumed from a checkpoint replays exactly the same orders.
@@ -104,8 +139,8 @@ class VAE:
         saved_opt = self.optimizer.snapshot()
         perm = rng.permutation(len(x_train)).astype(np.int64)
         train_loss = self._executor.train_epoch(x_train, perm, batch_size, self.optimizer,
-                                                binarize, progress)
-        val_loss = None if x_val is None else self.loss(x_val)
+                                                binarize, batch_callback(reporter))
+        val_loss = None if x_val is None else self._validation_loss(x_val, reporter)
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             self._executor.load_flat(saved)
             self.optimizer.restore(saved_opt)
@@ -118,6 +153,10 @@ class VAE:
             self.history[key].append(value)
         return record
 
+    def _validation_loss(self, x_val, reporter: Reporter) -> float:
+        with reporter.task(f"validation ({len(x_val)} examples)", len(x_val)) as advance:
+            return self.loss(x_val, progress=advance)
+
     def _ensure_optimizer(self, lr, weight_decay):
         if self.optimizer is None:
             self.optimizer = Adam(lr=float(lr), weight_decay=float(weight_decay))
@@ -126,13 +165,15 @@ class VAE:
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
 
     # ---------------------------------------------------------------- inference
-    def loss(self, x) -> float:
+    def loss(self, x, progress: Callable[[int], None] | None = None) -> float:
         """Mean negative ELBO in nats per example (one posterior sample per example,
-        drawn from a fixed Philox stream, so the value is repeatable)."""
+        drawn from a fixed Philox stream, so the value is repeatable).  `progress(n)` is
+        called as n more examples are done."""
         x = self.validate_data(x, "x")
         total = 0.0
         for chunk, start in _chunks(x):
             total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, philox.STREAM_EVAL).sum())
+            _advance(progress, len(chunk))
         return total / len(x)
 
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
@@ -143,8 +184,11 @@ class VAE:
         loss, grad_flat = self._executor.loss_and_grads(x, eps)
         return loss, self.spec.layout.views(grad_flat)
 
-    def encode(self, x, sample: bool = False) -> np.ndarray:
-        """Posterior mean (N, latent_dim), or one reparameterized draw if `sample`."""
+    def encode(self, x, sample: bool = False,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Posterior mean (N, latent_dim) float32, or one reparameterized draw if `sample`
+        (from a fixed Philox stream, so repeatable).  `progress(n)` is called as n more
+        examples are done."""
         x = self.validate_data(x, "x")
         out = []
         for chunk, start in _chunks(x):
@@ -155,6 +199,7 @@ class VAE:
                 out.append(self.spec.posterior.rsample(raw, eps))
             else:
                 out.append(self.spec.posterior.mean(raw))
+            _advance(progress, len(chunk))
         return np.concatenate(out)
 
     def decode(self, z) -> np.ndarray:
@@ -165,6 +210,10 @@ class VAE:
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape)."""
+        return self.decode(self.sample_latent(n, seed))
+
+    def sample_latent(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n draws z ~ p(z), (n, latent_dim) float32 (the codes `sample` decodes)."""
         if int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         seed = self.config.seed if seed is None else int(seed)
@@ -172,15 +221,17 @@ class VAE:
         u = philox.uniform(seed, 0, int(n), 1, philox.STREAM_PRIOR)[:, 0]
         eps = philox.normal(seed, 1, int(n), z_dim, philox.STREAM_PRIOR)
         prior_params = self.spec.prior_params(self._host_params())
-        return self.decode(self.spec.prior.sample(prior_params, u, eps))
+        return np.asarray(self.spec.prior.sample(prior_params, u, eps), dtype=np.float32)
 
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
         return self.decode(self.encode(x))
 
-    def log_likelihood(self, x, n_samples: int = 100) -> np.ndarray:
+    def log_likelihood(self, x, n_samples: int = 100,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Importance-sampled log p(x) per example (nats), with q(z|x) as proposal:
-        log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K."""
+        log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K.
+        `progress(n)` is called as n more examples are done."""
         from scipy.special import logsumexp
         x = self.validate_data(x, "x")
         if int(n_samples) != n_samples or n_samples < 1:
@@ -199,6 +250,7 @@ class VAE:
                 log_w[k] = (lik.log_prob(self._executor.decode_raw(z), xb)
                             + prior.log_prob(z, prior_params) - post.log_prob(raw, z))
             out[i * 100:(i + 1) * 100] = logsumexp(log_w, axis=0) - np.log(n_samples)
+            _advance(progress, len(xb))
         return out
 
     # ---------------------------------------------------------------- persistence
@@ -214,12 +266,15 @@ class VAE:
     # ---------------------------------------------------------------- validation
     def validate_data(self, x, what: str = "data") -> np.ndarray:
         """x as (N, D) float32 C-contiguous; ValueError naming the problem unless it is
-        non-empty, of this model's shape, finite and inside the likelihood's support."""
+        non-empty, of this model's shape, finite and inside the likelihood's support.
+        Element types follow cupyvae.arrays: floats as given, bool as 0/1, uint8 images
+        divided by 255, other types refused -- the rule the dataset files follow too."""
         x = np.asarray(x)
         shape = self.config.data_shape
-        if x.dtype.kind not in "fb":
-            raise ValueError(f"{what} has dtype {x.dtype}; expected floating point data "
-                             "(scale integer images first, e.g. x.astype(np.float32) / 255)")
+        try:
+            x = as_float32_examples(x)       # the same rule as the dataset loaders
+        except ValueError as exc:
+            raise ValueError(f"{what} has {exc}") from None
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"{what} is empty (shape {x.shape})")
         if x.shape[1:] not in (shape, (self.config.data_dim,)):
@@ -285,6 +340,18 @@ def format_epoch(record: dict) -> str:
     val = "" if record["val_loss"] is None else f"  val {record['val_loss']:.3f}"
     return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.3f}{val}  "
             f"({record['seconds']:.1f} s)")
+
+
+def best_checkpoint_path(checkpoint: str | Path) -> Path:
+    """Where fit(patience=...) keeps the best epoch's model: beside `checkpoint`, with
+    '.best' before the suffix (run/checkpoint.safetensors -> run/checkpoint.best.safetensors)."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.best{path.suffix}")
+
+
+def _advance(progress: Callable[[int], None] | None, n: int) -> None:
+    if progress is not None:
+        progress(n)
 
 
 def _chunks(x: np.ndarray):

@@ -87,7 +87,12 @@ class Posterior(Distribution):
 
 
 class Likelihood(Distribution):
-    """p(x|z), parameterized by the decoder's raw output."""
+    """p(x|z), parameterized by the decoder's raw output.
+
+    `density`: True when p(x|z) is a probability density over continuous values, so
+    log p(x) in nats can be positive and is not comparable with a discrete likelihood's
+    (`cupyvae evaluate` says so); False for a probability mass (e.g. Bernoulli)."""
+    density: ClassVar[bool] = False
 
     def nll(self, raw: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
         """(-log p(x|raw) per row (B,), scale * d/d raw (B, raw_width)) in one pass."""

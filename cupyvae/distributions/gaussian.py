@@ -71,6 +71,7 @@ def kl_gaussian_normal(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @register_likelihood("gaussian")
 class GaussianLikelihood(Likelihood):
     """Per-pixel Gaussian with a learned, softly bounded log-variance (Frey Face)."""
+    density = True
     LOGVAR_BOUND = 7.0
     params = (ParamSpec("mean_logit", "real; mean = sigmoid(mean_logit)"),
               ParamSpec("logvar_raw", f"real; logvar = {LOGVAR_BOUND:g} tanh(raw / {LOGVAR_BOUND:g})"))
