@@ -1,4 +1,4 @@
-"""The `cupyvae` command line: train, evaluate, sample, plot and explore VAEs.
+"""The `cupyvae` command line: train, evaluate, encode, sample, plot and explore VAEs.
 
 A thin layer: it parses the command line and calls the API (cupyvae.VAE) and the run
 folder module (cupyvae.runs), which holds everything about a run folder.  The flags of
@@ -8,6 +8,10 @@ the field's help and validation, so the CLI, the API and config.json accept the 
 
 Every user mistake ends in a one-line message and a non-zero exit status, never a
 traceback; set CUPYVAE_DEBUG=1 to see the traceback anyway.
+
+Results go to stdout; progress bars and notes go to stderr, and `--quiet` turns them off
+(train, evaluate, encode).  The "no usable CUDA GPU" notice appears once, for the commands
+that choose a device for real work (train, evaluate, encode).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import contextlib
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -22,9 +27,10 @@ import numpy as np
 
 from . import __version__, runs
 from .config import VAEConfig
-from .executors import EXECUTORS
-from .model import TrainingDiverged, format_epoch
+from .executors import EXECUTORS, NoGPUWarning
+from .model import TrainingDiverged
 from .options import OptionError, cli_fields
+from .progress import ConsoleReporter
 from .training import TrainingOptions
 
 OPTION_CLASSES = (runs.RunOptions, VAEConfig, TrainingOptions)
@@ -122,39 +128,33 @@ def _device_choice() -> click.Choice:
 
 
 # ---------------------------------------------------------------------- progress
-class BarReporter(runs.Reporter):
-    """A progress bar per epoch on stderr, and the epoch's line on stdout."""
-
-    def __init__(self):
-        self._bars = contextlib.ExitStack()
-        self._bar = None
-
-    def message(self, text: str) -> None:
-        click.echo(text, err=True)
-
-    def epoch_started(self, epoch: int, target: int, batches: int) -> None:
-        self._bar = self._bars.enter_context(_progress_bar(batches, f"epoch {epoch}/{target}"))
-
-    def batches_done(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def epoch_finished(self, record: dict) -> None:
-        self.close()
-        click.echo(format_epoch(record))
-
-    def close(self) -> None:
-        self._bars.close()
-        self._bar = None
+def console(quiet: bool) -> ConsoleReporter:
+    """Progress bars and notes on stderr (none with --quiet); epoch lines on stdout."""
+    return ConsoleReporter(bars=not quiet, messages=not quiet, epoch_stream=sys.stdout)
 
 
 @contextlib.contextmanager
-def _progress_bar(length: int, label: str):
-    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
-        yield bar
-    if sys.stderr.isatty():   # erase the finished bar: the epoch line replaces it
-        sys.stderr.write("\x1b[1A\x1b[2K")
-        sys.stderr.flush()
+def device_notice(show: bool):
+    """Show the NoGPUWarning as one 'cupyvae: ...' line on stderr (once), or not at all."""
+    def show_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, NoGPUWarning):
+            click.echo(f"cupyvae: {message}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+        warnings.simplefilter("once" if show else "ignore", NoGPUWarning)
+        warnings.showwarning = show_line
+        yield
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True,
+                            help="No progress bars or notes on stderr (results and errors only).")
+checkpoint_option = click.option(
+    "--checkpoint", type=click.Choice(runs.CHECKPOINTS), default="best", show_default=True,
+    help="best: the epoch with the lowest validation loss, kept when training with --patience "
+         "(otherwise the last epoch); last: the last epoch.")
 
 
 # ---------------------------------------------------------------------- the commands
@@ -175,38 +175,42 @@ def main():
               help="Run folder [default: runs/<data>-<timestamp>].")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint, with its config.json, "
-                   "until it has --epochs epochs.")
+                   "until it has --epochs epochs (only --epochs, --patience, --device and "
+                   "--execution may differ from the run's).")
 @click.option("--force", is_flag=True,
               help="Overwrite the run files in an existing, non-empty --out folder.")
+@quiet_option
 @click.pass_context
-def train(ctx, out, resume, force, **values):
+def train(ctx, out, resume, force, quiet, **values):
     """Train a VAE and write a run folder (config.json, checkpoint.safetensors,
     metrics.csv, plots).
 
-    The validation loss is measured on the dataset's test split after every epoch.
-    A checkpoint is written after every epoch; Ctrl-C (or SIGTERM) keeps the last complete
-    one, and `--resume` continues from it.
+    The validation loss is measured after every epoch on the dataset's test split, or on
+    a seeded random --val-fraction of the training set; --patience stops training when it
+    stops improving.  A checkpoint is written after every epoch; Ctrl-C (or SIGTERM) keeps
+    the last complete one, and `cupyvae train --resume --out RUN_DIR` continues from it.
     """
     if force and resume:
         raise click.UsageError("--force and --resume exclude each other")
     if resume and out is None:
         raise click.UsageError("--resume needs --out RUN_DIR, the run folder to continue")
-    reporter = BarReporter()
-    with user_errors():
+    reporter = console(quiet)
+    with user_errors(), device_notice(not quiet):
         if resume:
-            run = runs.resume_run(out, given_on_command_line(ctx, OPTION_CLASSES))
+            changes = given_on_command_line(ctx, OPTION_CLASSES)
+            run = runs.resume_run(out, changes)
             if run is None:
-                click.echo(f"{out} already has its epochs (--epochs {values['epochs']}); nothing to "
-                           f"train (`cupyvae plot {shlex.quote(str(out))}` rewrites its plots)")
+                click.echo(runs.finished_message(out, changes))
                 return
         else:
             model_options = {f.name: values[f.name] for f in cli_fields(VAEConfig)}
             VAEConfig(data_shape=(1,), **model_options)      # refuse bad flags before loading data
             run = runs.start_run(out, model_options, build_options(TrainingOptions, values),
                                  build_options(runs.RunOptions, values), force=force)
-        if run.x_val is None:
-            click.echo(f"cupyvae: {run.dataset.name} has no test split; training without "
-                       "validation", err=True)
+        if not run.validated:
+            reporter.message(f"cupyvae: {run.dataset.name} has no test split; training without "
+                             "validation (--val-fraction takes a validation set from the "
+                             "training data)")
         try:
             run.train(reporter)
         except runs.RunInterrupted as exc:
@@ -216,7 +220,9 @@ def train(ctx, out, resume, force, **values):
         finally:
             reporter.close()
     epochs = len(run.model.history["epoch"])
-    click.echo(f"done: {run.folder} ({epochs} epoch{'' if epochs == 1 else 's'}); "
+    stopped = " (stopped early)" if runs.early_stop_message(
+        run.model.history, run.config.training.patience) else ""
+    click.echo(f"done: {run.folder} ({epochs} epoch{'' if epochs == 1 else 's'}{stopped}); "
                f"next: cupyvae evaluate {shlex.quote(str(run.folder))}")
 
 
@@ -225,49 +231,89 @@ def train(ctx, out, resume, force, **values):
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
 @click.option("--iw-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Importance samples per example for the log-likelihood estimate (0 = skip).")
-def evaluate(run_dir: Path, device: str, iw_samples: int):
+@checkpoint_option
+@quiet_option
+def evaluate(run_dir: Path, device: str, iw_samples: int, checkpoint: str, quiet: bool):
     """Test-set mean negative ELBO (and, with --iw-samples K, the importance-sampled
     log-likelihood) of a trained run, in nats per example and bits per dimension; prints
     them and writes RUN_DIR/evaluation.json (bits_per_dim_basis says what bits/dim means)."""
-    with user_errors():
-        result = runs.evaluate_run(run_dir, device, iw_samples)
+    reporter = console(quiet)
+    with user_errors(), device_notice(not quiet):
+        result = runs.evaluate_run(run_dir, device, iw_samples, reporter, checkpoint=checkpoint)
     click.echo(f"test negative ELBO: {result['negative_elbo']:.4f} nats per example, "
                f"{result['negative_elbo_bits_per_dim']:.4f} bits/dim "
-               f"({result['examples']} examples of {result['dataset']})")
+               f"({result['examples']} examples of {result['dataset']}, {result['checkpoint']}, "
+               f"epoch {result['epochs']})")
     if iw_samples:
         click.echo(f"test log-likelihood (importance sampled, K={iw_samples}): "
                    f"{result['log_likelihood']:.4f} nats per example, "
                    f"{result['log_likelihood_bits_per_dim']:.4f} bits/dim")
-    click.echo(f"bits/dim: {result['bits_per_dim_basis']}", err=True)
-    click.echo(f"wrote {run_dir / runs.EVALUATION_FILE}", err=True)
+    reporter.message(f"bits/dim: {result['bits_per_dim_basis']}")
+    if "note" in result:
+        click.echo(f"note: {result['note']}")
+    reporter.message(f"wrote {run_dir / runs.EVALUATION_FILE}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
+              help="FILE.npy (the codes, (N, latent_dim) float32; labels beside it in "
+                   "FILE.labels.npy) or FILE.csv (columns z1..zK, then label and label_name "
+                   "where the data have labels).")
+@click.option("--data", "data", default=None,
+              help="Dataset name or .npy/.npz/.csv file to encode [default: the run's data].")
+@click.option("--split", type=click.Choice(runs.ENCODE_SPLITS), default="all", show_default=True,
+              help="all: the train split, then the test split (a .npy/.csv file's own row order).")
+@click.option("--sample", is_flag=True,
+              help="One draw z ~ q(z|x) per example instead of the posterior mean.")
+@click.option("--device", type=_device_choice(), default="auto", show_default=True)
+@checkpoint_option
+@quiet_option
+def encode(run_dir: Path, output: Path, data, split: str, sample: bool, device: str,
+           checkpoint: str, quiet: bool):
+    """Write the latent codes of a dataset (posterior means, or samples with --sample)
+    under a trained run's model."""
+    if output.suffix.lower() not in runs.CODE_WRITERS:
+        raise click.BadParameter(f"{output}: the file must end in "
+                                 f"{' or '.join(runs.CODE_WRITERS)}", param_hint="-o")
+    with user_errors(), device_notice(not quiet):
+        result = runs.encode_run(run_dir, output, data=data, split=split, sample=sample,
+                                 device=device, checkpoint=checkpoint, reporter=console(quiet))
+    labels = " with labels" if result["labels"] else ""
+    click.echo(f"wrote {result['examples']} {result['codes']} ({result['latent_dim']}-D){labels} "
+               f"of {result['dataset']} ({result['split']}) to {', '.join(result['files'])}")
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True,
               help="Number of samples.")
-@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
-              help="FILE.npy (the array, shape (n, *data_shape)) or FILE.png (an image grid).")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=None,
+              help="FILE.npy (the array, shape (n, *data_shape)) or FILE.png (an image grid) "
+                   "[default: RUN_DIR/samples-<n>.png].")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Sampling seed [default: the model's seed].")
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
-def sample(run_dir: Path, n: int, output: Path, seed, device: str):
+@checkpoint_option
+def sample(run_dir: Path, n: int, output, seed, device: str, checkpoint: str):
     """Draw samples from the prior and decode them (likelihood means)."""
-    if output.suffix.lower() not in runs.SAMPLE_WRITERS:
+    if output is not None and output.suffix.lower() not in runs.SAMPLE_WRITERS:
         raise click.BadParameter(f"{output}: the file must end in "
                                  f"{' or '.join(runs.SAMPLE_WRITERS)}", param_hint="-o")
-    with user_errors():
-        runs.write_samples(run_dir, n, output, seed=seed, device=device)
+    with user_errors(), device_notice(False):
+        output = runs.write_samples(run_dir, n, output, seed=seed, device=device,
+                                    checkpoint=checkpoint)
     click.echo(f"wrote {n} samples to {output}")
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
-def plot(run_dir: Path, device: str):
+@checkpoint_option
+def plot(run_dir: Path, device: str, checkpoint: str):
     """(Re)write all plots of a run into its folder."""
-    with user_errors():
-        for path in runs.write_plots(run_dir, device):
+    with user_errors(), device_notice(False):
+        for path in runs.write_plots(run_dir, device, checkpoint=checkpoint):
             click.echo(f"wrote {path}")
 
 
@@ -277,25 +323,33 @@ def plot(run_dir: Path, device: str):
               help="Render the explorer figure to this PNG instead of opening a window; "
                    "works without a display.")
 @click.option("--at", "at", default=None, metavar="Z1,Z2,...",
-              help="Initial latent point, comma-separated [default: all 0, the prior mean].")
+              help="Initial latent point, comma-separated [default: the mean of the encoded "
+                   "test set, a code that decodes to a typical example].")
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
-def explore(run_dir: Path, save, at, device: str):
+@checkpoint_option
+def explore(run_dir: Path, save, at, device: str, checkpoint: str):
     """Interactive window: one slider per latent dimension (at most 10; the others stay
-    at 0) and the decoded image, updated live."""
+    fixed) and the decoded image, updated live.  The sliders start at the mean code of
+    the run's test set and span where its codes lie (at least +-3)."""
     from . import plots
-    with user_errors():
+    with user_errors(), device_notice(False):
         if save is None:
             _require_display()   # before loading anything: fail fast
-        _config, model = runs.load_run(run_dir, device)
+        config, model = runs.load_run(run_dir, device, checkpoint=checkpoint)
         z = _parse_latent_point(at, model.config.latent_dim)
+        codes = runs.data_codes(config, model)
+        start = "their --at values" if at else "the data's mean code"
+        if z is None:
+            z = codes.mean(axis=0)
+        ranges = plots.slider_ranges(codes, z)
         if model.config.latent_dim > plots.MAX_SLIDERS:
             click.echo(f"note: {model.config.latent_dim} latent dimensions; sliders for the first "
-                       f"{plots.MAX_SLIDERS} only, the others stay at "
-                       f"{'their --at values' if at else '0'}", err=True)
+                       f"{plots.MAX_SLIDERS} only, the others stay at {start}", err=True)
         if save is not None:
-            click.echo(f"wrote {plots.save_explorer(model, save, z=z)}")
+            click.echo(f"wrote {plots.save_explorer(model, save, z=z, ranges=ranges, start=start)}")
         else:
-            plots.explore(model, z=z)
+            plots.explore(model, z=z, ranges=ranges, start=start,
+                          title=f"cupyvae explore {run_dir}")
 
 
 def _parse_latent_point(text: str | None, latent_dim: int) -> np.ndarray | None:
@@ -308,10 +362,6 @@ def _parse_latent_point(text: str | None, latent_dim: int) -> np.ndarray | None:
                                  param_hint="--at") from None
     if z.shape != (latent_dim,) or not np.isfinite(z).all():
         raise click.BadParameter(f"needs {latent_dim} finite numbers (the latent dimension), "
-                                 f"got {text!r}", param_hint="--at")
-    from .plots import MAX_SLIDERS, SLIDER_RANGE
-    if np.abs(z[:MAX_SLIDERS]).max() > SLIDER_RANGE:
-        raise click.BadParameter(f"the sliders span [-{SLIDER_RANGE:g}, {SLIDER_RANGE:g}]; "
                                  f"got {text!r}", param_hint="--at")
     return z
 

@@ -1,7 +1,9 @@
 """Datasets for training and evaluating VAEs, loaded as float32 NumPy arrays.
 
 ``load_dataset(name)`` returns a :class:`Dataset` for a registered name
-(see :func:`available_datasets`) or for a local ``.npy`` / ``.npz`` file.
+(see :func:`available_datasets`) or for a local ``.npy`` / ``.npz`` file, or a
+``.csv`` file of numeric features (``table.csv`` or ``table.csv#label=COLUMN``;
+see :mod:`cupyvae.csvdata`).
 
 Registered datasets and their splits:
 
@@ -37,6 +39,7 @@ names the file and what is wrong.
 """
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import http.client
@@ -56,6 +59,7 @@ from typing import Callable, Generic, Iterable, Mapping, TypeVar
 
 import numpy as np
 
+from .arrays import as_float32_examples
 from .files import fsync_directory, write_atomic
 from .numbers import nonfinite_problem
 from .registry import Registry
@@ -253,7 +257,9 @@ def default_cache_dir() -> pathlib.Path:
 
 def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                  download: bool = True) -> Dataset:
-    """Load a registered dataset by name, or a local ``.npy`` / ``.npz`` file.
+    """Load a registered dataset by name, or a local ``.npy`` / ``.npz`` / ``.csv`` file
+    (``table.csv#label=COLUMN`` names a label column; see :mod:`cupyvae.csvdata`).  An
+    unknown name is a DatasetError that suggests the closest registered one.
 
     ``cache_dir`` defaults to :func:`default_cache_dir`. With
     ``download=False`` a missing file raises instead of being fetched.
@@ -262,6 +268,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLik
     if key in DATASETS:
         root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
         return DATASETS.get(key)(root.expanduser() / key, download)
+    from .csvdata import is_csv_reference, load_csv
+    if is_csv_reference(key):
+        return load_csv(key)
     path = pathlib.Path(key).expanduser()
     suffix = path.suffix.lower()
     if suffix in _ARRAY_FILE_READERS:
@@ -271,10 +280,21 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLik
     if path.exists():
         raise DatasetError(
             f"{path}: unsupported file type {path.suffix!r}; "
-            f"local datasets must be {' or '.join(sorted(_ARRAY_FILE_READERS))} files")
+            f"local datasets must be {', '.join(sorted(_ARRAY_FILE_READERS))} or .csv files")
     raise DatasetError(
-        f"unknown dataset {key!r}; available datasets: {', '.join(available_datasets())} "
-        f"(or the path of a .npy / .npz file)")
+        f"unknown dataset {key!r}{_did_you_mean(key)}; available datasets: "
+        f"{', '.join(available_datasets())} (or the path of a .npy, .npz or .csv file)")
+
+
+def _did_you_mean(key: str) -> str:
+    """' (did you mean 'fashion-mnist'?)' for a near miss of a registered name: case and
+    '_' for '-' are forgiven first, then difflib's closest match."""
+    names = available_datasets()
+    normalised = {name.lower().replace("_", "-"): name for name in names}
+    exact = normalised.get(key.strip().lower().replace("_", "-"))
+    close = [exact] if exact else difflib.get_close_matches(
+        key.lower().replace("_", "-"), list(normalised), n=1, cutoff=0.6)
+    return f" (did you mean {normalised.get(close[0], close[0])!r}?)" if close else ""
 
 
 # --------------------------------------------------------------------------
@@ -411,7 +431,15 @@ def _download_first_good_copy(filename: str, mirrors: list[str], directory: path
         return _Fetched(directory / filename, result.sha256, result.value)
     _remove_if_empty(directory)
     tried = "\n  ".join(failures)
-    raise DatasetError(f"could not download a good copy of {filename}; tried:\n  {tried}")
+    raise DatasetError(f"could not download a good copy of {filename}; tried:\n  {tried}\n"
+                       f"{_by_hand(filename, directory)}")
+
+
+def _by_hand(filename: str, directory: pathlib.Path) -> str:
+    """Where to put a file fetched on another machine (offline machines, proxies)."""
+    return (f"Without internet access, download {filename} elsewhere and copy it to "
+            f"{directory / filename} (the cache folder; set CUPYVAE_DATA to use another "
+            f"folder than {directory.parent}).")
 
 
 def _download_to_temporary(url: str, directory: pathlib.Path, filename: str,
@@ -952,23 +980,20 @@ def _read_numpy_file(path: pathlib.Path, kind: type, extract: Callable):
 
 
 def _as_samples(path: pathlib.Path, key: str, array: np.ndarray) -> np.ndarray:
-    """float32 (N, *data_shape): uint8 scaled by 1/255, bool as 0/1, floats kept."""
+    """float32 (N, *data_shape) by cupyvae.arrays' rule: uint8 scaled by 1/255, bool as
+    0/1, floats kept, other types refused."""
     if array.ndim < 2:
         raise DatasetError(f"{path}: {key} has shape {array.shape}; expected (N, *data_shape) with at least 2 dims")
     if array.size == 0:
         raise DatasetError(f"{path}: {key} is empty (shape {array.shape})")
-    if array.dtype == np.uint8:
-        return _scale_bytes(array)
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.floating):
-        samples = np.ascontiguousarray(array, dtype=np.float32)
-        problem = nonfinite_problem(samples)
-        if problem:
-            raise DatasetError(f"{path}: {key} {problem} (as float32)")
-        return samples
-    raise DatasetError(
-        f"{path}: {key} has dtype {array.dtype}; use uint8 (scaled by 1/255), bool, or a float type")
+    try:
+        samples = np.ascontiguousarray(as_float32_examples(array))   # the API's rule too
+    except ValueError as problem:
+        raise DatasetError(f"{path}: {key} has {problem}") from None
+    problem = nonfinite_problem(samples)
+    if problem:
+        raise DatasetError(f"{path}: {key} {problem} (as float32)")
+    return samples
 
 
 def _as_labels(path: pathlib.Path, key: str, array: np.ndarray, n_samples: int) -> np.ndarray:

@@ -7,7 +7,7 @@ reference path (executors/'cpu' below); the kernel executors register "cuda" and
 """
 from __future__ import annotations
 
-import sys
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -72,30 +72,29 @@ class NumpyExecutor:
 
     # Inference takes whole arrays; chunk c of `chunk` rows (None: one chunk) keys its noise
     # with step + c.  The kernel executors take the same calls and keys (cupyvae.cuda.executor).
-    def loss_rows(self, x: np.ndarray, step: int, stream: int,
-                  chunk: int | None = None) -> np.ndarray:
-        """Per-example negative ELBO (N,) with the Philox noise of (step + chunk index, stream)."""
-        return np.concatenate([
-            negative_elbo_rows(self.spec, self.params, part, philox.normal(
-                self.spec.config.seed, step + c, len(part), self.spec.latent_dim, stream))
-            for c, part in _chunked(x, chunk)])
+    def loss_rows(self, x: np.ndarray, step: int, stream: int, chunk: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Per-example negative ELBO (N,) with the Philox noise of (step + chunk index, stream).
+        `progress(n)` after each chunk of n rows (on every inference call below too)."""
+        seed, z_dim = self.spec.config.seed, self.spec.latent_dim
+        return _map_chunks(x, chunk, progress, lambda c, part: negative_elbo_rows(
+            self.spec, self.params, part, philox.normal(seed, step + c, len(part), z_dim, stream)))
 
-    def encode_raw(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
-        return np.concatenate([encode_raw(self.spec, self.params, part)
-                               for _, part in _chunked(x, chunk)])
+    def encode_raw(self, x: np.ndarray, chunk: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+        return _map_chunks(x, chunk, progress,
+                           lambda _, part: encode_raw(self.spec, self.params, part))
 
     def decode_raw(self, z: np.ndarray, chunk: int | None = None) -> np.ndarray:
-        return np.concatenate([decode_raw(self.spec, self.params, part)
-                               for _, part in _chunked(z, chunk)])
+        return _map_chunks(z, chunk, None, lambda _, part: decode_raw(self.spec, self.params, part))
 
-    def posterior_sample(self, x: np.ndarray, step: int, stream: int,
-                         chunk: int | None = None) -> np.ndarray:
+    def posterior_sample(self, x: np.ndarray, step: int, stream: int, chunk: int | None = None,
+                         progress: Callable[[int], None] | None = None) -> np.ndarray:
         """One reparameterized draw z (N, Z) of q(z|x) per row (noise step + chunk index)."""
         seed, z_dim = self.spec.config.seed, self.spec.latent_dim
-        return np.concatenate([
-            self.spec.posterior.rsample(encode_raw(self.spec, self.params, part),
-                                        philox.normal(seed, step + c, len(part), z_dim, stream))
-            for c, part in _chunked(x, chunk)])
+        return _map_chunks(x, chunk, progress, lambda c, part: self.spec.posterior.rsample(
+            encode_raw(self.spec, self.params, part),
+            philox.normal(seed, step + c, len(part), z_dim, stream)))
 
     def sample_raw(self, n: int, seed: int, chunk: int | None = None) -> np.ndarray:
         """The decoder's raw outputs for n draws of the prior (prior_draws)."""
@@ -113,6 +112,17 @@ def prior_draws(spec: ModelSpec, params: dict, n: int, seed: int) -> np.ndarray:
     u = philox.uniform(seed, PRIOR_U_STEP, n, 1, philox.STREAM_PRIOR)[:, 0]
     eps = philox.normal(seed, PRIOR_EPS_STEP, n, spec.latent_dim, philox.STREAM_PRIOR)
     return spec.prior.sample(prior_state(spec, params).density, u, eps)
+
+
+def _map_chunks(x: np.ndarray, chunk: int | None, progress: Callable[[int], None] | None,
+                compute: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """compute(c, part) for every chunk c of x, concatenated; progress(len(part)) after each."""
+    results = []
+    for c, part in _chunked(x, chunk):
+        results.append(compute(c, part))
+        if progress is not None:
+            progress(len(part))
+    return np.concatenate(results)
 
 
 def _chunked(x: np.ndarray, chunk: int | None):
@@ -137,12 +147,28 @@ def cuda_available() -> bool:
         return False
 
 
+class NoGPUWarning(UserWarning):
+    """device='auto' found no usable CUDA GPU and runs on the NumPy CPU path.  Shown once
+    per process (a "once" filter, appended so that the user's own filters win:
+    `warnings.filterwarnings("ignore", category=NoGPUWarning)` silences it); the CLI shows
+    it as one line for the commands that choose a device for real work (train, evaluate,
+    encode) and silences it elsewhere."""
+
+
+NO_GPU_NOTICE = "no usable CUDA GPU, using the NumPy CPU path (device='cpu')"
+warnings.filterwarnings("once", category=NoGPUWarning, append=True)
+
+
 def resolve_device(device: str) -> str:
-    """'auto' becomes 'cuda' where CuPy sees a GPU and a backend is registered, else 'cpu'."""
+    """'auto' becomes 'cuda' where CuPy sees a GPU and a backend is registered, else 'cpu'
+    (with a NoGPUWarning).  ValueError for an unknown name, listing 'auto' and the
+    registered devices."""
     if device != "auto":
-        EXECUTORS.get(device)
+        if device not in EXECUTORS:
+            raise ValueError(f"unknown device {device!r}; available: auto, "
+                             f"{', '.join(EXECUTORS.names())}")
         return device
     if "cuda" in EXECUTORS and cuda_available():
         return "cuda"
-    print("cupyvae: no usable CUDA GPU, using the NumPy CPU path (device='cpu')", file=sys.stderr)
+    warnings.warn(NO_GPU_NOTICE, NoGPUWarning, stacklevel=3)   # the line that made the VAE
     return "cpu"

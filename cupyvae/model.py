@@ -3,7 +3,6 @@ numbers to an executor (see executors.py), so the same code drives every device.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,19 +10,21 @@ from typing import Callable
 import numpy as np
 
 from . import philox
+from .arrays import as_float32_examples
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
-from .executors import EXECUTORS, NumpyExecutor, binarize_batch, resolve_device
+from .executors import EXECUTORS, NumpyExecutor, binarize_batch, prior_draws, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
 from .objective_twins import (importance_noise, log_mean_exp_accumulate, log_mean_exp_finish,
                               repeat_rows)
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .reference import kl_rows, prior_log_prob, prior_state
+from .reference import kl_rows, prior_log_prob
 from .spec import ModelSpec
-from .training import TrainingOptions
+from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
+from .training import TrainingOptions, best_epoch, split_validation, stopped_early
 
 EVAL_CHUNK = 10_000
 # VAE.log_likelihood decodes at most this many rows (examples x samples) per call: large
@@ -82,49 +83,73 @@ class VAE:
 
     # ---------------------------------------------------------------- training
     def fit(self, x_train, x_val=None, options: TrainingOptions | None = None, *,
-            checkpoint: str | Path | None = None, verbose: bool = False,
+            checkpoint: str | Path | None = None, verbose: int | bool = 0,
             progress: Callable[[int], None] | None = None,
-            on_epoch: Callable[[dict], None] | None = None, **option_changes) -> dict[str, list]:
-        """Train with Adam; returns the history, one entry per epoch in each column:
-        train_loss (the objective's mean over the epoch's steps), val_loss (the validation
-        set's mean negative ELBO), seconds, train_recon / train_kl and val_recon / val_kl
-        (the ELBO's reconstruction and KL terms, nats per example; the train ones are
-        running means over the steps and None on the kernel devices until their step plan
-        reports them), active_units (see elbo_terms).
+            on_epoch: Callable[[dict], None] | None = None, reporter: Reporter | None = None,
+            **option_changes) -> dict[str, list]:
+        """Train with Adam; returns this call's epochs of the history (a copy) --
+        `model.history` holds them all, one entry per epoch in each column: train_loss (the
+        objective's mean over the epoch's steps), val_loss (the validation set's mean
+        negative ELBO), seconds, train_recon / train_kl and val_recon / val_kl (the ELBO's
+        reconstruction and KL terms, nats per example; the train ones are running means over
+        the steps and None on the kernel devices until their step plan reports them),
+        active_units (see elbo_terms).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
-        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False,
-        objective="elbo", iw_samples=1, free_bits=0`); every value is validated (ValueError
-        naming the field) before any work, and so is the objective against this model and
-        device (validate_training_options).  Only whole batches are
-        used in an epoch (the order is reshuffled every epoch, so every example is seen).
+        (`epochs=50, batch_size=100, lr=1e-3, objective="elbo", val_fraction=0,
+        patience=None`, ...); every value is validated (ValueError naming the field) before
+        any work, and so is the objective against this model and device
+        (validate_training_options).  Only whole batches are used in an epoch (the order is
+        reshuffled every epoch, so every example is seen).
+
+        Validation: `x_val`, or with `val_fraction` > 0 a seeded random subset of x_train
+        (training.split_validation; not both).  `patience`: early stopping -- training ends
+        once the validation loss has not improved for that many epochs (counted over the
+        whole history, so resuming from a checkpoint stops where an uninterrupted run
+        would); with `checkpoint`, the best epoch's model is also written beside it
+        (best_checkpoint_path: model.safetensors -> model.best.safetensors).
+
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
-        one epoch.  `verbose`: print one line per epoch to stderr.  `progress(n)` is called
-        after every n batches, `on_epoch(record)` after every epoch.  Calling fit again
-        continues training (the optimizer keeps its state).
+        one epoch.  `verbose`: 0 silent, 1 one line per epoch on stderr, 2 also progress
+        bars for the batches and the validation pass.  `progress(n)` is called after every
+        n batches, `on_epoch(record)` after every epoch; `reporter` (cupyvae.progress)
+        receives every event.  Calling fit again continues training (the optimizer keeps
+        its state).
         """
         options = TrainingOptions.build(options, **option_changes)
         objective = self._objective(options)
+        reporter = combine(reporter_for_level(verbose), reporter,
+                           None if progress is None else BatchCallback(progress))
         x_train = self.validate_data(x_train, "x_train")
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
+        x_train, x_val = self._validation_split(x_train, x_val, options)
         if options.batch_size > len(x_train):
             raise ValueError(f"batch_size {options.batch_size} is larger than the training set "
                              f"({len(x_train)} examples)")
+        if options.patience is not None and x_val is None:
+            raise ValueError("patience (early stopping) needs validation data: pass x_val or "
+                             "set val_fraction")
         if self.optimizer is None:   # untrained: a prior initialised from the data is set now
             self._init_prior_from_data(x_train)
         self._ensure_optimizer(options.lr, options.weight_decay)
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
-        for _ in range(options.epochs):
+        first = len(self.history["epoch"])
+        last_epoch = first + options.epochs
+        for epoch in range(first + 1, last_epoch + 1):
+            if stopped_early(self.history, options.patience):
+                break
+            reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
             record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
-                                           progress, objective)
+                                           reporter, objective)
             if checkpoint is not None:
                 self.save(checkpoint)
-            if verbose:
-                print(format_epoch(record), file=sys.stderr)
+                if options.patience is not None and best_epoch(self.history)[0] == epoch:
+                    self.save(best_checkpoint_path(checkpoint))
+            reporter.epoch_finished(record)
             if on_epoch is not None:
                 on_epoch(record)
-        return self.history
+        return {key: list(values[first:]) for key, values in self.history.items()}
 
     def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
         """`options` if this model can train with them on its device, else ValueError naming
@@ -143,7 +168,16 @@ class VAE:
                 "kernel step plan for IWAE and free bits is not wired yet. Use device='cpu'.")
         return objective
 
-    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress,
+    def _validation_split(self, x_train, x_val, options: TrainingOptions):
+        """(training rows, validation rows): x_val as given, or the val_fraction split."""
+        if not options.val_fraction:
+            return x_train, x_val
+        if x_val is not None:
+            raise ValueError("give x_val or val_fraction, not both")
+        train_rows, val_rows = split_validation(len(x_train), options.val_fraction, self.config.seed)
+        return x_train[train_rows], x_train[val_rows]
+
+    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, reporter,
                          objective: Objective) -> dict:
         start = time.perf_counter()
         epoch = len(self.history["epoch"]) + 1
@@ -156,9 +190,10 @@ class VAE:
         # given it; _objective has refused every other objective on the kernel devices.
         reference_only = {"objective": objective} if isinstance(self._executor, NumpyExecutor) else {}
         train_loss = self._executor.train_epoch(x_train, perm, batch_size, self.optimizer,
-                                                binarize, progress, **reference_only)
+                                                binarize, batch_callback(reporter),
+                                                **reference_only)
         train_terms = objective.epoch_terms() or {"train_recon": None, "train_kl": None}
-        val = None if x_val is None else self.elbo_terms(x_val)
+        val = None if x_val is None else self._validation_terms(x_val, reporter)
         val_loss = None if val is None else val["negative_elbo"]
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
             self._executor.load_flat(saved)
@@ -188,6 +223,10 @@ class VAE:
                 params[f"prior.{name}"][...] = value
             self._executor.load_flat(flat)
 
+    def _validation_terms(self, x_val, reporter: Reporter) -> dict:
+        with reporter.task(f"validation ({len(x_val)} examples)", len(x_val)) as advance:
+            return self.elbo_terms(x_val, progress=advance)
+
     def _ensure_optimizer(self, lr, weight_decay):
         if self.optimizer is None:
             self.optimizer = Adam(lr=float(lr), weight_decay=float(weight_decay))
@@ -196,15 +235,16 @@ class VAE:
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
 
     # ---------------------------------------------------------------- inference
-    def loss(self, x) -> float:
+    def loss(self, x, progress: Callable[[int], None] | None = None) -> float:
         """Mean negative ELBO in nats per example (one posterior sample per example,
         drawn from a fixed Philox stream, so the value is repeatable); the rows are summed
         in float64, so extreme but finite rows do not overflow the total."""
         x = self.validate_data(x, "x")
-        rows = self._executor.loss_rows(x, 0, philox.STREAM_EVAL, EVAL_CHUNK)   # chunk c: step c
+        rows = self._executor.loss_rows(x, 0, philox.STREAM_EVAL, EVAL_CHUNK,   # chunk c: step c
+                                        progress=progress)
         return float(np.sum(rows, dtype=np.float64)) / len(x)
 
-    def elbo_terms(self, x) -> dict:
+    def elbo_terms(self, x, progress: Callable[[int], None] | None = None) -> dict:
         """The validation metrics of one set x:
             negative_elbo   loss(x), nats per example
             kl              mean KL(q(z|x) || p(z)) (closed form, or the one-sample estimate
@@ -212,9 +252,9 @@ class VAE:
             reconstruction  negative_elbo - kl: the mean -E_q log p(x|z) estimate of loss()
             active_units    latent dimensions whose posterior mean varies across x with
                             variance > 0.01 (Burda, Grosse & Salakhutdinov 2016, section 5.2)
-        Accumulated in float64."""
+        Accumulated in float64.  `progress(n)` as in loss()."""
         x = self.validate_data(x, "x")
-        negative_elbo = self.loss(x)
+        negative_elbo = self.loss(x, progress)
         params = self._host_params()
         raw_all = self._executor.encode_raw(x, EVAL_CHUNK)
         kl_total = 0.0
@@ -236,12 +276,16 @@ class VAE:
         loss, grad_flat = self._executor.loss_and_grads(x, eps)
         return loss, self.spec.layout.views(grad_flat)
 
-    def encode(self, x, sample: bool = False) -> np.ndarray:
-        """Posterior mean (N, latent_dim), or one reparameterized draw if `sample`."""
+    def encode(self, x, sample: bool = False,
+               progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Posterior mean (N, latent_dim) float32, or one reparameterized draw if `sample`
+        (from a fixed Philox stream, so repeatable).  `progress(n)` is called as n more
+        examples are done."""
         x = self.validate_data(x, "x")
         if sample:   # chunk c of EVAL_CHUNK rows draws with Philox step c
-            return self._executor.posterior_sample(x, 0, philox.STREAM_POSTERIOR, EVAL_CHUNK)
-        return self.spec.posterior.mean(self._executor.encode_raw(x, EVAL_CHUNK))
+            return self._executor.posterior_sample(x, 0, philox.STREAM_POSTERIOR, EVAL_CHUNK,
+                                                   progress=progress)
+        return self.spec.posterior.mean(self._executor.encode_raw(x, EVAL_CHUNK, progress=progress))
 
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
@@ -249,11 +293,22 @@ class VAE:
         return self._likelihood_means(self._executor.decode_raw(z, EVAL_CHUNK))
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape)."""
-        if int(n) != n or n < 1:
+        """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape).  The codes
+        are sample_latent(n, seed)'s (drawn on the device where the prior has a kernel)."""
+        n, seed = self._sample_args(n, seed)
+        return self._likelihood_means(self._executor.sample_raw(n, seed, EVAL_CHUNK))
+
+    def sample_latent(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n draws z ~ p(z), (n, latent_dim) float32: the codes `sample` decodes
+        (cupyvae.executors.prior_draws: Philox STREAM_PRIOR keyed by `seed`, default the
+        model's)."""
+        n, seed = self._sample_args(n, seed)
+        return prior_draws(self.spec, self._host_params(), n, seed).astype(np.float32)
+
+    def _sample_args(self, n, seed) -> tuple[int, int]:
+        if isinstance(n, bool) or int(n) != n or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        seed = self.config.seed if seed is None else int(seed)
-        return self._likelihood_means(self._executor.sample_raw(int(n), seed, EVAL_CHUNK))
+        return int(n), self.config.seed if seed is None else int(seed)
 
     def _likelihood_means(self, raw) -> np.ndarray:
         return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
@@ -340,12 +395,15 @@ class VAE:
     # ---------------------------------------------------------------- validation
     def validate_data(self, x, what: str = "data") -> np.ndarray:
         """x as (N, D) float32 C-contiguous; ValueError naming the problem unless it is
-        non-empty, of this model's shape, finite and inside the likelihood's support."""
+        non-empty, of this model's shape, finite and inside the likelihood's support.
+        Element types follow cupyvae.arrays: floats as given, bool as 0/1, uint8 images
+        divided by 255, other types refused -- the rule the dataset files follow too."""
         x = np.asarray(x)
         shape = self.config.data_shape
-        if x.dtype.kind not in "fb":
-            raise ValueError(f"{what} has dtype {x.dtype}; expected floating point data "
-                             "(scale integer images first, e.g. x.astype(np.float32) / 255)")
+        try:
+            x = as_float32_examples(x)       # the same rule as the dataset loaders
+        except ValueError as exc:
+            raise ValueError(f"{what} has {exc}") from None
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"{what} is empty (shape {x.shape})")
         if x.shape[1:] not in (shape, (self.config.data_dim,)):
@@ -404,3 +462,10 @@ def format_epoch(record: dict) -> str:
     val = "" if record["val_loss"] is None else f"  val {record['val_loss']:.3f}"
     return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.3f}{val}  "
             f"({record['seconds']:.1f} s)")
+
+
+def best_checkpoint_path(checkpoint: str | Path) -> Path:
+    """Where fit(patience=...) keeps the best epoch's model: beside `checkpoint`, with
+    '.best' before the suffix (run/checkpoint.safetensors -> run/checkpoint.best.safetensors)."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}.best{path.suffix}")

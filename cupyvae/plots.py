@@ -8,11 +8,31 @@ size every time it is drawn (DPI pixels per inch).
 Image data (data_shape (H, W), or (H, W, C) with C in 1, 3, 4) are drawn in grey (or
 colour) without ticks.  Any other data_shape is drawn as heat strips: one row per vector,
 one column per component.
+
+Where the latent pictures look (LatentView): the scatter and the decoded manifold share
+one 2-D view of the latent space, so a tile of the manifold decodes a point of the
+scatter.  For latent_dim 2 the view is (z1, z2); above 2 it is the plane of the codes'
+first two principal directions through their mean (the other coordinates of a grid point
+are the codes' mean).  The manifold grid spans:
+
+- the prior's quantiles u = 0.05 ... 0.95 along each axis (Kingma & Welling's figure),
+  when the aggregate posterior matches the prior along both axes: the two-sample
+  Kolmogorov-Smirnov distance between one draw z ~ q(z|x) per plotted example and
+  PRIOR_SAMPLES draws from the prior, projected on the axis, is at most PRIOR_MATCH_KS.
+  A distance of 0.1 means no quantile of the codes is more than 10 percentage points
+  away from the prior's, so the prior grid and the data cover the same region; the
+  sampling noise of the distance is ~1.4 sqrt(1/N + 1/PRIOR_SAMPLES) (0.02 for 5000
+  examples), so a few hundred examples are needed to pass;
+- otherwise the codes' own range: evenly spaced from their CODE_RANGE percentiles
+  (1st to 99th) along each axis, so the grid decodes where the data actually are.
+
+Titles and axis labels say which grid was used and why (the KS distance).
 """
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +46,10 @@ DPI = 100
 MAX_SCATTER_POINTS = 5000
 MAX_SLIDERS = 10
 SLIDER_RANGE = 3.0          # the sliders span +-3 standard deviations of the N(0, I) prior
-MANIFOLD_EDGE = 0.05        # the manifold grid covers the quantiles [0.05, 0.95]
+MANIFOLD_EDGE = 0.05        # the prior grid covers the prior's quantiles [0.05, 0.95]
+PRIOR_MATCH_KS = 0.1        # the largest KS distance at which the grid follows the prior
+PRIOR_SAMPLES = 20000       # prior draws for the KS test and the prior's quantiles
+CODE_RANGE = (0.01, 0.99)   # otherwise the grid spans these percentiles of the codes
 MAX_LEGEND_CLASSES = 10     # more classes than this get a colour bar instead of a legend
 MOSAIC_TARGET_PX = 900     # image mosaics are zoomed by an integer to about this size
 MAX_ZOOM = 32
@@ -49,30 +72,30 @@ KNOWN_LABEL_NAMES = {
 
 # ---------------------------------------------------------------------- the plots
 def latent_scatter(model, x, y, path, label_names: Sequence[str] | None = None,
-                   max_points: int = MAX_SCATTER_POINTS, description: str = "examples") -> Path:
+                   max_points: int = MAX_SCATTER_POINTS, description: str = "examples",
+                   view: "LatentView | None" = None) -> Path:
     """Posterior means of x, coloured by label y (None: one colour).
 
     latent_dim 2: the means themselves; > 2: their PCA projection to 2-D (said in the
     title and axis labels); 1: the mean against the label with vertical jitter (a
     histogram when there are no labels).  At most `max_points` evenly spaced examples;
-    the title reads "Posterior means of <count> <description>".
+    the title reads "Posterior means of <count> <description>".  A dashed frame shows the
+    region the manifold grid decodes.  `view`: the LatentView of x (computed if None).
     """
-    x = np.asarray(x)
-    keep = _evenly_spaced(len(x), max_points)
-    z = model.encode(x[keep])
-    labels = None if y is None else np.asarray(y)[keep]
+    view = latent_view(model, x, max_points) if view is None else view
+    labels = None if y is None else np.asarray(y)[view.rows]
     fig = Figure(figsize=(7.5, 6.0), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    latent_dim = z.shape[1]
-    subject = f"posterior means of {len(z)} {description}"
+    latent_dim = view.codes.shape[1]
+    subject = f"posterior means of {len(view.codes)} {description}"
     if latent_dim == 1:
-        _draw_1d_latent(ax, z[:, 0], labels, label_names)
+        _draw_1d_latent(ax, view.points[:, 0], labels, label_names)
         ax.set_title(f"{subject.capitalize()} (1-D latent)")
     else:
-        points, axis_names = _two_dimensional_view(z)
-        _scatter_by_label(fig, ax, points, labels, label_names)
-        ax.set_xlabel(axis_names[0])
-        ax.set_ylabel(axis_names[1])
+        _scatter_by_label(fig, ax, view.points, labels, label_names)
+        _frame_grid(ax, view)
+        ax.set_xlabel(view.axis_names[0])
+        ax.set_ylabel(view.axis_names[1])
         ax.set_title(subject.capitalize() if latent_dim == 2
                      else f"PCA projection to 2-D of the {latent_dim}-D\n{subject}")
         if latent_dim == 2:   # equal units keep the latent geometry undistorted
@@ -80,31 +103,35 @@ def latent_scatter(model, x, y, path, label_names: Sequence[str] | None = None,
     return _save(fig, path)
 
 
-def manifold_grid(model, path, n: int = 20) -> Path:
-    """The decoded manifold (Kingma & Welling, fig. 4): z on an n x n grid of prior
-    quantiles, z = Phi^-1(u) with u evenly spaced in [0.05, 0.95].
+def manifold_grid(model, path, n: int = 20, x=None, view: "LatentView | None" = None) -> Path:
+    """The decoded manifold (Kingma & Welling, fig. 4): the likelihood means of an n x n
+    grid of latent points in the view the latent scatter uses (see the module docstring):
+    the prior's quantiles when the aggregate posterior of x matches the prior, else the
+    range of x's codes.  Without x (and view) the grid is the prior's quantiles over z1
+    and z2 with the other dimensions at 0, and the title says it was not checked.
 
-    z1 grows left to right, z2 bottom to top.  With more than two latent dimensions the
-    others stay at 0; with one, the grid is a single row.  Non-image data: one heat
-    strip per z1 value.
+    The first axis grows left to right, the second bottom to top.  With one latent
+    dimension, or non-image data (one heat strip per value), only the first axis varies.
     """
-    from scipy.special import ndtri   # = scipy.stats.norm.ppf, without importing scipy.stats
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
+    if view is None:
+        view = latent_view(model, x) if x is not None else prior_view(model)
     config = model.config
-    values = ndtri(np.linspace(MANIFOLD_EDGE, 1 - MANIFOLD_EDGE, int(n)))
     image_data = is_image_shape(config.data_shape)
     two_axes = config.latent_dim >= 2 and image_data
-    decoded = model.decode(_grid_latents(values, config.latent_dim, two_axes))
-    title = _manifold_title(config.latent_dim, two_axes, len(values))
-    span = f"{values[0]:.2f} … {values[-1]:.2f}"
+    axes = view.grid_values(int(n))
+    decoded = model.decode(view.grid_latents(axes, two_axes))
+    title = _manifold_title(view, two_axes, int(n))
+    spans = [f"{name.split(' (')[0]}: {values[0]:.2f} … {values[-1]:.2f}"
+             for name, values in zip(view.axis_names, axes)]
     if not image_data:
-        fig = _strip_figure([(decoded, f"z1: {span}, top to bottom")], title)
+        fig = _strip_figure([(decoded, f"{spans[0]}, top to bottom")], title)
         return _save(fig, path)
     # No gaps between the images: the manifold reads as one continuous surface.
-    mosaic = tile(as_images(decoded, config.data_shape), len(values), pad=0)
-    fig = _mosaic_figure(mosaic, *_value_range(decoded), title=title, xlabel=f"z1: {span}  →",
-                         ylabel=f"z2: {span}  →" if two_axes else None)
+    mosaic = tile(as_images(decoded, config.data_shape), len(axes[0]), pad=0)
+    fig = _mosaic_figure(mosaic, *_value_range(decoded), title=title, xlabel=f"{spans[0]}  →",
+                         ylabel=f"{spans[1]}  →" if two_axes else None)
     return _save(fig, path)
 
 
@@ -129,15 +156,22 @@ def reconstructions(model, x, path, n: int = 10) -> Path:
     return _save(fig, path)
 
 
-def samples(model, path, n: int = 64, seed: int | None = None) -> Path:
-    """n draws from the prior, decoded to the likelihood mean, as a grid."""
+def samples(model, path, n: int = 64, seed: int | None = None,
+            view: "LatentView | None" = None) -> Path:
+    """n draws from the prior, decoded to the likelihood mean, as a grid.  With the
+    `view` of the data, the title warns when the data's codes lie elsewhere than the
+    prior (then many samples look unlike the data)."""
     drawn = model.sample(n, seed=seed)
-    return image_grid(drawn, path, data_shape=model.config.data_shape,
-                      title=f"{n} samples from the prior (likelihood means)")
+    title = f"{n} samples from the prior (likelihood means)"
+    if view is not None and not view.matches_prior:
+        title += (f"\nthe data's codes are not distributed like the prior (KS {view.prior_ks:.2f} > "
+                  f"{PRIOR_MATCH_KS:g}): some samples may look unlike the data")
+    return image_grid(drawn, path, data_shape=model.config.data_shape, title=title)
 
 
-def loss_curves(history: dict, path) -> Path:
-    """Training and validation loss (mean negative ELBO) per epoch."""
+def loss_curves(history: dict, path, validation: str = "test split") -> Path:
+    """Training and validation loss (mean negative ELBO) per epoch; `validation` says
+    what the validation set is (the legend reads "validation (<validation>)")."""
     epochs = list(history.get("epoch", []))
     if not epochs:
         raise ValueError("the training history has no epochs to plot")
@@ -147,7 +181,7 @@ def loss_curves(history: dict, path) -> Path:
     ax.plot(epochs, history["train_loss"], marker=marker, label="train")
     validated = [(e, v) for e, v in zip(epochs, history.get("val_loss", [])) if v is not None]
     if validated:
-        ax.plot(*zip(*validated), marker=marker, label="validation (test split)")
+        ax.plot(*zip(*validated), marker=marker, label=f"validation ({validation})")
         best_epoch, best = min(validated, key=lambda pair: pair[1])
         ax.set_title(f"Loss per epoch (best validation {best:.2f} at epoch {best_epoch})")
     else:
@@ -160,23 +194,27 @@ def loss_curves(history: dict, path) -> Path:
     return _save(fig, path)
 
 
-def write_all(model, data, history: dict | None, run_dir) -> list[Path]:
+def write_all(model, data, history: dict | None, run_dir,
+              validation: str = "test split") -> list[Path]:
     """Every plot into run_dir (file names in PLOT_FILES); returns the paths written.
 
     `data`: a datasets.Dataset (its test split is drawn, or the training split when the
-    test split is empty), an (x, y) pair, or x alone.  No loss plot without history.
+    test split is empty), an (x, y) pair, or x alone.  The latent scatter and the manifold
+    share one LatentView of it.  No loss plot without history; `validation` names the
+    validation set in its legend.
     """
     x, y, label_names, description = _plot_data(data)
     run_dir = Path(run_dir)
+    view = latent_view(model, x)
     written = [
         latent_scatter(model, x, y, run_dir / PLOT_FILES["latent"], label_names=label_names,
-                       description=description),
-        manifold_grid(model, run_dir / PLOT_FILES["manifold"]),
+                       description=description, view=view),
+        manifold_grid(model, run_dir / PLOT_FILES["manifold"], view=view),
         reconstructions(model, x, run_dir / PLOT_FILES["reconstructions"]),
-        samples(model, run_dir / PLOT_FILES["samples"]),
+        samples(model, run_dir / PLOT_FILES["samples"], view=view),
     ]
     if history and history.get("epoch"):
-        written.append(loss_curves(history, run_dir / PLOT_FILES["loss"]))
+        written.append(loss_curves(history, run_dir / PLOT_FILES["loss"], validation))
     return written
 
 
@@ -192,18 +230,36 @@ def image_grid(x, path, data_shape=None, ncols: int | None = None, title: str | 
 
 
 # ---------------------------------------------------------------------- the explorer
-def explorer_figure(model, figure: Figure | None = None, z=None):
+def slider_ranges(codes, z=None) -> np.ndarray:
+    """(latent_dim, 2) slider spans: per dimension, the codes' 0.5-99.5 percentiles
+    widened to at least +-SLIDER_RANGE (the N(0, I) prior's +-3 sd) and to include z."""
+    codes = np.asarray(codes, np.float64)
+    lo, hi = np.quantile(codes, [0.005, 0.995], axis=0)
+    lo, hi = np.minimum(lo, -SLIDER_RANGE), np.maximum(hi, SLIDER_RANGE)
+    if z is not None:
+        lo, hi = np.minimum(lo, z), np.maximum(hi, z)
+    return np.stack([np.floor(lo), np.ceil(hi)], axis=1)
+
+
+def explorer_figure(model, figure: Figure | None = None, z=None, ranges=None,
+                    start: str | None = None):
     """Build the latent explorer on `figure` (a new Agg figure if None): the decoded
-    image of z (default 0, the prior mean) above one slider per latent dimension, each
-    spanning +-SLIDER_RANGE (the first MAX_SLIDERS dimensions only; the others keep
-    their value from z).  Returns (figure, sliders); keep the sliders referenced, or
-    matplotlib forgets their callbacks."""
+    image of z (default 0, the prior mean) above one slider per latent dimension (the
+    first MAX_SLIDERS dimensions only; the others keep their value from z).  `ranges`
+    (latent_dim, 2): each slider's span (default +-SLIDER_RANGE; see slider_ranges);
+    `start` says in the title where z came from (default "0").  Returns (figure,
+    sliders); keep the sliders referenced, or matplotlib forgets their callbacks."""
     from matplotlib.widgets import Slider
     config = model.config
     n_sliders = min(config.latent_dim, MAX_SLIDERS)
     z = np.zeros(config.latent_dim, np.float32) if z is None else np.array(z, np.float32)
     if z.shape != (config.latent_dim,):
         raise ValueError(f"z has shape {z.shape}; expected ({config.latent_dim},)")
+    if ranges is None:
+        ranges = np.tile([-SLIDER_RANGE, SLIDER_RANGE], (config.latent_dim, 1))
+    ranges = np.asarray(ranges, np.float64)
+    if ranges.shape != (config.latent_dim, 2) or not (ranges[:, 0] < ranges[:, 1]).all():
+        raise ValueError(f"ranges must be (low, high) pairs, shape ({config.latent_dim}, 2)")
     slider_in = 0.32 * n_sliders + 0.3
     image_in = 4.5
     height = image_in + slider_in
@@ -216,14 +272,14 @@ def explorer_figure(model, figure: Figure | None = None, z=None):
     image_ax = figure.add_axes((left, (slider_in + below) / height, 0.92 - left,
                                 (image_in - 0.6 - below) / height))
     view = _DatumView(image_ax, config.data_shape, model.decode(z[None])[0])
-    figure.suptitle(_explorer_title(config.latent_dim, n_sliders, not z[n_sliders:].any()),
-                    fontsize=10)
+    where = start or ("0" if not z[n_sliders:].any() else "their given values")
+    figure.suptitle(_explorer_title(config.latent_dim, n_sliders, where), fontsize=10)
     sliders = []
     for i in range(n_sliders):
         bottom = (slider_in - 0.32 * (i + 1)) / height
         slider_ax = figure.add_axes((0.15, bottom, 0.65, 0.22 / height))
-        sliders.append(Slider(slider_ax, f"z{i + 1}", -SLIDER_RANGE, SLIDER_RANGE,
-                              valinit=float(z[i]), valfmt="%+.2f"))
+        sliders.append(Slider(slider_ax, f"z{i + 1}", ranges[i, 0], ranges[i, 1],
+                              valinit=float(np.clip(z[i], *ranges[i])), valfmt="%+.2f"))
 
     def redraw(_value):
         for i, slider in enumerate(sliders):
@@ -236,27 +292,29 @@ def explorer_figure(model, figure: Figure | None = None, z=None):
     return figure, sliders
 
 
-def save_explorer(model, path, z=None) -> Path:
+def save_explorer(model, path, z=None, ranges=None, start: str | None = None) -> Path:
     """The explorer figure at z (default: the prior mean 0) as a PNG, no display needed."""
-    figure, _ = explorer_figure(model, z=z)
+    figure, _ = explorer_figure(model, z=z, ranges=ranges, start=start)
     return _save(figure, path)
 
 
-def explore(model, z=None) -> None:
-    """Open the interactive explorer window (sliders start at z, default 0); returns
-    when the window is closed."""
+def explore(model, z=None, ranges=None, start: str | None = None,
+            title: str = "cupyvae explore") -> None:
+    """Open the interactive explorer window titled `title` (sliders start at z, default
+    0); returns when the window is closed."""
     import matplotlib.pyplot as plt
-    figure = plt.figure()
-    _figure, sliders = explorer_figure(model, figure, z=z)   # noqa: F841  (keeps the sliders alive)
+    figure = plt.figure(num=title)
+    _figure, sliders = explorer_figure(model, figure, z=z, ranges=ranges,   # noqa: F841
+                                       start=start)                         # (keeps the sliders alive)
     plt.show()
 
 
-def _explorer_title(latent_dim: int, n_sliders: int, fixed_at_zero: bool = True) -> str:
+def _explorer_title(latent_dim: int, n_sliders: int, where: str = "0") -> str:
+    """`where`: where the unslid dimensions (and the sliders) start, e.g. "the data's mean code"."""
     if n_sliders < latent_dim:
-        fixed = "stay at 0" if fixed_at_zero else "stay fixed"
         return (f"Latent explorer: sliders for z1–z{n_sliders} of {latent_dim} "
-                f"(at most {MAX_SLIDERS} sliders);\n{_dims(n_sliders + 1, latent_dim)} {fixed}")
-    return f"Latent explorer: {latent_dim}-D latent, decoded live"
+                f"(at most {MAX_SLIDERS} sliders);\n{_dims(n_sliders + 1, latent_dim)} stay at {where}")
+    return f"Latent explorer: {latent_dim}-D latent, decoded live, starting at {where}"
 
 
 class _DatumView:
@@ -383,15 +441,112 @@ def _value_range(*arrays) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- latent space
-def _two_dimensional_view(z: np.ndarray):
-    """(points (N, 2), axis names): the means themselves in 2-D, else their PCA."""
-    if z.shape[1] == 2:
-        return z, ("z1 (posterior mean)", "z2 (posterior mean)")
-    centred = z - z.mean(axis=0)
-    _, singular, basis = np.linalg.svd(centred, full_matrices=False)
+@dataclass(frozen=True)
+class LatentView:
+    """The view of the latent space that the scatter and the manifold share.
+
+    A latent point with view coordinates a (k,) is centre + a @ basis.  k = 2 (k = 1 for a
+    1-D latent); for latent_dim <= 2 the basis is the identity and the centre 0, above 2
+    the basis is the codes' first two principal directions and the centre their mean.
+    `prior_ks` is the larger KS distance (over the axes) between the aggregate posterior
+    and the prior, `matches_prior` whether it is at most PRIOR_MATCH_KS (None and False
+    when it was not measured: no data)."""
+    codes: np.ndarray             # (N, latent_dim) posterior means of the plotted examples
+    rows: np.ndarray              # (N,) which examples of the data were plotted
+    centre: np.ndarray            # (latent_dim,)
+    basis: np.ndarray             # (k, latent_dim), orthonormal rows
+    axis_names: tuple[str, ...]   # k names, for the axis labels
+    prior_points: np.ndarray      # (PRIOR_SAMPLES, k) prior draws in view coordinates
+    prior_ks: float | None
+    matches_prior: bool
+
+    @property
+    def points(self) -> np.ndarray:
+        """(N, k) view coordinates of the codes."""
+        return (self.codes - self.centre) @ self.basis.T
+
+    def grid_values(self, n: int) -> list[np.ndarray]:
+        """n coordinates per axis, increasing: the prior's quantiles u = MANIFOLD_EDGE ...
+        1 - MANIFOLD_EDGE when the aggregate posterior matches the prior (or there are no
+        codes), else evenly spaced over the codes' CODE_RANGE percentiles."""
+        if self.matches_prior or len(self.codes) == 0:
+            u = np.linspace(MANIFOLD_EDGE, 1 - MANIFOLD_EDGE, n)
+            return [np.quantile(self.prior_points[:, a], u) for a in range(len(self.basis))]
+        lo, hi = np.quantile(self.points, CODE_RANGE, axis=0)
+        return [np.linspace(lo[a], hi[a], n) for a in range(len(self.basis))]
+
+    def grid_latents(self, values: list[np.ndarray], two_axes: bool) -> np.ndarray:
+        """Latent rows in mosaic order: the second axis from high (top row) to low, the
+        first from low to high; with two_axes False, the first axis only."""
+        if not two_axes:
+            coords = np.zeros((len(values[0]), len(self.basis)))
+            coords[:, 0] = values[0]
+        else:
+            first, second = np.meshgrid(values[0], values[1][::-1])
+            coords = np.stack([first.ravel(), second.ravel()], axis=1)
+        return (self.centre + coords @ self.basis).astype(np.float32)
+
+    def grid_description(self) -> str:
+        """Which grid was used, and why."""
+        if self.prior_ks is None:
+            return (f"prior quantiles u = {MANIFOLD_EDGE:g}…{1 - MANIFOLD_EDGE:g} "
+                    "(not checked against data)")
+        verdict = (f"aggregate posterior ≈ prior: KS {self.prior_ks:.2f} ≤ {PRIOR_MATCH_KS:g}"
+                   if self.matches_prior else
+                   f"aggregate posterior ≠ prior: KS {self.prior_ks:.2f} > {PRIOR_MATCH_KS:g}")
+        if self.matches_prior:
+            return f"prior quantiles u = {MANIFOLD_EDGE:g}…{1 - MANIFOLD_EDGE:g} ({verdict})"
+        lo, hi = (round(100 * q) for q in CODE_RANGE)
+        return f"range of the data's codes, percentiles {lo}–{hi} ({verdict})"
+
+
+def latent_view(model, x, max_points: int = MAX_SCATTER_POINTS) -> LatentView:
+    """The LatentView of (at most max_points evenly spaced examples of) x: its codes,
+    their 2-D view, and the KS test of the aggregate posterior against the prior."""
+    from scipy.stats import ks_2samp
+    x = np.asarray(x)
+    rows = _evenly_spaced(len(x), max_points)
+    codes = model.encode(x[rows])
+    centre, basis, names = _view_axes(codes)
+    to_view = lambda z: (z - centre) @ basis.T          # noqa: E731
+    drawn = to_view(model.encode(x[rows], sample=True))  # one z ~ q(z|x) each: q(z) samples
+    prior = to_view(model.sample_latent(PRIOR_SAMPLES))
+    ks = max(float(ks_2samp(drawn[:, a], prior[:, a]).statistic) for a in range(len(basis)))
+    return LatentView(codes, rows, centre, basis, names, prior, ks, ks <= PRIOR_MATCH_KS)
+
+
+def prior_view(model) -> LatentView:
+    """The view without data: z1 and z2 (others 0) and the prior's quantiles."""
+    latent_dim = model.config.latent_dim
+    k = min(latent_dim, 2)
+    basis = np.eye(k, latent_dim)
+    prior = model.sample_latent(PRIOR_SAMPLES) @ basis.T
+    return LatentView(np.zeros((0, latent_dim), np.float32), np.zeros(0, np.int64),
+                      np.zeros(latent_dim), basis, tuple(f"z{a + 1}" for a in range(k)),
+                      prior, None, False)
+
+
+def _view_axes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(centre, basis (k, Z), axis names): the coordinates themselves up to 2-D, else the
+    plane of the first two principal directions through the codes' mean."""
+    latent_dim = codes.shape[1]
+    if latent_dim <= 2:
+        names = ("z1 (posterior mean)", "z2 (posterior mean)")[:latent_dim]
+        return np.zeros(latent_dim), np.eye(latent_dim), names
+    centre = codes.mean(axis=0).astype(np.float64)
+    _, singular, vectors = np.linalg.svd(codes - centre, full_matrices=False)
     share = singular ** 2 / max(float(np.sum(singular ** 2)), 1e-30)
     names = (f"PC1 ({100 * share[0]:.0f}% of variance)", f"PC2 ({100 * share[1]:.0f}% of variance)")
-    return centred @ basis[:2].T, names
+    return centre, vectors[:2], names
+
+
+def _frame_grid(ax, view: LatentView, n: int = 20) -> None:
+    """A dashed frame around the region the manifold grid decodes."""
+    from matplotlib.patches import Rectangle
+    first, second = view.grid_values(n)
+    ax.add_patch(Rectangle((first[0], second[0]), first[-1] - first[0], second[-1] - second[0],
+                           fill=False, linestyle="--", linewidth=1.0, edgecolor="0.3",
+                           label="manifold grid"))
 
 
 def _point_style(count: int) -> dict:
@@ -439,26 +594,19 @@ def _label_name(label, label_names) -> str:
     return str(label)
 
 
-def _grid_latents(values: np.ndarray, latent_dim: int, two_axes: bool) -> np.ndarray:
-    """Rows of z in mosaic order: z2 from high (top row) to low, z1 from low to high."""
-    if not two_axes:
-        z = np.zeros((len(values), latent_dim), np.float32)
-        z[:, 0] = values
-        return z
-    z1, z2 = np.meshgrid(values, values[::-1])
-    z = np.zeros((z1.size, latent_dim), np.float32)
-    z[:, 0], z[:, 1] = z1.ravel(), z2.ravel()
-    return z
-
-
-def _manifold_title(latent_dim: int, two_axes: bool, n: int) -> str:
-    grid = f"z = Φ⁻¹(u), u = {MANIFOLD_EDGE:g}…{1 - MANIFOLD_EDGE:g}"
-    if two_axes and latent_dim == 2:
-        return f"Decoded manifold, {n}×{n}: {grid}"
-    if two_axes:
-        return f"Decoded manifold, {n}×{n}: z1, z2 varied, {_dims(3, latent_dim)} fixed at 0\n{grid}"
-    others = "" if latent_dim == 1 else f", {_dims(2, latent_dim)} fixed at 0"
-    return f"Decoded along z1 ({n} steps{others})\n{grid}"
+def _manifold_title(view: LatentView, two_axes: bool, n: int) -> str:
+    """What the grid varies, through which point, and which range (see grid_description)."""
+    latent_dim = view.centre.shape[0]
+    if latent_dim > 2:
+        plane = ("PC1 × PC2" if two_axes else "PC1") + " of the codes, through their mean"
+    elif two_axes:
+        plane = "z1 × z2"
+    else:
+        plane = "z1" + ("" if latent_dim == 1 else f", {_dims(2, latent_dim)} at 0")
+    if view.prior_ks is None and latent_dim > 2:
+        plane = ("z1 × z2" if two_axes else "z1") + f", {_dims(3 if two_axes else 2, latent_dim)} at 0"
+    shape = f"{n}×{n}" if two_axes else f"{n} steps"
+    return f"Decoded manifold, {shape}: {plane}\n{view.grid_description()}"
 
 
 def _dims(first: int, last: int) -> str:

@@ -4,9 +4,11 @@
                              options (data, limit, device, execution), the dataset's size and
                              the command that repeats the run
     checkpoint.safetensors   model + optimizer + history, rewritten atomically every epoch
+    checkpoint.best.safetensors  with --patience: the epoch with the lowest validation loss
     metrics.csv              one row per epoch: every column of the history (rewritten every epoch)
     *.png                    the plots (cupyvae.plots.PLOT_FILES)
     evaluation.json          written by `evaluate`
+    samples-<n>.png          written by `sample` unless it is given another file
 
 Every file is written through cupyvae.files.write_atomic, and every file is validated when
 it is read: config.json by the same frozen dataclasses the API uses (VAEConfig,
@@ -19,6 +21,9 @@ The CLI (cupyvae.cli) only parses the command line and calls these functions:
     run = start_run(folder, model_options, TrainingOptions(...), RunOptions(data="mnist"))
     run.train(reporter)                 # Ctrl-C / SIGTERM: RunInterrupted names the saved epoch
     evaluate_run(folder, device="cpu", iw_samples=100)
+    encode_run(folder, "codes.csv")     # posterior means (labels too, where the data have them)
+
+Long passes report to a cupyvae.progress.Reporter (the CLI's draws progress bars).
 """
 from __future__ import annotations
 
@@ -39,15 +44,19 @@ import numpy as np
 from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import VAEConfig
+from .csvdata import csv_reference, is_csv_reference, parse_csv_reference
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
 from .files import write_atomic
-from .model import VAE, TrainingDiverged, load
+from .model import VAE, TrainingDiverged, best_checkpoint_path, load
+from .progress import Reporter
 from .options import Check, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
-from .training import TrainingOptions
+from .training import TrainingOptions, best_epoch, split_digest, split_validation, stopped_early
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+BEST_CHECKPOINT_FILE = best_checkpoint_path(CHECKPOINT_FILE).name
+CHECKPOINTS = ("best", "last")   # which checkpoint the commands that use a trained run load
 METRICS_FILE = "metrics.csv"
 EVALUATION_FILE = "evaluation.json"
 RUN_FORMAT = 2          # config.json layout; format 1 (no "run" section) is still read
@@ -69,7 +78,7 @@ class RunInterrupted(Exception):
 
 def _data_reference(value) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("must be a dataset name or the path of a .npy/.npz file")
+        raise ValueError("must be a dataset name or the path of a .npy/.npz/.csv file")
     return value
 
 
@@ -79,10 +88,11 @@ class RunOptions(ValidatedOptions):
     `fit`.  `device` and `execution` may change when a run is resumed."""
     owner = "run option"
 
-    data: str = option(DEFAULT_DATA, Check("must be a dataset name or a .npy/.npz path",
+    data: str = option(DEFAULT_DATA, Check("must be a dataset name or a .npy/.npz/.csv path",
                                            _data_reference, lambda: click.STRING),
-                       "Dataset name or a .npy/.npz file.  Training uses its train split; "
-                       "its test split is the validation set.")
+                       "Dataset name, or a .npy/.npz file, or a .csv file (FILE.csv#label=COLUMN "
+                       "names its label column).  Training uses its train split; its test "
+                       "split is the validation set unless --val-fraction is given.")
     limit: int | None = option(None, optional(positive_int),
                                "Use only the first N training examples (for quick runs).")
     device: str = option("auto", one_of(lambda: ["auto", *EXECUTORS.names()]),
@@ -98,7 +108,7 @@ class RunOptions(ValidatedOptions):
 
 
 # Options that a resumed run may change; every other option is the run's for life.
-RESUMABLE_OPTIONS = ("epochs", "device", "execution")
+RESUMABLE_OPTIONS = ("epochs", "patience", "device", "execution")
 
 
 @dataclass(frozen=True)
@@ -162,16 +172,29 @@ def _dataset_section(section) -> dict:
     return section
 
 
-def load_run(folder: Path, device: str = "auto", execution: str | None = None
-             ) -> tuple[RunConfig, VAE]:
-    """config.json and the model of its checkpoint, which must belong to it."""
+def load_run(folder: Path, device: str = "auto", execution: str | None = None,
+             checkpoint: str = "last") -> tuple[RunConfig, VAE]:
+    """config.json and the model of a checkpoint, which must belong to it.
+
+    checkpoint: "last" (the latest epoch, what --resume continues) or "best" (the epoch
+    with the lowest validation loss, kept when training with patience; the last where the
+    run kept none)."""
     folder = Path(folder)
     config = read_config(folder)
-    model = load(folder / CHECKPOINT_FILE, device=device, execution=execution)
+    path = checkpoint_path(folder, checkpoint)
+    model = load(path, device=device, execution=execution)
     if model.config != config.model:
-        raise RunError(f"{folder / CHECKPOINT_FILE} does not belong to {folder / CONFIG_FILE}: "
+        raise RunError(f"{path} does not belong to {folder / CONFIG_FILE}: "
                        "their model configs differ")
     return config, model
+
+
+def checkpoint_path(folder: Path, checkpoint: str = "last") -> Path:
+    """The file of checkpoint "last" or "best" (see load_run)."""
+    if checkpoint not in CHECKPOINTS:
+        raise RunError(f"checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
+    best = Path(folder) / BEST_CHECKPOINT_FILE
+    return best if checkpoint == "best" and best.is_file() else Path(folder) / CHECKPOINT_FILE
 
 
 # ---------------------------------------------------------------------- writing
@@ -193,7 +216,8 @@ def write_metrics(path: Path, history: dict) -> None:
 def run_files() -> list[str]:
     """Every file name cupyvae writes into a run folder."""
     from .plots import PLOT_FILES
-    return [CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, EVALUATION_FILE, *PLOT_FILES.values()]
+    return [CONFIG_FILE, CHECKPOINT_FILE, BEST_CHECKPOINT_FILE, METRICS_FILE, EVALUATION_FILE,
+            *PLOT_FILES.values()]
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -236,22 +260,34 @@ def _flag_words(name: str, value: Any, check: Check) -> list[str]:
 
 # ---------------------------------------------------------------------- starting a run
 def dataset_reference(data: str) -> str:
-    """Registered names stay names; files become absolute paths, so config.json works from
-    any directory."""
+    """Registered names stay names; files become absolute paths (a CSV file keeps its
+    '#label=...' options), so config.json works from any directory."""
+    if data in available_datasets():
+        return data
+    if is_csv_reference(data):
+        path, options = parse_csv_reference(data)
+        return csv_reference(path.resolve(), options)
     path = Path(data).expanduser()
-    if data in available_datasets() or not (path.suffix.lower() in (".npy", ".npz") or path.exists()):
+    if not (path.suffix.lower() in (".npy", ".npz") or path.exists()):
         return data   # a name (or a typo, which load_dataset reports with the valid names)
     return str(path.resolve())
 
 
 def default_run_folder(data: str) -> Path:
-    stem = Path(data).stem if data.lower().endswith((".npy", ".npz")) else data
+    if is_csv_reference(data):
+        stem = parse_csv_reference(data)[0].stem
+    else:
+        stem = Path(data).stem if data.lower().endswith((".npy", ".npz")) else data
     return Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass
 class Run:
-    """A run folder ready to train: its config, model and (validated) data."""
+    """A run folder ready to train: its config, model and (validated) data.
+
+    `x_val` is the test split used for validation, or None: either the dataset has no
+    test split, or validation is the val_fraction split that fit takes from x_train
+    (config.dataset says which)."""
     folder: Path
     config: RunConfig
     model: VAE
@@ -259,21 +295,32 @@ class Run:
     x_train: np.ndarray
     x_val: np.ndarray | None
 
-    def train(self, reporter: "Reporter") -> None:
-        """Train until the run has config.training.epochs epochs, then write the plots.
+    @property
+    def validated(self) -> bool:
+        """Whether the run has a validation set (the test split or a val_fraction split)."""
+        return self.config.dataset.get("validation_examples", 0) > 0
+
+    def train(self, reporter: Reporter) -> None:
+        """Train until the run has config.training.epochs epochs (or early stopping ends
+        it), then write the plots (of the best epoch's model when one was kept).
 
         Raises RunInterrupted on Ctrl-C or SIGTERM (the checkpoint of the last complete epoch
         is kept) and RunError when the loss diverges."""
         done, target = len(self.model.history["epoch"]), self.config.training.epochs
-        reporter.message(f"training {self.model!r} on {self.dataset.name}: {len(self.x_train)} "
-                         f"examples, epochs {done + 1}-{target}, run folder {self.folder}")
+        reporter.message(f"training {self.model!r} on {self.dataset.name}: "
+                         f"{self.config.dataset['train_examples']} examples, validation on "
+                         f"{_validation_words(self.config.dataset)}, epochs {done + 1}-{target}, "
+                         f"run folder {self.folder}")
         try:
             with _sigterm_as_interrupt():
                 if target > done:
                     self._fit(reporter, done, target)
+                stop = early_stop_message(self.model.history, self.config.training.patience)
+                if stop:
+                    reporter.message(f"{stop}; its model is {self.folder / BEST_CHECKPOINT_FILE}")
                 reporter.message("writing plots ...")
-                from .plots import write_all
-                write_all(self.model, self.dataset, self.model.history, self.folder)
+                write_run_plots(self.folder, self.config, self._plot_model(), self.dataset,
+                                self.model.history)
         except KeyboardInterrupt as exc:
             raise RunInterrupted(self._interrupted_message(),
                                  143 if isinstance(exc, Terminated) else 130) from None
@@ -282,22 +329,23 @@ class Run:
                     if self.model.history["epoch"] else "No epoch completed, so there is no checkpoint.")
             raise RunError(f"{exc} {kept}") from None
 
-    def _fit(self, reporter: "Reporter", done: int, target: int) -> None:
+    def _fit(self, reporter: Reporter, done: int, target: int) -> None:
         """One fit() call for the remaining epochs: the data are checked and, on a GPU,
         uploaded once."""
-        batches = len(self.x_train) // self.config.training.batch_size
-        reporter.epoch_started(done + 1, target, batches)
-
-        def after_epoch(record: dict) -> None:
+        def after_epoch(_record: dict) -> None:
             write_metrics(self.folder / METRICS_FILE, self.model.history)
-            reporter.epoch_finished(record)
-            if record["epoch"] < target:
-                reporter.epoch_started(record["epoch"] + 1, target, batches)
 
         self.model.fit(self.x_train, self.x_val,
                        self.config.training.replace(epochs=target - done),
-                       checkpoint=self.folder / CHECKPOINT_FILE,
-                       progress=reporter.batches_done, on_epoch=after_epoch)
+                       checkpoint=self.folder / CHECKPOINT_FILE, reporter=reporter,
+                       on_epoch=after_epoch)
+
+    def _plot_model(self) -> VAE:
+        """The best epoch's model when early stopping kept one, else the trained model."""
+        best = self.folder / BEST_CHECKPOINT_FILE
+        if self.config.training.patience is None or not best.is_file():
+            return self.model
+        return load(best, device=self.model.device)
 
     def _interrupted_message(self) -> str:
         """Which epoch the checkpoint holds, read back from the file itself (the signal may
@@ -311,7 +359,7 @@ class Run:
         if saved == 0:
             return ("interrupted before the first epoch finished; no checkpoint was written. "
                     f"Start again with: {rerun_command(self.config, self.folder)} --force")
-        if saved >= target:
+        if saved >= target or stopped_early(history, self.config.training.patience):
             return (f"interrupted while writing the plots; training is complete (epoch {saved} is "
                     f"in {self.folder / CHECKPOINT_FILE}). Write the plots with: cupyvae plot {folder}")
         return (f"interrupted; the last complete checkpoint (epoch {saved}) is kept in "
@@ -319,20 +367,19 @@ class Run:
                 f"--out {folder} --epochs {target}")
 
 
-class Reporter:
-    """What a run tells its user; the CLI draws progress bars, the default says nothing."""
+def early_stop_message(history: dict, patience: int | None) -> str | None:
+    """'stopped early at epoch 12: ...' when early stopping has ended training, else None."""
+    if not stopped_early(history, patience):
+        return None
+    epoch, loss = best_epoch(history)
+    return (f"stopped early at epoch {history['epoch'][-1]}: the validation loss has not "
+            f"improved for {patience} epochs since epoch {epoch} ({loss:.3f})")
 
-    def message(self, text: str) -> None:
-        pass
 
-    def epoch_started(self, epoch: int, target: int, batches: int) -> None:
-        pass
-
-    def batches_done(self, n: int) -> None:
-        pass
-
-    def epoch_finished(self, record: dict) -> None:
-        pass
+def _validation_words(summary: dict) -> str:
+    if not summary.get("validation_examples"):
+        return "nothing (no test split)"
+    return f"{summary['validation_examples']} examples ({summary['validation']})"
 
 
 def start_run(folder: Path | None, model_options: dict, training: TrainingOptions,
@@ -346,9 +393,8 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
     model = VAE(dataset.data_shape, **model_options, device=run_options.device,
                 execution=run_options.execution_mode)
     model.validate_training_options(training)      # e.g. free bits this model cannot have
-    x_train, x_val = _training_data(model, dataset, training, run_options)
-    config = RunConfig(model=model.config, training=training, run=run_options,
-                       dataset=_dataset_summary(dataset, x_train, x_val))
+    x_train, x_val, summary = _training_data(model, dataset, training, run_options)
+    config = RunConfig(model=model.config, training=training, run=run_options, dataset=summary)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
     _clear_run_files(folder)
@@ -357,7 +403,8 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
 
 
 def resume_run(folder: Path, changes: dict) -> Run | None:
-    """The run in `folder`, to be trained on; None when it already has its epochs.
+    """The run in `folder`, to be trained on; None when it already has its epochs or early
+    stopping has ended it (finished_message says which).
 
     `changes`: the options given anew (by name); only RESUMABLE_OPTIONS may differ from the
     stored ones (RunError names the first that does)."""
@@ -368,19 +415,44 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
         raise RunError(f"{folder} has no {CHECKPOINT_FILE}: no epoch was completed; "
                        "start it again with --force")
     run_options = stored.run.replace(**{k: v for k, v in changes.items() if k in ("device", "execution")})
-    training = stored.training.replace(**{k: v for k, v in changes.items() if k == "epochs"})
+    training = stored.training.replace(**{k: v for k, v in changes.items()
+                                          if k in ("epochs", "patience")})
     config, model = load_run(folder, run_options.device, run_options.execution_mode)
     model.validate_training_options(training)      # the objective on a newly chosen device
     done = len(model.history["epoch"])
-    if done >= training.epochs:
+    if done >= training.epochs or stopped_early(model.history, training.patience):
         return None
     dataset = load_dataset(run_options.data)
-    x_train, x_val = _training_data(model, dataset, training, run_options)
+    x_train, x_val, summary = _training_data(model, dataset, training, run_options)
+    _refuse_changed_split(folder, config.dataset, summary)
     config = RunConfig(model=config.model, training=training, run=run_options,
                        dataset=config.dataset)
     remove_stale_temporaries(folder)
     config.write(folder)
     return Run(folder, config, model, dataset, x_train, x_val)
+
+
+def finished_message(folder: Path, changes: dict) -> str:
+    """Why resume_run(folder, changes) has nothing to train."""
+    config = read_config(folder)
+    history = _checkpoint_history(Path(folder) / CHECKPOINT_FILE) or {"epoch": []}
+    patience = changes.get("patience", config.training.patience)
+    epochs = changes.get("epochs", config.training.epochs)
+    stop = early_stop_message(history, patience)
+    if stop and len(history["epoch"]) < epochs:
+        return (f"{folder} {stop}; nothing to train (a larger --patience continues it; "
+                f"`cupyvae plot {shlex.quote(str(folder))}` rewrites its plots)")
+    return (f"{folder} already has its epochs (--epochs {epochs}); nothing to train "
+            f"(`cupyvae plot {shlex.quote(str(folder))}` rewrites its plots)")
+
+
+def _refuse_changed_split(folder: Path, stored: dict, summary: dict) -> None:
+    """A resumed run must validate on the examples it validated on before."""
+    key = "validation_rows_sha256"
+    if key in stored and stored.get(key) != summary.get(key):
+        raise RunError(f"the training data of {folder} changed since the run started: its "
+                       f"validation split ({CONFIG_FILE}: {stored.get('validation_examples')} "
+                       "examples) is not the one the data give now; start a new run")
 
 
 def _refuse_changed_options(stored: RunConfig, changes: dict) -> None:
@@ -410,15 +482,37 @@ def _refuse_occupied_folder(folder: Path, force: bool) -> None:
 
 
 def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
-                   run_options: RunOptions) -> tuple[np.ndarray, np.ndarray | None]:
-    """(the train split cut to `limit`, the validation split), both checked against the model
-    by its own boundary check, so the CLI and the library accept exactly the same data."""
+                   run_options: RunOptions) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(the train split cut to `limit`, the test split as validation set or None, the
+    summary for config.json's dataset section), checked against the model by its own
+    boundary check, so the CLI and the library accept exactly the same data.
+
+    With val_fraction, fit takes the validation set from the training data itself
+    (training.split_validation); the summary records that split and its digest."""
     x_train = dataset.x_train[:run_options.limit] if run_options.limit else dataset.x_train
     x_train = model.validate_data(x_train, f"training data ({dataset.name}, train split)")
-    if training.batch_size > len(x_train):
+    if training.val_fraction:
+        try:
+            train_rows, val_rows = split_validation(len(x_train), training.val_fraction,
+                                                    model.config.seed)
+        except ValueError as exc:
+            raise RunError(f"--val-fraction: {exc}") from None
+        x_val = None
+        summary = {"name": dataset.name, "train_examples": len(train_rows),
+                   "validation": f"{training.val_fraction:g} of the train split",
+                   "validation_examples": len(val_rows), "split_seed": model.config.seed,
+                   "validation_rows_sha256": split_digest(val_rows)}
+    else:
+        x_val = validation_split(model, dataset, training.binarize)
+        summary = {"name": dataset.name, "train_examples": len(x_train), "validation": "test split",
+                   "validation_examples": 0 if x_val is None else len(x_val)}
+    if training.batch_size > summary["train_examples"]:
         raise RunError(f"--batch-size {training.batch_size} is larger than the training set "
-                       f"({len(x_train)} examples of {dataset.name})")
-    return x_train, validation_split(model, dataset, training.binarize)
+                       f"({summary['train_examples']} examples of {dataset.name})")
+    if training.patience is not None and not summary["validation_examples"]:
+        raise RunError(f"--patience needs a validation set, and {dataset.name} has no test "
+                       "split; add --val-fraction")
+    return x_train, x_val, summary
 
 
 def validation_split(model: VAE, dataset: Dataset, binarize: bool) -> np.ndarray | None:
@@ -428,11 +522,6 @@ def validation_split(model: VAE, dataset: Dataset, binarize: bool) -> np.ndarray
         return None
     x_test = model.validate_data(dataset.x_test, f"validation data ({dataset.name}, test split)")
     return binarize_batch(x_test, model.config.seed, 0) if binarize else x_test
-
-
-def _dataset_summary(dataset: Dataset, x_train, x_val) -> dict:
-    return {"name": dataset.name, "train_examples": len(x_train), "validation": "test split",
-            "validation_examples": 0 if x_val is None else len(x_val)}
 
 
 def _checkpoint_history(path: Path) -> dict | None:
@@ -465,40 +554,173 @@ def _sigterm_as_interrupt():
 
 # ---------------------------------------------------------------------- using a trained run
 def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
-                 reporter: Reporter | None = None) -> dict:
+                 reporter: Reporter | None = None, checkpoint: str = "best") -> dict:
     """Test-set negative ELBO (and, with iw_samples > 0, the importance-sampled log-likelihood)
-    of the run's checkpoint; writes evaluation.json and returns its content."""
+    of the run's checkpoint ("best" or "last", see load_run); writes evaluation.json and
+    returns its content.  Both passes report their progress to `reporter`."""
     folder = Path(folder)
-    config, model = load_run(folder, device)
+    reporter = reporter or Reporter()
+    config, model = load_run(folder, device, checkpoint=checkpoint)
     dataset = load_dataset(config.run.data)
     x_test = validation_split(model, dataset, config.training.binarize)
     if x_test is None:
         raise RunError(f"dataset {dataset.name} has no test split to evaluate on")
-    result = {"dataset": dataset.name, "split": "test", "examples": len(x_test),
-              "binarized": config.training.binarize, "epochs": len(model.history["epoch"]),
-              "negative_elbo": model.loss(x_test),
+    n = len(x_test)
+    with reporter.task(f"negative ELBO ({n} test examples)", n) as advance:
+        negative_elbo = model.loss(x_test, progress=advance)
+    result = {"dataset": dataset.name, "split": "test", "examples": n,
+              "binarized": config.training.binarize, "checkpoint": checkpoint_path(folder, checkpoint).name,
+              "epochs": len(model.history["epoch"]), "negative_elbo": negative_elbo,
               "bits_per_dim_basis": model.bits_per_dim_basis(x_test)}
-    result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-result["negative_elbo"], x_test))
+    result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-negative_elbo, x_test))
     if iw_samples:
-        log_px = model.log_likelihood(x_test, n_samples=iw_samples)
+        with reporter.task(f"importance sampling, K={iw_samples} ({n} test examples)", n) as advance:
+            log_px = model.log_likelihood(x_test, n_samples=iw_samples, progress=advance)
         result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
         result["log_likelihood_bits_per_dim"] = float(model.bits_per_dim(result["log_likelihood"],
                                                                           x_test))
+    note = density_note(model)
+    if note:
+        result["note"] = note
     write_json(folder / EVALUATION_FILE, result)
     return result
 
 
-def write_plots(folder: Path, device: str = "auto") -> list[Path]:
-    """(Re)write every plot of the run into its folder."""
-    config, model = load_run(folder, device)
+def density_note(model: VAE) -> str | None:
+    """What a log-likelihood means for a likelihood that is a density (e.g. gaussian)."""
+    if model.spec.likelihood.discrete:
+        return None
+    likelihood = model.spec.likelihood
+    return (f"the {model.config.likelihood} likelihood is a density: log p(x) is a log-density of "
+            f"continuous x in {likelihood.support}^{model.config.data_dim}, not the "
+            "log-probability of a discrete image, so it can be positive and is not comparable "
+            "with a discrete likelihood's (e.g. bernoulli's)")
+
+
+def write_plots(folder: Path, device: str = "auto", checkpoint: str = "best") -> list[Path]:
+    """(Re)write every plot of the run into its folder: the pictures of the chosen
+    checkpoint's model, the loss curves of the whole run."""
+    config, model = load_run(folder, device, checkpoint=checkpoint)
+    history = _checkpoint_history(Path(folder) / CHECKPOINT_FILE) or model.history
+    return write_run_plots(folder, config, model, load_dataset(config.run.data), history)
+
+
+def write_run_plots(folder: Path, config: RunConfig, model: VAE, dataset: Dataset,
+                    history: dict | None = None) -> list[Path]:
     from .plots import write_all
-    return write_all(model, load_dataset(config.run.data), model.history, folder)
+    return write_all(model, dataset, model.history if history is None else history, folder,
+                     validation=config.dataset.get("validation", "test split"))
+
+
+def data_codes(config: RunConfig, model: VAE, most: int = 5000) -> np.ndarray:
+    """Posterior means of at most `most` evenly spaced test examples (training examples
+    where there is no test split): where the run's data lie in the latent space."""
+    dataset = load_dataset(config.run.data)
+    x = dataset.x_test if len(dataset.x_test) else dataset.x_train
+    keep = np.unique(np.linspace(0, len(x) - 1, min(len(x), most)).astype(np.int64))
+    return model.encode(x[keep])
+
+
+# ---------------------------------------------------------------------- encode
+ENCODE_SPLITS = ("all", "train", "test")
+
+
+def encode_run(folder: Path, output: Path, data: str | None = None, split: str = "all",
+               sample: bool = False, device: str = "auto", checkpoint: str = "best",
+               reporter: Reporter | None = None) -> dict:
+    """Latent codes of a dataset under the run's model, written atomically to `output`.
+
+    data: a dataset reference (name, .npy/.npz/.csv path) of the model's data shape;
+    default the run's own.  split: "all" (the train split, then the test split: the file's
+    row order for .npy and .csv files), "train" or "test".  Codes are posterior means
+    (N, latent_dim) float32, or one draw z ~ q(z|x) each with `sample`, computed in
+    batches of cupyvae.model.EVAL_CHUNK examples.
+
+    output FILE.npy: the codes; labels, where the dataset has them, go beside it to
+    FILE.labels.npy (int64).  FILE.csv: a header z1,...,zK[,label[,label_name]] and one row
+    per example.  Returns a summary (examples, files written, ...)."""
+    output = Path(output)
+    writer = CODE_WRITERS.get(output.suffix.lower())
+    if writer is None:
+        raise RunError(f"{output}: the file must end in {' or '.join(CODE_WRITERS)}")
+    if split not in ENCODE_SPLITS:
+        raise RunError(f"split {split!r}: choose one of {', '.join(ENCODE_SPLITS)}")
+    reporter = reporter or Reporter()
+    config, model = load_run(folder, device, checkpoint=checkpoint)
+    dataset = load_dataset(dataset_reference(data) if data is not None else config.run.data)
+    x, y = _split_examples(dataset, split)
+    if len(x) == 0:
+        raise RunError(f"dataset {dataset.name} has no {split} split to encode")
+    x = model.validate_data(x, f"{dataset.name} ({split} split)")
+    kind = "posterior samples" if sample else "posterior means"
+    with reporter.task(f"encoding {len(x)} examples ({kind})", len(x)) as advance:
+        codes = model.encode(x, sample=sample, progress=advance)
+    names = getattr(dataset, "label_names", None)
+    if names is None:
+        from .plots import KNOWN_LABEL_NAMES
+        names = KNOWN_LABEL_NAMES.get(dataset.name)
+    written = writer(output, codes, y, names)
+    return {"dataset": dataset.name, "split": split, "examples": len(codes), "codes": kind,
+            "latent_dim": codes.shape[1], "labels": y is not None,
+            "files": [str(path) for path in written]}
+
+
+def _split_examples(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if split == "train":
+        return dataset.x_train, dataset.y_train
+    if split == "test":
+        return dataset.x_test, dataset.y_test
+    x = np.concatenate([dataset.x_train, dataset.x_test])
+    labelled = dataset.y_train is not None and (dataset.y_test is not None or not len(dataset.x_test))
+    y = np.concatenate([dataset.y_train, dataset.y_test if dataset.y_test is not None
+                        else np.empty(0, np.int64)]) if labelled else None
+    return x, y
+
+
+def labels_path(output: Path) -> Path:
+    """FILE.npy -> FILE.labels.npy, where `encode` puts the labels of FILE.npy's codes."""
+    return output.with_name(f"{output.stem}.labels.npy")
+
+
+def _write_codes_npy(output: Path, codes: np.ndarray, y, _names) -> list[Path]:
+    written = []
+    if y is not None:
+        write_atomic(labels_path(output), _npy_bytes(np.asarray(y, np.int64)))
+        written.append(labels_path(output))
+    write_atomic(output, _npy_bytes(codes))
+    return [output, *written]
+
+
+def _write_codes_csv(output: Path, codes: np.ndarray, y, names) -> list[Path]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = [f"z{k + 1}" for k in range(codes.shape[1])]
+    if y is not None:
+        header += ["label"] + (["label_name"] if names is not None else [])
+    writer.writerow(header)
+    text = [[f"{value:.9g}" for value in row] for row in codes.tolist()]
+    if y is not None:
+        for row, label in zip(text, np.asarray(y).tolist()):
+            row.append(str(label))
+            if names is not None:
+                row.append(str(names[label]) if 0 <= label < len(names) else "")
+    writer.writerows(text)
+    write_atomic(output, buffer.getvalue().encode())
+    return [output]
+
+
+CODE_WRITERS: dict[str, Callable[..., list[Path]]] = {".npy": _write_codes_npy, ".csv": _write_codes_csv}
+
+
+# ---------------------------------------------------------------------- samples
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def _write_sample_array(drawn: np.ndarray, output: Path, _model) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, drawn)
-    write_atomic(output, buffer.getvalue())
+    write_atomic(output, _npy_bytes(drawn))
 
 
 def _write_sample_grid(drawn: np.ndarray, output: Path, model) -> None:
@@ -511,12 +733,19 @@ SAMPLE_WRITERS: dict[str, Callable[[np.ndarray, Path, VAE], None]] = {
     ".npy": _write_sample_array, ".png": _write_sample_grid}
 
 
-def write_samples(folder: Path, n: int, output: Path, seed: int | None = None,
-                  device: str = "auto") -> Path:
-    """n prior samples of the run's model, decoded, as FILE.npy (the array) or FILE.png."""
-    writer = SAMPLE_WRITERS.get(Path(output).suffix.lower())
+def default_samples_path(folder: Path, n: int) -> Path:
+    """Where `cupyvae sample` writes without -o: inside the run folder."""
+    return Path(folder) / f"samples-{n}.png"
+
+
+def write_samples(folder: Path, n: int, output: Path | None = None, seed: int | None = None,
+                  device: str = "auto", checkpoint: str = "best") -> Path:
+    """n prior samples of the run's model, decoded, as FILE.npy (the array) or FILE.png;
+    default default_samples_path (a PNG inside the run folder)."""
+    output = default_samples_path(folder, n) if output is None else Path(output)
+    writer = SAMPLE_WRITERS.get(output.suffix.lower())
     if writer is None:
         raise RunError(f"{output}: the file must end in {' or '.join(SAMPLE_WRITERS)}")
-    _config, model = load_run(folder, device)
-    writer(model.sample(n, seed=seed), Path(output), model)
-    return Path(output)
+    _config, model = load_run(folder, device, checkpoint=checkpoint)
+    writer(model.sample(n, seed=seed), output, model)
+    return output

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import hashlib
+
+import numpy as np
+
 from .objectives import OBJECTIVES
-from .options import (ValidatedOptions, boolean, nonnegative_float, option, positive_float,
-                      positive_int, registered)
+from .options import (ValidatedOptions, boolean, nonnegative_float, number, option, optional,
+                      positive_float, positive_int, registered)
+
+# Keys the validation split's shuffle apart from every other use of the model's seed.
+SPLIT_STREAM = 0x5917
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,14 @@ class TrainingOptions(ValidatedOptions):
     free_bits: float = option(0.0, nonnegative_float,
                               "ELBO: free bits (Kingma et al. 2016), a floor in nats on each "
                               "latent dimension's batch-averaged KL; 0 = off.")
+    val_fraction: float = option(
+        0.0, number(0.0, maximum=1.0, open_max=True),
+        "Hold out this fraction of the training examples (a seeded random subset) as the "
+        "validation set, instead of the test split; 0 keeps the test split.")
+    patience: int | None = option(
+        None, optional(positive_int),
+        "Early stopping: stop when the validation loss has not improved for this many "
+        "epochs; the best epoch's checkpoint is kept beside the last one.")
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,3 +70,47 @@ class TrainingOptions(ValidatedOptions):
         if not isinstance(base, cls):
             raise TypeError(f"options must be a TrainingOptions, got {type(base).__name__}")
         return base.replace(**changes) if changes else base
+
+
+# ---------------------------------------------------------------------- validation split
+def split_validation(n_examples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of a training set of `n_examples`: round(fraction *
+    n_examples) rows (at least 1) drawn without replacement by a generator keyed by (seed,
+    SPLIT_STREAM), so the same (n_examples, fraction, seed) always gives the same split.
+    Both index arrays are sorted (the examples keep their order).  ValueError when the
+    split would leave no training or no validation example."""
+    n_val = max(1, round(fraction * n_examples))
+    if n_val >= n_examples:
+        raise ValueError(f"val_fraction {fraction:g} of {n_examples} training examples leaves "
+                         "no example to train on")
+    order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(n_examples)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def split_digest(val_rows: np.ndarray) -> str:
+    """SHA-256 of the validation rows (int64), recorded in a run's config.json so that a
+    resumed run can check that it validates on the same examples."""
+    return hashlib.sha256(np.ascontiguousarray(val_rows, dtype=np.int64).tobytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------- early stopping
+def best_epoch(history: dict) -> tuple[int, float] | None:
+    """(epoch, validation loss) of the lowest validation loss so far (the first of equal
+    ones); None without validation losses."""
+    validated = [(epoch, loss) for epoch, loss in zip(history.get("epoch", ()),
+                                                      history.get("val_loss", ()))
+                 if loss is not None]
+    return min(validated, key=lambda pair: pair[1]) if validated else None
+
+
+def epochs_without_improvement(history: dict) -> int:
+    """Epochs since the best validation loss (0 when the last epoch is the best)."""
+    best = best_epoch(history)
+    return 0 if best is None else history["epoch"][-1] - best[0]
+
+
+def stopped_early(history: dict, patience: int | None) -> bool:
+    """True when early stopping with `patience` ends (or has ended) training: the
+    validation loss has not improved for `patience` epochs.  Computed from the whole
+    history, so a resumed run stops exactly where an uninterrupted one would."""
+    return patience is not None and epochs_without_improvement(history) >= patience

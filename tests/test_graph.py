@@ -130,7 +130,7 @@ def test_graph_execution_equals_eager_bit_for_bit(steps_per_graph, binarize):
 
 def test_gaussian_likelihood_and_relu_replay_like_eager():
     x = data(16, seed=2)
-    kw = dict(likelihood="gaussian", activation="relu", hidden=(8,))
+    kw = dict(likelihood="gaussian-sigmoid", activation="relu", hidden=(8,))
     eager = model(execution="eager", **kw)
     replayed = model(execution="graph", steps_per_graph=2, **kw)
     assert train(replayed, x, batch_size=4) == train(eager, x, batch_size=4)

@@ -86,7 +86,7 @@ def test_manifold_grid_is_the_decoded_grid_at_an_integer_zoom(model, tmp_path):
     side = mosaic_side_px(6, 8, pad=0)
     margins = 2 * plots.MARGIN_PX + plots.LINE_PX       # plus the axis label on each side
     assert image.shape[1] == side + margins
-    assert image.shape[0] == side + margins + plots.LINE_PX    # and a one-line title
+    assert image.shape[0] == side + margins + 2 * plots.LINE_PX    # and a two-line title
     assert_varied(image)
 
 
@@ -97,9 +97,15 @@ def test_manifold_grid_keeps_the_image_aspect_of_the_data(tmp_path):
 
 
 def test_manifold_grid_says_which_dimensions_it_varies():
-    assert "z3 fixed at 0" in plots._manifold_title(3, True, 20)
-    assert "z3–z5 fixed at 0" in plots._manifold_title(5, True, 20)
-    assert "fixed" not in plots._manifold_title(2, True, 20)
+    def title(latent_dim, data=True):
+        model = cupyvae.VAE(SHAPE, latent_dim=latent_dim, hidden=(8,), device="cpu")
+        view = plots.latent_view(model, make_images(30)[0]) if data else plots.prior_view(model)
+        return plots._manifold_title(view, True, 20)
+    assert "z3 at 0" in title(3, data=False) and "not checked" in title(3, data=False)
+    assert "z3–z5 at 0" in title(5, data=False)
+    assert "PC1 × PC2 of the codes, through their mean" in title(5)
+    assert title(2).startswith("Decoded manifold, 20×20: z1 × z2\n")
+    assert "KS" in title(2)
 
 
 def test_reconstructions_show_originals_above_reconstructions(model, data, tmp_path):
@@ -172,3 +178,78 @@ def test_image_grid_of_colour_images(tmp_path):
     image = pixels(plots.image_grid(rng.uniform(0, 1, (4, 6, 6, 3)), tmp_path / "rgb.png"))
     side = mosaic_side_px(2, 6, pad=1)
     assert image.shape[:2] == (side + 2 * plots.MARGIN_PX, side + 2 * plots.MARGIN_PX)
+
+
+# ---------------------------------------------------------------------- where the grid looks
+def hand_built(latent_dim=2, offset=(8.0, -6.0), spread=4.0, logvar=-4.0, rest=3.0):
+    """A model built by hand: no hidden layer, so the encoder is linear and its posterior
+    mean is mu_k = offset_k + spread * (x_k - 1/2) for k = 1, 2 (pixels 1 and 2), the
+    other coordinates `rest`; log-variance `logvar` everywhere.  Far from N(0, I) by default."""
+    model = cupyvae.VAE((4, 4), latent_dim=latent_dim, hidden=(), device="cpu", seed=0)
+    weight, bias = model.params["encoder.0.weight"], model.params["encoder.0.bias"]
+    weight[:] = 0
+    bias[:latent_dim] = rest
+    for k in range(2):
+        weight[k, k] = spread
+        bias[k] = offset[k] - spread / 2
+    bias[latent_dim:] = logvar
+    return model
+
+
+def uniform_images(n=2000, seed=0):
+    return np.random.default_rng(seed).random((n, 4, 4)).astype(np.float32)
+
+
+def test_a_model_whose_codes_lie_far_from_the_prior_gets_the_codes_range(tmp_path):
+    model = hand_built()
+    x = uniform_images()
+    view = plots.latent_view(model, x)
+    codes = model.encode(x)
+    assert not view.matches_prior and view.prior_ks > 0.9
+    first, second = view.grid_values(20)
+    np.testing.assert_allclose([first[0], first[-1]], np.quantile(codes[:, 0], [0.01, 0.99]), rtol=1e-6)
+    np.testing.assert_allclose([second[0], second[-1]], np.quantile(codes[:, 1], [0.01, 0.99]), rtol=1e-6)
+    grid = view.grid_latents([first, second], two_axes=True)
+    assert (grid[:, 0] > 5.9).all() and (grid[:, 1] < -3.9).all()   # inside the codes' square
+    title = plots._manifold_title(view, True, 20)
+    assert "range of the data's codes, percentiles 1–99" in title and "KS 1.00 > 0.1" in title
+    assert_varied(pixels(plots.manifold_grid(model, tmp_path / "m.png", x=x)), 0.0)
+
+
+def test_codes_distributed_like_the_prior_get_the_prior_quantile_grid():
+    from scipy.special import ndtri
+    model = hand_built(offset=(0.0, 0.0), spread=0.0, logvar=0.0)    # q(z|x) = N(0, I) for every x
+    view = plots.latent_view(model, uniform_images())
+    assert view.matches_prior and view.prior_ks < 0.05
+    expected = ndtri(np.linspace(0.05, 0.95, 9))
+    for values in view.grid_values(9):
+        # 20000 prior draws estimate a 5% quantile to about 0.015 (sd); 0.05 is > 3 sd.
+        np.testing.assert_allclose(values, expected, atol=0.05)
+    assert "prior quantiles u = 0.05…0.95 (aggregate posterior ≈ prior" in \
+        plots._manifold_title(view, True, 9)
+
+
+def test_above_two_dimensions_the_grid_is_the_scatters_pca_plane_through_the_codes_mean():
+    model = hand_built(latent_dim=5, rest=3.0)
+    x = uniform_images(500)
+    view = plots.latent_view(model, x)
+    codes = model.encode(x[view.rows])
+    np.testing.assert_allclose(view.centre, codes.mean(axis=0), rtol=1e-5)
+    # The codes vary along z1 and z2 only, so those span the principal plane.
+    np.testing.assert_allclose(np.abs(view.basis[:, 2:]), 0, atol=1e-5)
+    grid = view.grid_latents(view.grid_values(6), two_axes=True)
+    np.testing.assert_allclose(grid[:, 2:], 3.0, rtol=1e-5)         # the other coordinates: the mean
+    assert np.ptp(grid[:, 0]) > 3 and np.ptp(grid[:, 1]) > 3
+    np.testing.assert_allclose(view.points, (codes - view.centre) @ view.basis.T, rtol=1e-5)
+    assert "PC1 × PC2 of the codes, through their mean" in plots._manifold_title(view, True, 6)
+    assert view.axis_names[0].startswith("PC1")
+
+
+def test_write_all_shares_one_view_between_scatter_manifold_and_samples(tmp_path, monkeypatch):
+    model = hand_built()
+    x = uniform_images(300)
+    seen = []
+    original = plots.latent_view
+    monkeypatch.setattr(plots, "latent_view", lambda *a, **k: seen.append(1) or original(*a, **k))
+    written = plots.write_all(model, (x, None), None, tmp_path)
+    assert len(seen) == 1 and len(written) == 4

@@ -248,19 +248,21 @@ class KernelExecutor:
     # `chunk` rows (None: one chunk) draws its noise with step + c.  Uploads first, then
     # the launches of every chunk, then one read of the results: no synchronization between
     # chunks (a small host->device copy from pageable memory would wait for the stream).
-    def encode_raw(self, x: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    def encode_raw(self, x: np.ndarray, chunk: int | None = None, progress=None) -> np.ndarray:
         """The encoder's raw outputs (N, P) for x (N, D)."""
-        return self._forward_raw(self.spec.encoder, to_device(x, self.device), chunk,
-                                 lambda buffers: buffers.enc)
+        return _reported(self._forward_raw(self.spec.encoder, to_device(x, self.device), chunk,
+                                           lambda buffers: buffers.enc), progress)
 
     def decode_raw(self, z: np.ndarray, chunk: int | None = None) -> np.ndarray:
         """The decoder's raw outputs (N, R) for z (N, Z)."""
         return self._forward_raw(self.spec.decoder, to_device(z, self.device), chunk,
                                  lambda buffers: buffers.dec)
 
-    def loss_rows(self, x: np.ndarray, step: int, stream: int,
-                  chunk: int | None = None) -> np.ndarray:
-        """Per-example negative ELBO (N,) float64, one posterior draw each (Philox, `stream`)."""
+    def loss_rows(self, x: np.ndarray, step: int, stream: int, chunk: int | None = None,
+                  progress=None) -> np.ndarray:
+        """Per-example negative ELBO (N,) float64, one posterior draw each (Philox, `stream`).
+        `progress(N)` once the result is read (on every inference call here: chunks are
+        queued, not done, until the one read-back)."""
         x_dev = to_device(x, self.device)
         counters = self._chunk_counters(len(x), step, chunk)
         out = self.xp.empty(len(x), np.float32)
@@ -269,10 +271,10 @@ class KernelExecutor:
             run([*self._forward(buffers, counters[c], stream),
                  self._likelihood_launch(buffers, 1.0)], self.device)
             self.xp.add(buffers.nll, buffers.kl, out=out[rows])   # float32, as on the host
-        return np.array(to_host(out), np.float64)
+        return _reported(np.array(to_host(out), np.float64), progress)
 
-    def posterior_sample(self, x: np.ndarray, step: int, stream: int,
-                         chunk: int | None = None) -> np.ndarray:
+    def posterior_sample(self, x: np.ndarray, step: int, stream: int, chunk: int | None = None,
+                         progress=None) -> np.ndarray:
         """One reparameterized draw z (N, Z) of q(z|x) per row, drawn on the device by the
         posterior's elementwise kernel (ops.<posterior>_sample)."""
         x_dev = to_device(x, self.device)
@@ -283,7 +285,7 @@ class KernelExecutor:
             run([*self._mlp_forward(self.spec.encoder, buffers.enc),
                  sample(buffers.enc[-1], self.spec.config.seed, _uint32_step(step + c), stream,
                         out[rows])], self.device)
-        return np.array(to_host(out))
+        return _reported(np.array(to_host(out)), progress)
 
     def sample_raw(self, n: int, seed: int, chunk: int | None = None) -> np.ndarray:
         """The decoder's raw outputs for n draws of the prior, keyed as
@@ -447,6 +449,13 @@ def _uint32_step(step: int) -> int:
     if not 0 <= step < 2 ** 32:
         raise OverflowError(f"Philox step {step} does not fit in uint32")
     return step
+
+
+def _reported(result: np.ndarray, progress) -> np.ndarray:
+    """`result` (read back: every row is done), after telling `progress` its row count."""
+    if progress is not None:
+        progress(len(result))
+    return result
 
 
 def _array_module(device: str):

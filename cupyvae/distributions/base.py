@@ -109,6 +109,9 @@ class Likelihood(Distribution):
     `discrete`: True when p is a probability mass function over the data values (so
     log p is a log-probability), False when it is a density on the data space."""
     discrete: ClassVar[bool] = False
+    # Where the data live, for messages: a density's log-likelihood is a log-density on
+    # support^D (so it can be positive).
+    support: ClassVar[str] = "[0, 1]"
 
     def nll(self, raw: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
         """(-log p(x|raw) per row (B,), scale * d/d raw (B, raw_width)) in one pass."""

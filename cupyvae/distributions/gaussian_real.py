@@ -44,6 +44,7 @@ class GaussianRealLikelihood(Likelihood):
     params = (ParamSpec("mean", "real"),
               ParamSpec("logvar_raw", f"real; logvar = {LOGVAR_BOUND:g} tanh(raw / {LOGVAR_BOUND:g})"))
     kernel = "gaussian_real"
+    support = "R"
 
     def nll(self, raw, x, scale):
         return gaussian_real_nll(raw, x, scale)

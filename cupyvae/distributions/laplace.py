@@ -46,6 +46,7 @@ class Laplace(Likelihood):
               ParamSpec("log_scale_raw", f"real; log_scale = {LOG_SCALE_BOUND:g} "
                                          f"tanh(raw / {LOG_SCALE_BOUND:g})"))
     kernel = "laplace"
+    support = "R"
 
     def nll(self, raw, x, scale):
         return laplace_nll(raw, x, scale)
