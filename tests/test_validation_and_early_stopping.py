@@ -34,8 +34,9 @@ def scripted_val_loss(monkeypatch):
 
     def replay(self, x_val, reporter):
         assert len(x_val) > 0
-        return script.pop(0)
-    monkeypatch.setattr(VAE, "_validation_loss", replay)
+        return {"negative_elbo": script.pop(0), "reconstruction": None, "kl": None,
+                "active_units": None}
+    monkeypatch.setattr(VAE, "_validation_terms", replay)
     return script
 
 
