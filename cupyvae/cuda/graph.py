@@ -36,10 +36,8 @@ Rules of CUDA stream capture this module enforces (it is what makes a capture fa
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
-from .launch import Launch
-from .loader import get_function
+from .launch import BoundLaunch, Launch  # noqa: F401 -- BoundLaunch: re-exported
 
 EXECUTION_MODES = ("eager", "graph")
 # The emulator's "graph" is a recorded replay: no faster there, so eager stays its default.
@@ -76,28 +74,10 @@ def check_steps_per_graph(steps_per_graph) -> int | None:
     return int(steps_per_graph)
 
 
-@dataclass(frozen=True)
-class BoundLaunch:
-    """A Launch whose kernel function is already resolved (compiled and loaded): calling it
-    issues the kernel on the current stream and does nothing else."""
-
-    function: Callable
-    grid: tuple
-    block: tuple
-    args: tuple
-    shared_mem: int
-    name: str       # "file.entry", for messages
-
-    def __call__(self) -> None:
-        self.function(self.grid, self.block, self.args, shared_mem=self.shared_mem)
-
-
-def bind(launches: Iterable[Launch], device: str) -> tuple[BoundLaunch, ...]:
-    """Resolve each launch's kernel once (compiling and loading its module if needed)."""
-    return tuple(BoundLaunch(get_function(launch.kernel, launch.entry, device), launch.grid,
-                             launch.block, launch.args, launch.shared_mem,
-                             f"{launch.kernel}.{launch.entry}")
-                 for launch in launches)
+def bind(launches: Iterable[Launch], device: str) -> tuple[Callable[[], None], ...]:
+    """Resolve each launch's kernel once (compiling and loading its module if needed):
+    RawKernel launches and ElementwiseKernel launches alike (cupyvae.cuda.launch)."""
+    return tuple(launch.bind(device) for launch in launches)
 
 
 def issue(step: Sequence[Callable[[], None]], steps: int = 1) -> None:
