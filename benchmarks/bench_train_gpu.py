@@ -108,19 +108,22 @@ def initial_params(case: Case) -> dict[str, np.ndarray]:
 def time_cupyvae(case: Case, x, perms, device: str, execution: str, steps_per_graph) -> dict:
     import cupyvae
     from cupyvae.optim import Adam
+    from cupyvae.training import TrainingOptions
 
     vae = cupyvae.VAE(DATA_SHAPE, latent_dim=case.z_dim, hidden=case.hidden, device=device, seed=0)
     ex = vae._executor
     ex.execution, ex.steps_per_graph = execution, steps_per_graph
     init = ex.host_flat()
-    ex.train_epoch(x, perms[0], case.batch, Adam(lr=LR), False)   # compile, upload, capture
+    options = TrainingOptions(batch_size=case.batch, lr=LR)
+    ex.train_epoch(x, perms[0], options, Adam(lr=LR))   # compile, upload, capture
     ex.load_flat(init)                 # restart from the same init; data and graphs are kept
+    ex.load_moments(None, None)
     optimizer = Adam(lr=LR)
     seconds, loss = [], None
     for perm in perms[1:]:
         _synchronize(device)
         start = time.perf_counter()
-        loss = ex.train_epoch(x, perm, case.batch, optimizer, False)   # ends with a read-back
+        loss = ex.train_epoch(x, perm, options, optimizer)   # ends with a read-back
         seconds.append(time.perf_counter() - start)
     del vae, ex
     _free_cupy(device)

@@ -67,8 +67,11 @@ class VAE:
         """Train with Adam; returns the history (per-epoch train and validation loss).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
-        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False`); every value
-        is validated (ValueError naming the field) before any work.  Only whole batches are
+        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False`, the schedules
+        `lr_schedule`, `lr_warmup_steps`, `lr_decay_steps`, `lr_min`, the KL weight `kl_weight`,
+        `kl_warmup_steps` and `clip_norm`); every value is validated (ValueError naming the
+        field) before any work.  Schedules count Adam steps over the model's whole training
+        (cupyvae.schedules), so calling fit again continues them.  Only whole batches are
         used in an epoch (the order is reshuffled every epoch, so every example is seen).
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
         one epoch.  `verbose`: print one line per epoch to stderr.  `progress(n)` is called
@@ -85,8 +88,7 @@ class VAE:
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
         for _ in range(options.epochs):
-            record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
-                                           progress)
+            record = self._train_one_epoch(x_train, x_val, options, progress)
             if checkpoint is not None:
                 self.save(checkpoint)
             if verbose:
@@ -95,20 +97,18 @@ class VAE:
                 on_epoch(record)
         return self.history
 
-    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress) -> dict:
+    def _train_one_epoch(self, x_train, x_val, options, progress) -> dict:
         start = time.perf_counter()
         epoch = len(self.history["epoch"]) + 1
         # Keyed by epoch, so a run resumed from a checkpoint replays exactly the same orders.
         rng = np.random.default_rng([self.config.seed, epoch])
-        saved = self._executor.host_flat()
-        saved_opt = self.optimizer.snapshot()
+        saved, saved_step = self._executor.snapshot(), self.optimizer.step_count
         perm = rng.permutation(len(x_train)).astype(np.int64)
-        train_loss = self._executor.train_epoch(x_train, perm, batch_size, self.optimizer,
-                                                binarize, progress)
+        train_loss = self._executor.train_epoch(x_train, perm, options, self.optimizer, progress)
         val_loss = None if x_val is None else self.loss(x_val)
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
-            self._executor.load_flat(saved)
-            self.optimizer.restore(saved_opt)
+            self._executor.restore(saved)
+            self.optimizer.step_count = saved_step
             raise TrainingDiverged(f"epoch {epoch}: the loss became {train_loss} (train) / "
                                    f"{val_loss} (val); parameters restored to epoch {epoch - 1}. "
                                    "Try a smaller learning rate.")
@@ -121,6 +121,7 @@ class VAE:
     def _ensure_optimizer(self, lr, weight_decay):
         if self.optimizer is None:
             self.optimizer = Adam(lr=float(lr), weight_decay=float(weight_decay))
+            self._executor.load_moments(None, None)
         else:   # continuing: keep the moments and the step count, take the new rates
             Adam(lr=float(lr), weight_decay=float(weight_decay))   # validates them
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
@@ -206,8 +207,8 @@ class VAE:
         """Write an atomic checkpoint that rebuilds this model (and its optimizer) alone."""
         tensors = {"params": self._executor.host_flat()}
         meta = {"config": self.config.to_json(), "history": self.history, "adam": None}
-        if self.optimizer is not None and self.optimizer.m is not None:
-            tensors["adam.m"], tensors["adam.v"] = self.optimizer.m, self.optimizer.v
+        if self.optimizer is not None:
+            tensors["adam.m"], tensors["adam.v"] = self._executor.host_moments()
             meta["adam"] = self.optimizer.state()
         save_checkpoint(path, tensors, meta)
 
@@ -277,7 +278,12 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     model.history = meta.get("history") or model.history
     adam = meta.get("adam")
     if adam:
-        model.optimizer = Adam(**adam, m=tensors["adam.m"], v=tensors["adam.v"])
+        moments = [tensors.get(name) for name in ("adam.m", "adam.v")]
+        if any(m is None or m.shape != flat.shape or m.dtype != np.float32 for m in moments):
+            raise CheckpointError(f"checkpoint {path}: Adam moments adam.m / adam.v must both be "
+                                  f"({flat.shape[0]},) float32 like the parameters")
+        model.optimizer = Adam(**adam)
+        model._executor.load_moments(*moments)
     return model
 
 

@@ -98,10 +98,13 @@ def add_prior_param_grads(spec: ModelSpec, params: dict, grads: dict, z: np.ndar
 
 
 def negative_elbo_and_grads(spec: ModelSpec, params: dict, grads: dict,
-                            x: np.ndarray, eps: np.ndarray) -> float:
-    """Mean negative ELBO over the batch; writes d loss / d param into `grads` with `=`."""
+                            x: np.ndarray, eps: np.ndarray, kl_weight: float = 1.0) -> float:
+    """Mean negative ELBO over the batch, with the KL term weighted by `kl_weight` (beta:
+    1/B sum_b [nll_b + beta KL_b]; beta-VAE, Higgins et al. 2017; KL annealing, Bowman et al.
+    2016); writes d loss / d param into `grads` with `=`."""
     batch = x.shape[0]
     scale = 1.0 / batch
+    kl_scale = scale * kl_weight        # d loss / d KL_b
     enc_acts = mlp_forward(spec.encoder, params, x)
     q_raw = enc_acts[-1]
     z = spec.posterior.rsample(q_raw, eps)
@@ -112,19 +115,19 @@ def negative_elbo_and_grads(spec: ModelSpec, params: dict, grads: dict,
     if spec.analytic_kl is not None:
         kl, dkl = spec.analytic_kl(q_raw)
         dq_raw = spec.posterior.rsample_backward(q_raw, eps, dz)
-        dq_raw += scale * dkl
+        dq_raw += kl_scale * dkl
         mlp_backward(spec.encoder, params, grads, enc_acts, dq_raw, need_dx=False)
     else:
         log_q = spec.posterior.log_prob(q_raw, z)
         log_p, prior_params = prior_log_prob(spec, params, z)
         kl = log_q - log_p
         dlogq_raw, dlogq_z = spec.posterior.log_prob_grads(q_raw, z)
-        g = np.full(batch, -scale, dtype=z.dtype)       # d loss / d log p(z_b)
-        dz = dz + scale * dlogq_z + prior_log_prob_dz(spec, z, prior_params, g)
+        g = np.full(batch, -kl_scale, dtype=z.dtype)    # d loss / d log p(z_b)
+        dz = dz + kl_scale * dlogq_z + prior_log_prob_dz(spec, z, prior_params, g)
         dq_raw = spec.posterior.rsample_backward(q_raw, eps, dz)
-        dq_raw += scale * dlogq_raw
+        dq_raw += kl_scale * dlogq_raw
         mlp_backward(spec.encoder, params, grads, enc_acts, dq_raw, need_dx=False)
         for name in prior_params:
             grads[f"prior.{name}"][...] = 0
         add_prior_param_grads(spec, params, grads, z, prior_params, g)
-    return float((nll + kl).sum() * scale)
+    return float((nll + kl_weight * kl).sum() * scale)

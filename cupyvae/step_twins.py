@@ -26,10 +26,12 @@ def gather_rows(data: np.ndarray, perm: np.ndarray, counters: np.ndarray, batch_
     return xb
 
 
-def batch_loss(nll: np.ndarray, kl: np.ndarray, counters: np.ndarray,
+def batch_loss(nll: np.ndarray, kl: np.ndarray, kl_weight: np.ndarray, counters: np.ndarray,
                losses: np.ndarray) -> np.ndarray:
-    """losses[counters[1]] = (1/B) sum_b (nll[b] + kl[b]) (float64 sum, rounded); returns losses."""
-    total = nll.astype(np.float64).sum() + kl.astype(np.float64).sum()
+    """losses[counters[1]] = (1/B) sum_b (nll[b] + beta kl[b]) with beta = kl_weight[0] (the
+    float32 products, then a float64 sum, rounded); returns losses."""
+    weighted = np.float32(kl_weight[0]) * kl
+    total = nll.astype(np.float64).sum() + weighted.astype(np.float64).sum()
     losses[int(counters[1])] = total / nll.shape[0]
     return losses
 

@@ -12,6 +12,8 @@
 //                      twice must __syncthreads() in between.
 // Both trees are fixed by the thread indices, so the same launch shape always gives
 // the same bits (the order of thread execution does not matter).
+// Both have double overloads (warp_totals then a __shared__ double[REDUCE_MAX_WARPS]), with
+// the same trees: cupyvae.optim.block_sum_twin reproduces them in NumPy.
 #pragma once
 
 #define REDUCE_WARP_SIZE 32
@@ -39,6 +41,32 @@ __device__ inline float reduce_block_sum(float value, float* warp_totals)
     __syncthreads();  // every warp total is stored before warp 0 reads them
     if (warp == 0) {
         value = lane < warp_count ? warp_totals[lane] : 0.0f;
+        value = reduce_warp_sum(value);
+    }
+    return value;
+}
+
+__device__ inline double reduce_warp_sum(double value)
+{
+    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
+        value += __shfl_down_sync(REDUCE_FULL_MASK, value, offset);
+    }
+    return value;
+}
+
+__device__ inline double reduce_block_sum(double value, double* warp_totals)
+{
+    int lane = threadIdx.x % REDUCE_WARP_SIZE;
+    int warp = threadIdx.x / REDUCE_WARP_SIZE;
+    int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
+
+    value = reduce_warp_sum(value);
+    if (lane == 0) {
+        warp_totals[warp] = value;
+    }
+    __syncthreads();  // every warp total is stored before warp 0 reads them
+    if (warp == 0) {
+        value = lane < warp_count ? warp_totals[lane] : 0.0;
         value = reduce_warp_sum(value);
     }
     return value;

@@ -17,8 +17,10 @@
 //                   batches of an epoch times B (the caller guarantees perm[...] < N).
 //                   Writes xb with `=`.  Blocks stride over rows (one perm lookup per
 //                   row), threads over columns: any grid, any block.
-// batch_loss:       losses[counters[1]] = (1 / B) sum_b (nll[b] + kl[b])
-//                   nll, kl: (B,); losses: (batches per epoch,), one slot written with `=`.
+// batch_loss:       losses[counters[1]] = (1 / B) sum_b (nll[b] + beta kl[b])
+//                   nll, kl: (B,); beta = kl_weight[0], the step's KL weight on the device
+//                   (a slot of `sched`, kernels/schedule.cuh; beta = 1 adds kl unchanged);
+//                   losses: (batches per epoch,), one slot written with `=`.
 //                   One block, fixed reduction tree: deterministic for a given block size.
 //                   The host reads `losses` once per epoch.
 // advance_counters: counters[0] += 1, counters[1] += 1.  One thread; the last launch of a step.
@@ -51,16 +53,18 @@ extern "C" __global__ void gather_rows(const float* data, const int* perm,
     }
 }
 
-extern "C" __global__ void batch_loss(const float* nll, const float* kl, float* losses,
+extern "C" __global__ void batch_loss(const float* nll, const float* kl,
+                                      const float* kl_weight, float* losses,
                                       const unsigned int* counters, int B)
 {
     __shared__ float warp_totals[REDUCE_MAX_WARPS];
     if (blockIdx.x != 0) {
         return;  // one block by contract; extra blocks (uniformly) do nothing
     }
+    float beta = kl_weight[0];
     float partial = 0.0f;
     for (int b = threadIdx.x; b < B; b += blockDim.x) {
-        partial += nll[b] + kl[b];
+        partial += nll[b] + __fmul_rn(beta, kl[b]);  // never fused: beta = 1 adds kl exactly
     }
     float total = reduce_block_sum(partial, warp_totals);
     if (threadIdx.x == 0) {

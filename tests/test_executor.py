@@ -62,8 +62,9 @@ def test_one_training_step_updates_every_parameter_like_the_reference(backend, b
     dev_params = dev.spec.layout.views(dev._executor.host_flat())
     for name, value in ref.params.items():
         assert_tensor_close(dev_params[name], value, f"{backend} updated {name}")
-    assert_tensor_close(dev.optimizer.m, ref.optimizer.m, "adam m")
-    assert_tensor_close(dev.optimizer.v, ref.optimizer.v, "adam v")
+    for name, got, want in zip(("adam m", "adam v"), dev._executor.host_moments(),
+                               ref._executor.host_moments()):
+        assert_tensor_close(got, want, name)
 
 
 def test_training_on_real_data_tracks_the_reference_step_for_step(backend):

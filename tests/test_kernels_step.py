@@ -96,22 +96,27 @@ def loss_inputs(batch, seed=0):
     return nll, kl
 
 
-def batch_loss(backend, nll, kl, counters, n_slots, thread_order=None):
+ONE = np.ones(1, np.float32)     # the KL weight of the plain negative ELBO
+
+
+def batch_loss(backend, nll, kl, counters, n_slots, thread_order=None, kl_weight=ONE):
     losses = to_device(np.full(n_slots, np.nan, np.float32), backend)
     launch = ops.batch_loss(to_device(nll, backend), to_device(kl, backend),
-                                 to_device(counters, backend), losses)
+                            to_device(kl_weight, backend), to_device(counters, backend), losses)
     launch_on(backend, launch, thread_order)
     return to_host(losses)
 
 
+@pytest.mark.parametrize("kl_weight", [1.0, 0.0, 0.3])
 @pytest.mark.parametrize("batch", [1, 3, 37, 100, 1000])
-def test_batch_loss_matches_twin(backend, batch):
+def test_batch_loss_matches_twin(backend, batch, kl_weight):
     nll, kl = loss_inputs(batch, seed=batch)
     counters = np.array([9, 2], np.uint32)
-    losses = batch_loss(backend, nll, kl, counters, 4)
-    expected = step_twins.batch_loss(nll, kl, counters, np.full(4, np.nan, np.float32))
+    weight = np.array([kl_weight], np.float32)
+    losses = batch_loss(backend, nll, kl, counters, 4, kl_weight=weight)
+    expected = step_twins.batch_loss(nll, kl, weight, counters, np.full(4, np.nan, np.float32))
     assert np.isnan(losses[[0, 1, 3]]).all(), "only slot counters[1] may be written"
-    bound = LOSS_RTOL * (np.abs(nll.astype(np.float64)) + np.abs(kl)).sum() / batch
+    bound = LOSS_RTOL * (np.abs(nll.astype(np.float64)) + kl_weight * np.abs(kl)).sum() / batch
     assert abs(float(losses[2]) - float(expected[2])) <= bound, \
         f"loss {losses[2]!r} vs twin {expected[2]!r} (B = {batch}, bound {bound:.3g})"
 
@@ -126,7 +131,7 @@ def test_batch_loss_is_deterministic_across_thread_orders(batch):
                for order in THREAD_ORDERS}
     results["again"] = batch_loss("emulated", nll, kl, counters, 1, thread_order="random")[0]
     assert len({r.tobytes() for r in results.values()}) == 1, f"order-dependent sums: {results}"
-    expected = step_twins.batch_loss(nll, kl, counters, np.zeros(1, np.float32))[0]
+    expected = step_twins.batch_loss(nll, kl, ONE, counters, np.zeros(1, np.float32))[0]
     assert abs(float(results["forward"]) - float(expected)) <= \
         LOSS_RTOL * (nll.astype(np.float64) + kl).sum() / batch
 
@@ -178,7 +183,7 @@ def test_two_epochs_of_step_glue_match_the_numpy_executor_loop(backend):
             # stand-ins for the model's per-row nll and kl
             nll_h, kl_h = expected_xb.sum(axis=1) + i, np.full(batch, 0.5 * epoch, np.float32)
             nll[...], kl[...] = to_device(nll_h.astype(np.float32), backend), to_device(kl_h, backend)
-            run(ops.batch_loss(nll, kl, counters, losses), backend)
+            run(ops.batch_loss(nll, kl, to_device(ONE, backend), counters, losses), backend)
             run(ops.advance_counters(counters), backend)
             expected_losses.append((nll_h.astype(np.float64) + kl_h).mean())
             step_count += 1
@@ -192,7 +197,7 @@ def test_launch_shapes_and_types():
     launch = ops.gather_rows(data, perm, counters, 3, True, 2 ** 32 + 9, np.zeros((3, 4), np.float32))
     assert [type(a) for a in launch.args[4:]] == [np.int32] * 3 + [np.uint32] * 2
     assert [int(a) for a in launch.args[4:]] == [3, 4, 1, 9, 1]
-    loss = ops.batch_loss(np.zeros(37, np.float32), np.zeros(37, np.float32), counters,
+    loss = ops.batch_loss(np.zeros(37, np.float32), np.zeros(37, np.float32), ONE, counters,
                                np.zeros(5, np.float32))
     assert loss.grid == (1,) and loss.block == (64,) and type(loss.args[-1]) is np.int32
     for build in (ops.advance_counters, ops.start_epoch):
@@ -217,10 +222,13 @@ def test_gather_rows_rejects_bad_arguments(change, message):
 def test_batch_loss_rejects_bad_arguments():
     counters = np.zeros(2, np.uint32)
     with pytest.raises(ValueError, match=r"nll \(4,\) and kl \(5,\)"):
-        ops.batch_loss(np.zeros(4, np.float32), np.zeros(5, np.float32), counters,
+        ops.batch_loss(np.zeros(4, np.float32), np.zeros(5, np.float32), ONE, counters,
                             np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="losses"):
-        ops.batch_loss(np.zeros(4, np.float32), np.zeros(4, np.float32), counters,
+        ops.batch_loss(np.zeros(4, np.float32), np.zeros(4, np.float32), ONE, counters,
                             np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="kl_weight"):
+        ops.batch_loss(np.zeros(4, np.float32), np.zeros(4, np.float32), np.ones(2, np.float32),
+                       counters, np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="counters"):
         ops.advance_counters(np.zeros(3, np.uint32))

@@ -2,7 +2,7 @@
 kernel sources are assembled into one text."""
 import pytest
 
-from cupyvae.cuda import loader
+from cupyvae.cuda import loader, ops
 from cupyvae.cuda.nvrtc import NvrtcError, compile_ptx, nvrtc_available
 
 needs_nvrtc = pytest.mark.skipif(
@@ -20,6 +20,30 @@ def test_kernel_file_compiles(kernel_file, arch):
         compile_ptx(loader.load_source(kernel_file), arch=arch, name=kernel_file)
     except NvrtcError as error:
         pytest.fail(f"{kernel_file} does not compile for {arch}:\n{error.log}", pytrace=False)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("spec", ops.ELEMENTWISE_SPECS, ids=lambda spec: spec.name)
+def test_elementwise_spec_compiles(spec, arch):
+    """An ElementwiseSpec's operation and preamble, as the equivalent raw kernel (CuPy wraps
+    the same text in its own ElementwiseKernel template on the GPU)."""
+    try:
+        ptx = compile_ptx(spec.cuda_source(), arch=arch, name=f"{spec.name}.cu")
+    except NvrtcError as error:
+        pytest.fail(f"elementwise {spec.name} does not compile for {arch}:\n{error.log}",
+                    pytrace=False)
+    assert f".entry {spec.name}(" in ptx
+
+
+@needs_nvrtc
+def test_products_feeding_additions_are_never_fused():
+    """Adam's products are __fmul_rn and the schedule's __dmul_rn: NVRTC must not contract
+    them into FMAs (so GPU and emulator round alike whatever --fmad says)."""
+    ptx = compile_ptx(ops.ADAM_UPDATE.cuda_source(), name="adam_update.cu")
+    assert "fma.rn.f32" not in ptx and "mul.rn.f32" in ptx
+    ptx = compile_ptx(loader.load_source("schedule"), name="schedule.cu")
+    assert "mul.rn.f64" in ptx
 
 
 @needs_nvrtc

@@ -12,6 +12,7 @@ from cupyvae.philox import split_seed
 from ..launch import Launch
 from ._checks import (
     require_counters,
+    require_device_scalar,
     require_float32_contiguous,
     require_int32_dims,
     require_same_array_kind,
@@ -52,11 +53,13 @@ def gather_rows(data, perm, counters, batch_size, binarize, seed, xb) -> Launch:
     )
 
 
-def batch_loss(nll, kl, counters, losses) -> Launch:
-    """losses[counters[1]] = mean_b (nll[b] + kl[b]), one block (deterministic)."""
+def batch_loss(nll, kl, kl_weight, counters, losses) -> Launch:
+    """losses[counters[1]] = mean_b (nll[b] + kl_weight[0] kl[b]), one block (deterministic);
+    `kl_weight`: the (1,) float32 device KL weight of the step (a slot of `sched`)."""
     require_float32_contiguous(nll=nll, kl=kl, losses=losses)
     require_counters(counters)
-    require_same_array_kind(nll, kl, counters, losses)
+    require_device_scalar("kl_weight", kl_weight)
+    require_same_array_kind(nll, kl, kl_weight, counters, losses)
     if nll.ndim != 1 or kl.shape != nll.shape:
         raise ValueError(f"nll {nll.shape} and kl {kl.shape} must both have shape (B,)")
     if losses.ndim != 1 or losses.shape[0] < 1:
@@ -67,7 +70,7 @@ def batch_loss(nll, kl, counters, losses) -> Launch:
         entry="batch_loss",
         grid=(1,),
         block=(row_block_size(nll.shape[0]),),
-        args=(nll, kl, losses, counters, np.int32(nll.shape[0])),
+        args=(nll, kl, kl_weight, losses, counters, np.int32(nll.shape[0])),
     )
 
 
