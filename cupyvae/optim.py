@@ -92,11 +92,12 @@ def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, sche
 
     Why flush.  Where a gradient is exactly 0 for many steps (encoder weights of pixels that
     are 0 in nearly every image), m decays as b1^k into float32's subnormal range (below
-    1.18e-38), where CPU arithmetic is ~60x slower per element; on Fashion-MNIST 784-200-2
-    that was 58k of the 316k entries of m after 6 epochs (measured).  v decays as b2^k,
-    far more slowly: none of v was below 1e-30 after 10 epochs (measured); zero-gradient decay
-    takes the smallest v into the subnormal range only after tens of thousands of further
-    steps (see the test module), so v is flushed as well, for long runs.
+    1.18e-38), where CPU arithmetic is ~60x slower per element.  Measured with
+    benchmarks/adam_subnormals.py (784-200-2 on Fashion-MNIST, batch 100): without the flush
+    56k of the 316k entries of m were subnormal after 6 epochs, 63k after 10.  v decays as
+    b2^k, far more slowly: none of v was below 1e-30 after 10 epochs, but the smallest (1.7e-21)
+    would reach the subnormal range after ~40,000 more zero-gradient steps (~66 epochs), so v
+    is flushed as well, for long runs.  With the flush neither holds a subnormal.
     Why the flushes change no result (no gradient enters these bounds):
       m: with |m| < T = 1e-30 at the flush, the update that m would still cause is, at every
          later step k >= 0, step_size |m| b1^k / (sqrt(v) + eps_hat) <= lr |m| b1^k / (c1 eps);

@@ -325,18 +325,32 @@ def test_schedules_continue_across_fit_calls(device):
     assert same_bits(once._executor.host_flat(), twice._executor.host_flat())
 
 
-def test_cpu_and_emulated_agree_and_flush_alike_on_pixels_that_stay_zero():
-    """Pixels lit in a first epoch, then always 0: their encoder weights get exactly zero
-    gradients, so m and v decay (betas 0.5 make it take ~100 steps, not thousands) until the
-    flush zeroes them; unflushed, each would spend ~23 steps (a factor 2^23) in the
-    subnormal range on its way to 0.  Checked after every epoch of 10 steps, for 190 steps:
-    no subnormal in m or v on either path, the flushed entries are exactly 0 on both, and
-    the parameters still agree step for step."""
+def lit_then_dark(device, on_epoch=None):
+    """A model trained one epoch on images, then 18 epochs (180 steps) on the same images with
+    their first 14 pixels always 0, with betas 0.5 (so the moments of those pixels' encoder
+    weights decay within ~100 steps, not thousands); on_epoch(model) after every epoch."""
     rng = np.random.default_rng(4)
     lit = rng.random((40, 5, 7)).astype(F32)
     dark = lit.copy()
-    dark[:, :2, :] = 0.0                        # 14 pixels that stay 0 from epoch 2 on
-    models = pair(hidden=(6,), activation="tanh")
+    dark[:, :2, :] = 0.0
+    model = cupyvae.VAE((5, 7), latent_dim=3, hidden=(6,), activation="tanh", seed=5,
+                        device=device)
+    model.optimizer = optim.Adam(beta1=0.5, beta2=0.5)
+    callback = None if on_epoch is None else (lambda _: on_epoch(model))
+    model.fit(lit, epochs=1, batch_size=4, on_epoch=callback)
+    model.fit(dark, epochs=18, batch_size=4, on_epoch=callback)
+    return model
+
+
+DARK_WEIGHTS = np.arange(35 * 6).reshape(35, 6)[:14].ravel()   # encoder.0.weight rows 0..13
+
+
+def test_cpu_and_emulated_agree_and_flush_alike_on_pixels_that_stay_zero():
+    """The dark pixels' encoder weights get exactly zero gradients, so m and v decay until
+    the flush zeroes them; unflushed, each would spend ~23 steps (a factor 2^23) in the
+    subnormal range on its way to 0.  Checked after every epoch of 10 steps: no subnormal
+    in m or v on either path; at the end the dark entries are exactly 0 on both and the
+    parameters still agree step for step."""
     tiny = np.finfo(F32).tiny
 
     def no_subnormals(model):
@@ -344,19 +358,35 @@ def test_cpu_and_emulated_agree_and_flush_alike_on_pixels_that_stay_zero():
             assert not ((a != 0) & (np.abs(a) < tiny)).any(), \
                 f"{model.device} {name} holds subnormals after epoch {len(model.history['epoch'])}"
 
+    models = [lit_then_dark(device, no_subnormals) for device in ("cpu", "emulated")]
+    assert models[0].spec.layout.entries[0].name == "encoder.0.weight"
     for model in models:
-        model.optimizer = optim.Adam(beta1=0.5, beta2=0.5)
-        model.fit(lit, epochs=1, batch_size=4)
-        model.fit(dark, epochs=18, batch_size=4,
-                  on_epoch=lambda _, model=model: no_subnormals(model))
-    (m_ref, v_ref), (m_dev, v_dev) = (model._executor.host_moments() for model in models)
-    w = models[0].spec.layout.views(np.arange(models[0].spec.layout.size))["encoder.0.weight"]
-    dark_rows = w[:14].ravel()
-    for m, v in ((m_ref, v_ref), (m_dev, v_dev)):
-        assert (m[dark_rows] == 0).all() and (v[dark_rows] == 0).all(), "not flushed"
-    assert (m_ref[w[14:].ravel()] != 0).mean() > 0.9, "lit pixels keep their moments"
+        m, v = model._executor.host_moments()
+        assert (m[DARK_WEIGHTS] == 0).all() and (v[DARK_WEIGHTS] == 0).all(), "not flushed"
+    m_cpu = models[0]._executor.host_moments()[0]
+    assert (np.delete(m_cpu[:35 * 6], DARK_WEIGHTS) != 0).mean() > 0.9, "lit pixels keep theirs"
     assert_close(models[1]._executor.host_flat(), models[0].flat_params,
                  "params after 190 steps", rtol=1e-4)
+
+
+def test_the_flush_changes_no_parameter_bit(monkeypatch):
+    """optim.adam_update's claim: a flushed m would have moved a weight by < 1e-22 in all, a
+    flushed v not at all, so the same run without the flush has the very same parameter bits
+    after every epoch, while its m is non-zero where the flushed m is 0."""
+    def record(into):
+        return lambda model: into.append((model.flat_params.copy(), model._executor.m.copy()))
+
+    flushed, unflushed = [], []
+    lit_then_dark("cpu", record(flushed))
+    monkeypatch.setattr(optim, "M_FLUSH", F32(0))
+    monkeypatch.setattr(optim, "V_FLUSH", F32(0))
+    lit_then_dark("cpu", record(unflushed))
+    fired = False
+    for epoch, ((p, m), (p_kept, m_kept)) in enumerate(zip(flushed, unflushed), start=1):
+        assert same_bits(p, p_kept), f"the flush changed parameters by epoch {epoch}"
+        assert (m[m != m_kept] == 0).all()
+        fired |= bool((m != m_kept).any())
+    assert fired, "the flush never fired: the test shows nothing"
 
 
 # ------------------------------------------------------------------ no re-capture
@@ -392,6 +422,19 @@ def test_schedules_and_changed_hyperparameters_never_recapture(monkeypatch):
     # Turning clipping off changes the plan (no clipping launches): one new capture pair.
     graph_run.fit(x, epochs=1, batch_size=5, **dict(changed, clip_norm=None))
     assert captures == [3, 1, 3, 1]
+
+
+def test_a_second_training_array_never_overwrites_the_first():
+    """The device buffer of the data is reused for the next array of the same shape; it must
+    be the executor's own copy (on the emulator an upload could alias the caller's array)."""
+    model = cupyvae.VAE((5, 7), latent_dim=3, hidden=(7,), seed=9, device="emulated")
+    first = np.random.default_rng(9).random((20, 5, 7)).astype(F32)
+    second = np.zeros_like(first)
+    kept = first.copy()
+    model.fit(first, epochs=1, batch_size=5)
+    model.fit(second, epochs=1, batch_size=5)
+    assert same_bits(first, kept), "the caller's first array was overwritten"
+    assert same_bits(model._executor._data[1], second.reshape(20, 35))
 
 
 # ------------------------------------------------------------------ host traffic

@@ -251,7 +251,9 @@ class KernelExecutor:
             _copy_to_device(device_copy, x)
         else:
             self._data = None            # free the old copy before allocating the new
-            device_copy = to_device(x, self.device)
+            # A copy the executor owns (on the emulator to_device would alias x, and the
+            # next array of this shape is written into it).
+            device_copy = self.xp.array(x, copy=True)
             self._perm = self.xp.zeros(len(x), np.int32)
         self._data = (x, device_copy)
         return device_copy

@@ -21,7 +21,9 @@ from ._checks import require_float32_contiguous, require_int32_dims, require_sam
 ADAM_UPDATE = ElementwiseSpec(
     in_params="float32 g, raw float32 sched",
     out_params="float32 p, float32 m, float32 v",
-    operation="adam_element(p, g, m, v, sched)",
+    # CuPy hands a raw argument over as a CArray, the emulator as a pointer: &sched[0] is the
+    # float* of the data on both.
+    operation="adam_element(p, g, m, v, &sched[0])",
     name="adam_update",
     preamble=inline_source('#include "adam.cuh"\n', "adam_update (ElementwiseSpec preamble)"),
 )
