@@ -10,8 +10,8 @@ batch size and Adam settings; the data sit on the GPU on both sides and each sid
 its loss back once per epoch.  Each side draws its reparameterization noise its own way
 (Philox for cupyvae, torch.randn for PyTorch).  One warm-up epoch (compilation, capture),
 then the median of --epochs timed epochs, each timed by synchronize + perf_counter.
-cupyvae's epoch includes what VAE.fit does around it: the permutation upload and the
-Adam moments mirrored to the host.  torch.compile runs in a child process per model and
+cupyvae's epoch includes the uploads of the permutation, the counters and the
+hyperparameters (the Adam moments stay on the device).  torch.compile runs in a child process per model and
 mode, after everything else (all models' "reduce-overhead" first, then "max-autotune",
 the most expendable), each under a timeout (--compile-timeout, cut to what is left of
 --budget); "max-autotune" only for the models named by --max-autotune (its GEMM autotuning
