@@ -94,9 +94,12 @@ class VAE:
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
         (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False,
-        objective="elbo", iw_samples=1, free_bits=0`); every value is validated (ValueError
-        naming the field) before any work, and so is the objective against this model and
-        device (validate_training_options).  Only whole batches are
+        objective="elbo", iw_samples=1, free_bits=0`, the schedules `lr_schedule`,
+        `lr_warmup_steps`, `lr_decay_steps`, `lr_min`, the KL weight `kl_weight`,
+        `kl_warmup_steps` and `clip_norm`); every value is validated (ValueError naming the
+        field) before any work, and so is the objective against this model and device
+        (validate_training_options).  Schedules count Adam steps over the model's whole
+        training (cupyvae.schedules), so calling fit again continues them.  Only whole batches are
         used in an epoch (the order is reshuffled every epoch, so every example is seen).
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
         one epoch.  `verbose`: print one line per epoch to stderr.  `progress(n)` is called
@@ -104,7 +107,7 @@ class VAE:
         continues training (the optimizer keeps its state).
         """
         options = TrainingOptions.build(options, **option_changes)
-        objective = self._objective(options)
+        self.validate_training_options(options)
         x_train = self.validate_data(x_train, "x_train")
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
         if options.batch_size > len(x_train):
@@ -116,8 +119,7 @@ class VAE:
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
         for _ in range(options.epochs):
-            record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
-                                           progress, objective)
+            record = self._train_one_epoch(x_train, x_val, options, progress)
             if checkpoint is not None:
                 self.save(checkpoint)
             if verbose:
@@ -143,26 +145,20 @@ class VAE:
                 "kernel step plan for IWAE and free bits is not wired yet. Use device='cpu'.")
         return objective
 
-    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress,
-                         objective: Objective) -> dict:
+    def _train_one_epoch(self, x_train, x_val, options: TrainingOptions, progress) -> dict:
         start = time.perf_counter()
         epoch = len(self.history["epoch"]) + 1
         # Keyed by epoch, so a run resumed from a checkpoint replays exactly the same orders.
         rng = np.random.default_rng([self.config.seed, epoch])
-        saved = self._executor.host_flat()
-        saved_opt = self.optimizer.snapshot()
+        saved, saved_step = self._executor.snapshot(), self.optimizer.step_count
         perm = rng.permutation(len(x_train)).astype(np.int64)
-        # Until the kernel executors take an objective (#9 stage 2), only the NumPy one is
-        # given it; _objective has refused every other objective on the kernel devices.
-        reference_only = {"objective": objective} if isinstance(self._executor, NumpyExecutor) else {}
-        train_loss = self._executor.train_epoch(x_train, perm, batch_size, self.optimizer,
-                                                binarize, progress, **reference_only)
-        train_terms = objective.epoch_terms() or {"train_recon": None, "train_kl": None}
+        train_loss = self._executor.train_epoch(x_train, perm, options, self.optimizer, progress)
+        train_terms = self._executor.epoch_terms() or {"train_recon": None, "train_kl": None}
         val = None if x_val is None else self.elbo_terms(x_val)
         val_loss = None if val is None else val["negative_elbo"]
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
-            self._executor.load_flat(saved)
-            self.optimizer.restore(saved_opt)
+            self._executor.restore(saved)
+            self.optimizer.step_count = saved_step
             raise TrainingDiverged(f"epoch {epoch}: the loss became {train_loss} (train) / "
                                    f"{val_loss} (val); parameters restored to epoch {epoch - 1}. "
                                    "Try a smaller learning rate.")
@@ -191,6 +187,7 @@ class VAE:
     def _ensure_optimizer(self, lr, weight_decay):
         if self.optimizer is None:
             self.optimizer = Adam(lr=float(lr), weight_decay=float(weight_decay))
+            self._executor.load_moments(None, None)
         else:   # continuing: keep the moments and the step count, take the new rates
             Adam(lr=float(lr), weight_decay=float(weight_decay))   # validates them
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
@@ -332,8 +329,8 @@ class VAE:
         tensors = {"params": self._executor.host_flat()}
         meta = {"config": self.config.to_json(), "history": self.history, "adam": None,
                 "layout": {e.name: list(e.shape) for e in self.spec.layout.entries}}
-        if self.optimizer is not None and self.optimizer.m is not None:
-            tensors["adam.m"], tensors["adam.v"] = self.optimizer.m, self.optimizer.v
+        if self.optimizer is not None:
+            tensors["adam.m"], tensors["adam.v"] = self._executor.host_moments()
             meta["adam"] = self.optimizer.state()
         save_checkpoint(path, tensors, meta)
 
@@ -397,6 +394,8 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     model._executor.load_flat(checkpoint.params)
     model.history = checkpoint.history
     model.optimizer = checkpoint.optimizer
+    if checkpoint.moments is not None:
+        model._executor.load_moments(*checkpoint.moments)
     return model
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .objectives import OBJECTIVES
-from .options import (ValidatedOptions, boolean, nonnegative_float, option, positive_float,
-                      positive_int, registered)
+from .options import (ValidatedOptions, boolean, nonnegative_float, nonnegative_int, option,
+                      optional, positive_float, positive_int, registered)
+from .schedules import LR_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,34 @@ class TrainingOptions(ValidatedOptions):
                               "ELBO: free bits (Kingma et al. 2016), a floor in nats on each "
                               "latent dimension's batch-averaged KL; 0 = off.")
 
+    # Schedules count steps (Adam updates) over the whole run, from the step counter the
+    # checkpoint keeps, so a resumed run follows them exactly (cupyvae.schedules).
+    lr_schedule: str = option("constant", registered(LR_SCHEDULES),
+                              "Learning rate after the warm-up: constant, or cosine decay from "
+                              "--lr to --lr-min over --lr-decay-steps steps (Loshchilov & Hutter "
+                              "2017, SGDR).")
+    lr_warmup_steps: int = option(0, nonnegative_int,
+                                  "Linear learning-rate warm-up over the first N steps: step k "
+                                  "uses lr (k+1)/N (Goyal et al. 2017); 0: none.")
+    lr_decay_steps: int = option(0, nonnegative_int,
+                                 "Cosine schedule: steps after the warm-up over which the learning "
+                                 "rate falls from --lr to --lr-min (then stays there).")
+    lr_min: float = option(0.0, nonnegative_float,
+                           "Cosine schedule: the final learning rate (eta_min), at most --lr.")
+    kl_weight: float = option(1.0, nonnegative_float,
+                              "KL weight beta: the loss is nll + beta KL (beta-VAE, Higgins et al. "
+                              "2017); 1 is the ELBO.")
+    kl_warmup_steps: int = option(0, nonnegative_int,
+                                  "KL warm-up: beta rises linearly from 0 over the first N steps "
+                                  "(KL annealing, Bowman et al. 2016; Sonderby et al. 2016); "
+                                  "0: none.")
+    clip_norm: float | None = option(None, optional(positive_float),
+                                     "Clip the gradient to this global L2 norm before Adam "
+                                     "(Pascanu et al. 2013); unset: no clipping.")
+
     def __post_init__(self):
         super().__post_init__()
+        LR_SCHEDULES.get(self.lr_schedule)(self)    # refuses options the schedule cannot use
         OBJECTIVES.get(self.objective).check_options(self)   # combinations that make no sense
 
     @classmethod
