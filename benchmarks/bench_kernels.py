@@ -233,24 +233,28 @@ def bench_losses(device, timer, shape, peak, l2_bytes) -> list[dict]:
 
 
 def bench_adam(device, timer, sizes, peak, l2_bytes) -> list[dict]:
+    from cupyvae.schedules import hyper_array, schedule_step
+    from cupyvae.training import TrainingOptions
+
     rows = []
-    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
+    lr = 1e-3
+    hyper = hyper_array(TrainingOptions(lr=lr), optim.Adam())
+    sched = schedule_step(np.array([9, 0], np.uint32), hyper)
     for model, n in sizes.items():
         if not isinstance(n, int):          # (hidden, Z): the flat buffer of that model
             n = flat_size(*n)
         rng = np.random.default_rng(1)
         p, g = rng.normal(0, 0.05, n).astype(np.float32), rng.normal(0, 1e-3, n).astype(np.float32)
         m, v = rng.normal(0, 1e-4, n).astype(np.float32), (rng.random(n, dtype=np.float32) * 1e-6)
-        counters = np.array([9, 0], np.uint32)
         want = [a.copy() for a in (p, m, v)]     # first: on the emulator buffers alias p, m, v
-        optim.adam_update(want[0], g, want[1], want[2], counters, **hyper)
+        optim.adam_update(want[0], g, want[1], want[2], sched)
         buffers = [to_device(a, device) for a in (p, g, m, v)]
-        step = bind([ops.adam_update(*buffers, to_device(counters, device), **hyper)], device)
+        step = bind([ops.adam_update(*buffers, to_device(sched, device))], device)
         issue(step)
         got_p, got_m, got_v = (to_host(buffers[i]) for i in (0, 2, 3))
         # p moves by ~lr per step: a few ulp of p plus 1e-5 of the step size
         status = first_failure(
-            check("adam p", got_p, want[0], 2.0 ** -22 * np.abs(want[0]) + 1e-5 * hyper["lr"]),
+            check("adam p", got_p, want[0], 2.0 ** -22 * np.abs(want[0]) + 1e-5 * lr),
             check("adam m", got_m, want[1], MOMENT_RTOL * (np.abs(want[1]) + np.abs(g))),
             check("adam v", got_v, want[2], MOMENT_RTOL * (np.abs(want[2]) + g * g)))
         moved = 4 * n * 4 + 3 * n * 4                        # read p, g, m, v; write p, m, v

@@ -23,6 +23,7 @@ import numpy as np
 
 import cupyvae
 from cupyvae.datasets import load_dataset
+from cupyvae.training import TrainingOptions
 
 MODELS = [(200, 2), (200, 20)]
 BATCH = 100
@@ -37,7 +38,8 @@ def cupyvae_trainer(x, hidden, z_dim):
     model._executor.load_flat(init)
     model.optimizer = None
     model._ensure_optimizer(LR, 0.0)
-    return model, init, lambda perm: model._executor.train_epoch(x, perm, BATCH, model.optimizer, False)
+    options = TrainingOptions(batch_size=BATCH, lr=LR)
+    return model, init, lambda perm: model._executor.train_epoch(x, perm, options, model.optimizer)
 
 
 def torch_model(spec_params, z_dim):

@@ -109,7 +109,7 @@ PARTS = (
          100, 45, env=(("CUPYVAE_MEMCHECK", "1"),), needs_sanitizer=True),
     Part("racecheck", ("{sanitizer}", "--tool", "racecheck", "--error-exitcode",
                        str(SANITIZER_ERRORS_EXIT), "--print-limit", "20", *PYTEST, PARITY_TESTS,
-                       "-k", "linear or glue or likelihood or posterior"),
+                       "-k", "linear or glue or likelihood or posterior or clipping"),
          120, 45, needs_sanitizer=True),
 )
 ENVIRONMENT_TIMEOUT_S = 60.0

@@ -65,12 +65,14 @@ class CheckpointError(ValueError):
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
     """A checkpoint that passed every check: `params` has the config's layout,
-    `optimizer` is None for an untrained model, else Adam with its moments."""
+    `optimizer` is None for an untrained model, else Adam's constants and step count, with
+    its moments (m, v) in `moments` (the executor's buffers, cupyvae.executors)."""
     path: Path
     config: VAEConfig
     params: np.ndarray
     history: dict[str, list]
     optimizer: Adam | None
+    moments: tuple[np.ndarray, np.ndarray] | None
 
 
 # ---------------------------------------------------------------------- writing
@@ -166,11 +168,11 @@ def validate_checkpoint(path: Path, tensors: dict[str, np.ndarray], meta: dict) 
     for name in (n for n in (PARAMS, ADAM_M, ADAM_V) if n in expected):
         _check_tensor(name, tensors[name], size, config, fail)
     _check_recorded_layout(meta.get("layout"), layout, config, fail)
-    optimizer = None
+    optimizer, moments = None, None
     if adam_state is not None:
-        optimizer = _optimizer(adam_state, tensors[ADAM_M], tensors[ADAM_V], fail)
+        optimizer, moments = _optimizer(adam_state, fail), (tensors[ADAM_M], tensors[ADAM_V])
     history = _history(meta.get("history", _MISSING), fail)
-    return Checkpoint(path, config, tensors[PARAMS], history, optimizer)
+    return Checkpoint(path, config, tensors[PARAMS], history, optimizer, moments)
 
 
 _MISSING = object()
@@ -232,7 +234,7 @@ def _check_tensor(name: str, array: np.ndarray, size: int, config: VAEConfig, fa
              f"negative values (first {exact(array[first])} at index {first})")
 
 
-def _optimizer(state, m: np.ndarray, v: np.ndarray, fail) -> Adam:
+def _optimizer(state, fail) -> Adam:
     if not isinstance(state, dict):
         fail(f"Adam state must be an object, got {state!r}")
     fields = {f.name: f for f in dataclasses.fields(Adam) if _is_state_field(f)}
@@ -247,13 +249,14 @@ def _optimizer(state, m: np.ndarray, v: np.ndarray, fail) -> Adam:
         if problem:
             fail(f"Adam state {key!r} = {value!r}: {problem}")
     try:
-        return Adam(**state, m=m, v=v)
+        return Adam(**state)
     except (TypeError, ValueError) as exc:
         fail(f"invalid Adam state ({exc})")
 
 
 def _is_state_field(field: dataclasses.Field) -> bool:
-    """Adam's hyper-parameters and counters (not its arrays or private scratch)."""
+    """Adam's hyper-parameters and counters (not private fields, nor arrays, should Adam
+    ever hold some: the moments are tensors of their own)."""
     return not field.name.startswith("_") and "ndarray" not in str(field.type)
 
 

@@ -13,11 +13,13 @@ from typing import Callable
 import numpy as np
 
 from . import philox
-from .objectives import Elbo, Objective
-from .optim import Adam
+from .objectives import objective_for
+from .optim import (Adam, AdamScratch, adam_update, grad_clip_scale, grad_norm_blocks,
+                    grad_norm_partials)
 from .reference import (decode_raw, encode_raw, negative_elbo_and_grads, negative_elbo_rows,
                         prior_state)
 from .registry import Registry
+from .schedules import SCHED_KL_WEIGHT, hyper_array, schedule_step
 from .spec import ModelSpec
 
 EXECUTORS: Registry[type] = Registry("device")
@@ -32,10 +34,13 @@ class NumpyExecutor:
             raise ValueError(f"execution {execution!r}: the NumPy path runs eagerly only; graph "
                              "execution needs device 'cuda' (or 'emulated' to test it)")
         self.spec = spec
-        self.flat = spec.layout.zeros()
-        self.grad_flat = spec.layout.zeros()
+        # Parameters, gradients and Adam's moments: flat buffers of one layout.
+        self.flat, self.grad_flat, self.m, self.v = (spec.layout.zeros() for _ in range(4))
         self.params = spec.layout.views(self.flat)
         self.grads = spec.layout.views(self.grad_flat)
+        self._scratch = AdamScratch.of_size(spec.layout.size)
+        self._partials = np.zeros(grad_norm_blocks(spec.layout.size))
+        self._epoch_terms: dict | None = None
 
     def load_flat(self, flat: np.ndarray) -> None:
         self.flat[:] = flat
@@ -43,27 +48,58 @@ class NumpyExecutor:
     def host_flat(self) -> np.ndarray:
         return self.flat.copy()
 
-    def train_epoch(self, x: np.ndarray, perm: np.ndarray, batch_size: int, optimizer: Adam,
-                    binarize: bool, progress: Callable[[int], None] | None = None,
-                    objective: Objective | None = None) -> float:
-        """One pass over x in the order `perm` (whole batches only); mean training loss.
-        `objective`: cupyvae.objectives (None: the plain ELBO)."""
-        objective = Elbo() if objective is None else objective
-        seed, z_dim = self.spec.config.seed, self.spec.latent_dim
+    def load_moments(self, m: np.ndarray | None, v: np.ndarray | None) -> None:
+        """Adam's moments (e.g. from a checkpoint); None: zeros (a fresh optimizer)."""
+        self.m[:] = 0 if m is None else m
+        self.v[:] = 0 if v is None else v
+
+    def host_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.m.copy(), self.v.copy()
+
+    def snapshot(self):
+        """Everything an epoch changes besides the step count, to undo an epoch that diverged."""
+        return self.flat.copy(), self.m.copy(), self.v.copy()
+
+    def restore(self, snapshot) -> None:
+        for buffer, saved in zip((self.flat, self.m, self.v), snapshot):
+            buffer[:] = saved
+
+    def epoch_terms(self) -> dict | None:
+        """{"train_recon", "train_kl"}: the ELBO terms' running means (nats per example) over
+        the steps of the latest train_epoch (None before any)."""
+        return self._epoch_terms
+
+    def train_epoch(self, x: np.ndarray, perm: np.ndarray, options, optimizer: Adam,
+                    progress: Callable[[int], None] | None = None) -> float:
+        """One pass over x in the order `perm` (whole batches of options.batch_size only),
+        with the schedules, KL weight and clipping of `options` (cupyvae.training.
+        TrainingOptions) and Adam's constants and step count from `optimizer` (advanced);
+        returns the mean training loss.  The objective is the one `options` names
+        (cupyvae.objectives.objective_for); its ELBO terms of the epoch are then
+        epoch_terms()."""
+        objective = objective_for(options)
+        seed, z_dim, batch_size = self.spec.config.seed, self.spec.latent_dim, options.batch_size
+        hyper = hyper_array(options, optimizer)
         n_batches = len(perm) // batch_size
         total = 0.0
         for i in range(n_batches):
-            step = optimizer.step_count   # keys this step's noise, identically on every device
+            step = optimizer.step_count   # keys this step's noise and schedules, on every device
+            sched = schedule_step(np.array([step, 0], np.uint32), hyper)
             xb = x[perm[i * batch_size:(i + 1) * batch_size]]
-            if binarize:
+            if options.binarize:
                 xb = binarize_batch(xb, seed, step)
             # IWAE's k rows per example are rows b*k + i of this draw (k = 1: the ELBO's).
             eps = philox.normal(seed, step, objective.noise_rows(batch_size), z_dim,
                                 philox.STREAM_POSTERIOR)
-            total += objective.loss_and_grads(self.spec, self.params, self.grads, xb, eps)
-            optimizer.step(self.flat, self.grad_flat)
+            total += objective.loss_and_grads(self.spec, self.params, self.grads, xb, eps,
+                                              kl_weight=float(sched[SCHED_KL_WEIGHT]))
+            if options.clip_norm is not None:
+                grad_clip_scale(grad_norm_partials(self.grad_flat, self._partials), hyper, sched)
+            adam_update(self.flat, self.grad_flat, self.m, self.v, sched, self._scratch)
+            optimizer.step_count += 1
             if progress is not None:
                 progress(1)
+        self._epoch_terms = objective.epoch_terms()
         return total / n_batches
 
     def loss_and_grads(self, x: np.ndarray, eps: np.ndarray) -> tuple[float, np.ndarray]:

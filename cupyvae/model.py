@@ -96,11 +96,15 @@ class VAE:
         active_units (see elbo_terms).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
-        (`epochs=50, batch_size=100, lr=1e-3, objective="elbo", val_fraction=0,
-        patience=None`, ...); every value is validated (ValueError naming the field) before
-        any work, and so is the objective against this model and device
-        (validate_training_options).  Only whole batches are used in an epoch (the order is
-        reshuffled every epoch, so every example is seen).
+        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False,
+        objective="elbo", iw_samples=1, free_bits=0`, the schedules `lr_schedule`,
+        `lr_warmup_steps`, `lr_decay_steps`, `lr_min`, the KL weight `kl_weight`,
+        `kl_warmup_steps`, `clip_norm`, `val_fraction`, `patience`); every value is
+        validated (ValueError naming the field) before any work, and so is the objective
+        against this model and device (validate_training_options).  Schedules count Adam
+        steps over the model's whole training (cupyvae.schedules), so calling fit again
+        continues them.  Only whole batches are used in an epoch (the order is reshuffled
+        every epoch, so every example is seen).
 
         Validation: `x_val`, or with `val_fraction` > 0 a seeded random subset of x_train
         (training.split_validation; not both).  `patience`: early stopping -- training ends
@@ -117,7 +121,7 @@ class VAE:
         its state).
         """
         options = TrainingOptions.build(options, **option_changes)
-        objective = self._objective(options)
+        self.validate_training_options(options)
         reporter = combine(reporter_for_level(verbose), reporter,
                            None if progress is None else BatchCallback(progress))
         x_train = self.validate_data(x_train, "x_train")
@@ -140,8 +144,7 @@ class VAE:
             if stopped_early(self.history, options.patience):
                 break
             reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
-            record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
-                                           reporter, objective)
+            record = self._train_one_epoch(x_train, x_val, options, reporter)
             if checkpoint is not None:
                 self.save(checkpoint)
                 if options.patience is not None and best_epoch(self.history)[0] == epoch:
@@ -177,27 +180,21 @@ class VAE:
         train_rows, val_rows = split_validation(len(x_train), options.val_fraction, self.config.seed)
         return x_train[train_rows], x_train[val_rows]
 
-    def _train_one_epoch(self, x_train, x_val, batch_size, binarize, reporter,
-                         objective: Objective) -> dict:
+    def _train_one_epoch(self, x_train, x_val, options: TrainingOptions, reporter) -> dict:
         start = time.perf_counter()
         epoch = len(self.history["epoch"]) + 1
         # Keyed by epoch, so a run resumed from a checkpoint replays exactly the same orders.
         rng = np.random.default_rng([self.config.seed, epoch])
-        saved = self._executor.host_flat()
-        saved_opt = self.optimizer.snapshot()
+        saved, saved_step = self._executor.snapshot(), self.optimizer.step_count
         perm = rng.permutation(len(x_train)).astype(np.int64)
-        # Until the kernel executors take an objective (#9 stage 2), only the NumPy one is
-        # given it; _objective has refused every other objective on the kernel devices.
-        reference_only = {"objective": objective} if isinstance(self._executor, NumpyExecutor) else {}
-        train_loss = self._executor.train_epoch(x_train, perm, batch_size, self.optimizer,
-                                                binarize, batch_callback(reporter),
-                                                **reference_only)
-        train_terms = objective.epoch_terms() or {"train_recon": None, "train_kl": None}
+        train_loss = self._executor.train_epoch(x_train, perm, options, self.optimizer,
+                                                batch_callback(reporter))
+        train_terms = self._executor.epoch_terms() or {"train_recon": None, "train_kl": None}
         val = None if x_val is None else self._validation_terms(x_val, reporter)
         val_loss = None if val is None else val["negative_elbo"]
         if not math.isfinite(train_loss) or (val_loss is not None and not math.isfinite(val_loss)):
-            self._executor.load_flat(saved)
-            self.optimizer.restore(saved_opt)
+            self._executor.restore(saved)
+            self.optimizer.step_count = saved_step
             raise TrainingDiverged(f"epoch {epoch}: the loss became {train_loss} (train) / "
                                    f"{val_loss} (val); parameters restored to epoch {epoch - 1}. "
                                    "Try a smaller learning rate.")
@@ -230,6 +227,7 @@ class VAE:
     def _ensure_optimizer(self, lr, weight_decay):
         if self.optimizer is None:
             self.optimizer = Adam(lr=float(lr), weight_decay=float(weight_decay))
+            self._executor.load_moments(None, None)
         else:   # continuing: keep the moments and the step count, take the new rates
             Adam(lr=float(lr), weight_decay=float(weight_decay))   # validates them
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
@@ -387,8 +385,8 @@ class VAE:
         tensors = {"params": self._executor.host_flat()}
         meta = {"config": self.config.to_json(), "history": self.history, "adam": None,
                 "layout": {e.name: list(e.shape) for e in self.spec.layout.entries}}
-        if self.optimizer is not None and self.optimizer.m is not None:
-            tensors["adam.m"], tensors["adam.v"] = self.optimizer.m, self.optimizer.v
+        if self.optimizer is not None:
+            tensors["adam.m"], tensors["adam.v"] = self._executor.host_moments()
             meta["adam"] = self.optimizer.state()
         save_checkpoint(path, tensors, meta)
 
@@ -455,6 +453,8 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     model._executor.load_flat(checkpoint.params)
     model.history = checkpoint.history
     model.optimizer = checkpoint.optimizer
+    if checkpoint.moments is not None:
+        model._executor.load_moments(*checkpoint.moments)
     return model
 
 

@@ -60,14 +60,18 @@ class Objective:
         """Rows of reparameterization noise one step of `batch` examples draws."""
         return batch
 
-    def step(self, spec: ModelSpec, params: dict, grads: dict, x, eps, terms: dict) -> float:
+    def step(self, spec: ModelSpec, params: dict, grads: dict, x, eps, terms: dict,
+             kl_weight: float) -> float:
         raise NotImplementedError
 
-    def loss_and_grads(self, spec: ModelSpec, params: dict, grads: dict, x, eps) -> float:
+    def loss_and_grads(self, spec: ModelSpec, params: dict, grads: dict, x, eps,
+                       kl_weight: float = 1.0) -> float:
         """One step's loss (mean over the batch, nats per example); writes every gradient
-        into `grads` with `=` and adds the step's ELBO terms to the epoch's running means."""
+        into `grads` with `=` and adds the step's ELBO terms to the epoch's running means.
+        `kl_weight`: this step's KL weight beta (cupyvae.schedules: --kl-weight after its
+        warm-up; 1 for the ELBO itself)."""
         terms: dict = {}
-        loss = self.step(spec, params, grads, x, eps, terms)
+        loss = self.step(spec, params, grads, x, eps, terms, kl_weight)
         for key in self._sums:
             self._sums[key] += terms[key]
         self._steps += 1
@@ -121,9 +125,9 @@ class Elbo(Objective):
     def runs_on_kernels(self) -> bool:
         return self.free_bits == 0
 
-    def step(self, spec, params, grads, x, eps, terms) -> float:
-        return negative_elbo_and_grads(spec, params, grads, x, eps, free_bits=self.free_bits,
-                                       terms=terms)
+    def step(self, spec, params, grads, x, eps, terms, kl_weight) -> float:
+        return negative_elbo_and_grads(spec, params, grads, x, eps, kl_weight=kl_weight,
+                                       free_bits=self.free_bits, terms=terms)
 
 
 @OBJECTIVES.register("iwae")
@@ -145,13 +149,13 @@ class Iwae(Objective):
             raise OptionError("free_bits", options.free_bits,
                               "free bits floor the ELBO's KL term, which the IWAE bound does not "
                               "have; use objective 'elbo' for free bits", "training option")
-        # The KL weight and its warm-up are the ELBO's too (fields of the schedules work).
-        if getattr(options, "kl_weight", 1.0) != 1:
+        # The KL weight and its warm-up are the ELBO's too.
+        if options.kl_weight != 1:
             raise OptionError("kl_weight", options.kl_weight,
                               "a KL weight applies to the ELBO's KL term, which the IWAE bound "
                               "does not have; leave kl_weight at 1 with objective 'iwae'",
                               "training option")
-        if getattr(options, "kl_warmup_steps", 0) != 0:
+        if options.kl_warmup_steps != 0:
             raise OptionError("kl_warmup_steps", options.kl_warmup_steps,
                               "a KL warm-up applies to the ELBO's KL term, which the IWAE bound "
                               "does not have; leave kl_warmup_steps at 0 with objective 'iwae'",
@@ -165,5 +169,8 @@ class Iwae(Objective):
     def noise_rows(self, batch: int) -> int:
         return batch * self.samples
 
-    def step(self, spec, params, grads, x, eps, terms) -> float:
+    def step(self, spec, params, grads, x, eps, terms, kl_weight) -> float:
+        if kl_weight != 1:   # check_options refuses the options that would schedule one
+            raise ValueError(f"objective 'iwae' has no KL term to weight; got kl_weight "
+                             f"{kl_weight:g}")
         return iwae_loss_and_grads(spec, params, grads, x, eps, self.samples, terms=terms)

@@ -18,8 +18,9 @@ import hashlib
 import numpy as np
 
 from .objectives import OBJECTIVES
-from .options import (ValidatedOptions, boolean, nonnegative_float, number, option, optional,
-                      positive_float, positive_int, registered)
+from .options import (ValidatedOptions, boolean, nonnegative_float, nonnegative_int, number,
+                      option, optional, positive_float, positive_int, registered)
+from .schedules import LR_SCHEDULES
 
 # Keys the validation split's shuffle apart from every other use of the model's seed.
 SPLIT_STREAM = 0x5917
@@ -59,8 +60,34 @@ class TrainingOptions(ValidatedOptions):
         "Early stopping: stop when the validation loss has not improved for this many "
         "epochs; the best epoch's checkpoint is kept beside the last one.")
 
+    # Schedules count steps (Adam updates) over the whole run, from the step counter the
+    # checkpoint keeps, so a resumed run follows them exactly (cupyvae.schedules).
+    lr_schedule: str = option("constant", registered(LR_SCHEDULES),
+                              "Learning rate after the warm-up: constant, or cosine decay from "
+                              "--lr to --lr-min over --lr-decay-steps steps (Loshchilov & Hutter "
+                              "2017, SGDR).")
+    lr_warmup_steps: int = option(0, nonnegative_int,
+                                  "Linear learning-rate warm-up over the first N steps: step k "
+                                  "uses lr (k+1)/N (Goyal et al. 2017); 0: none.")
+    lr_decay_steps: int = option(0, nonnegative_int,
+                                 "Cosine schedule: steps after the warm-up over which the learning "
+                                 "rate falls from --lr to --lr-min (then stays there).")
+    lr_min: float = option(0.0, nonnegative_float,
+                           "Cosine schedule: the final learning rate (eta_min), at most --lr.")
+    kl_weight: float = option(1.0, nonnegative_float,
+                              "KL weight beta: the loss is nll + beta KL (beta-VAE, Higgins et al. "
+                              "2017); 1 is the ELBO.")
+    kl_warmup_steps: int = option(0, nonnegative_int,
+                                  "KL warm-up: beta rises linearly from 0 over the first N steps "
+                                  "(KL annealing, Bowman et al. 2016; Sonderby et al. 2016); "
+                                  "0: none.")
+    clip_norm: float | None = option(None, optional(positive_float),
+                                     "Clip the gradient to this global L2 norm before Adam "
+                                     "(Pascanu et al. 2013); unset: no clipping.")
+
     def __post_init__(self):
         super().__post_init__()
+        LR_SCHEDULES.get(self.lr_schedule)(self)    # refuses options the schedule cannot use
         OBJECTIVES.get(self.objective).check_options(self)   # combinations that make no sense
 
     @classmethod

@@ -8,7 +8,7 @@
 //     active[j]  = kl_mean[j] > lambda ? 1 : 0
 //     kl_rows[b] = sum_j (active[j] ? kl_dim[b, j] : lambda)   (in the order j = 0, 1, ...)
 //   so that (1/B) sum_b kl_rows[b] = sum_j max(lambda, kl_mean[j]) is the floored KL term,
-//   and the step's batch_loss (nll + kl rows) needs no other bookkeeping.
+//   and the step's end_step loss (nll + beta kl rows) needs no other bookkeeping.
 // Gradient of the floored KL term T = sum_j max(lambda, kl_mean[j]):
 //     d T / d kl_dim[b, j] = active[j] / B
 //   (zero below the floor: a dimension under lambda nats gets no pressure towards the

@@ -8,9 +8,11 @@
 //               = -1/2 sum_j ((lv - expm1(lv)) - mu^2)
 //       (the expm1 form is the same number without the cancellation of 1 + lv - exp(lv)
 //        near lv = 0, where the float32 sum of three O(1) terms would lose ~ulp(1))
-// Backward, given dz = d loss / dz and kl_scale = d loss / d kl[b] (1/B for a batch mean):
-//     dmu[b, j] = dz + kl_scale * mu
-//     dlv[b, j] = dz * eps * exp(lv / 2) / 2  +  kl_scale * expm1(lv) / 2
+// Backward, given dz = d loss / dz and d loss / d kl[b] = kl_scale * beta (kl_scale = 1/B for
+// a batch mean, beta = kl_weight[0], the KL weight the device holds for this step):
+//     k         = kl_scale * beta                        (float32; beta = 1 leaves kl_scale)
+//     dmu[b, j] = dz + k * mu
+//     dlv[b, j] = dz * eps * exp(lv / 2) / 2  +  k * expm1(lv) / 2
 //       (d z / d lv = eps exp(lv/2) / 2;  d kl / d mu = mu,  d kl / d lv = (exp(lv) - 1) / 2)
 //     eps is recomputed from the counters, never stored.
 // Monte-Carlo objectives (IWAE, the importance-sampled log-likelihood), per row b:
@@ -31,7 +33,8 @@
 // (model.loss_and_grads(x, eps) takes the caller's noise); otherwise eps is never read.
 // Layouts:  qraw, dqraw: (B, 2Z) float32 row-major, [mu | lv] / [dmu | dlv] per row;
 //           z, dz: (B, Z); kl: (B,); counters: unsigned int[2] on the device,
-//           counters[0] = global step (the Adam step count before this update).
+//           counters[0] = global step (the Adam step count before this update);
+//           kl_weight: float[1] on the device (a slot of `sched`, kernels/schedule.cuh).
 // Outputs:  z, kl, dqraw, log_q, kl_dim are written with `=`; the per-dimension KL
 //           backward alone accumulates into dqraw (`+=`).
 //
@@ -89,8 +92,10 @@ extern "C" __global__ void gaussian_posterior_backward(const float* qraw, const 
                                                        unsigned int seed_lo,
                                                        unsigned int seed_hi,
                                                        unsigned int stream, float kl_scale,
+                                                       const float* kl_weight,
                                                        const float* eps_in, int eps_given)
 {
+    float kl_coefficient = kl_scale * kl_weight[0];
     int lane = threadIdx.x % REDUCE_WARP_SIZE;
     int warps_per_block = blockDim.x / REDUCE_WARP_SIZE;
     int row_stride = gridDim.x * warps_per_block;
@@ -111,8 +116,8 @@ extern "C" __global__ void gaussian_posterior_backward(const float* qraw, const 
             float eps = eps_given ? eps_in[(unsigned long long)row * (unsigned long long)Z + j]
                                   : philox_element_normal(seed_lo, seed_hi, step, stream,
                                                           (unsigned int)row, (unsigned int)j);
-            dmu[j] = g + kl_scale * m;
-            dlv[j] = 0.5f * g * eps * expf(0.5f * l) + kl_scale * 0.5f * expm1f(l);
+            dmu[j] = g + kl_coefficient * m;
+            dlv[j] = 0.5f * g * eps * expf(0.5f * l) + kl_coefficient * 0.5f * expm1f(l);
         }
     }
 }

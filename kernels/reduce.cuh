@@ -12,7 +12,8 @@
 //                      twice must __syncthreads() in between.
 // reduce_warp_max / reduce_block_max(v, warp_totals): the same for the maximum (identity
 //                      -INFINITY; fmax ignores NaN).
-// Each is overloaded for float and double (warp_totals then __shared__ double[...]).
+// Each is overloaded for float and double (warp_totals then __shared__ double[...]);
+// the double sums' trees are what cupyvae.optim.block_sum_twin reproduces in NumPy.
 // All trees are fixed by the thread indices, so the same launch shape always gives
 // the same bits (the order of thread execution does not matter).
 #pragma once

@@ -27,10 +27,13 @@
 //                   and a second pass would re-read and re-write the whole batch and add
 //                   one launch (a graph node, ~1-2 us) to every step, for no gain; the
 //                   Philox draw it needs is keyed by (row, col), which this loop has.
-// end_step:         the last launch of a step (after Adam, which reads counters[0]):
-//                   losses[counters[1]] = (1 / B) sum_b (nll[b] + kl[b])   (if in bounds)
+// end_step:         the last launch of a step (after Adam; schedule_step, at the step's
+//                   start, is what reads counters[0] for the update):
+//                   losses[counters[1]] = (1 / B) sum_b (nll[b] + beta kl[b])  (if in bounds)
 //                   counters[0] += 1, counters[1] += 1
-//                   nll, kl: (B,); losses: (n_batches,), one slot written with `=`.
+//                   nll, kl: (B,); beta = kl_weight[0], the step's KL weight on the device
+//                   (a slot of `sched`, kernels/schedule.cuh; beta = 1 adds kl unchanged);
+//                   losses: (n_batches,), one slot written with `=`.
 //                   One block, fixed reduction tree: deterministic for a given block size.
 //                   Thread 0 writes the loss and then advances the counters, so the slot
 //                   it writes is the one of this step.  The host reads `losses` once per
@@ -68,16 +71,18 @@ extern "C" __global__ void gather_rows(const float* data, const int* perm,
     }
 }
 
-extern "C" __global__ void end_step(const float* nll, const float* kl, float* losses,
-                                    unsigned int* counters, int B, unsigned int n_batches)
+extern "C" __global__ void end_step(const float* nll, const float* kl, const float* kl_weight,
+                                    float* losses, unsigned int* counters, int B,
+                                    unsigned int n_batches)
 {
     __shared__ float warp_totals[REDUCE_MAX_WARPS];
     if (blockIdx.x != 0) {
         return;  // one block by contract; extra blocks (uniformly) do nothing
     }
+    float beta = kl_weight[0];
     float partial = 0.0f;
     for (int b = threadIdx.x; b < B; b += blockDim.x) {
-        partial += nll[b] + kl[b];
+        partial += nll[b] + __fmul_rn(beta, kl[b]);  // never fused: beta = 1 adds kl exactly
     }
     float total = reduce_block_sum(partial, warp_totals);
     if (threadIdx.x == 0) {

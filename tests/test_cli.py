@@ -111,8 +111,10 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
                                "prior_components": None, "prior_init": "random", "init": "glorot"}
     assert config["training"] == {"batch_size": 20, "lr": 1e-3, "weight_decay": 0.0,
                                   "binarize": False, "epochs": 2, "objective": "elbo",
-                                  "iw_samples": 1, "free_bits": 0.0, "val_fraction": 0.0,
-                                  "patience": None}
+                                  "iw_samples": 1, "free_bits": 0.0, "lr_schedule": "constant",
+                                  "lr_warmup_steps": 0, "lr_decay_steps": 0, "lr_min": 0.0,
+                                  "kl_weight": 1.0, "kl_warmup_steps": 0, "clip_norm": None,
+                                  "val_fraction": 0.0, "patience": None}
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2

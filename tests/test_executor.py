@@ -67,8 +67,9 @@ def test_one_training_step_updates_every_parameter_like_the_reference(backend, b
     dev_params = dev.spec.layout.views(dev._executor.host_flat())
     for name, value in ref.params.items():
         assert_tensor_close(dev_params[name], value, f"{backend} updated {name}")
-    assert_tensor_close(dev.optimizer.m, ref.optimizer.m, "adam m")
-    assert_tensor_close(dev.optimizer.v, ref.optimizer.v, "adam v")
+    for name, got, want in zip(("adam m", "adam v"), dev._executor.host_moments(),
+                               ref._executor.host_moments()):
+        assert_tensor_close(got, want, name)
 
 
 @pytest.mark.parametrize("likelihood", ["continuous-bernoulli", "discretized-logistic", "laplace",
@@ -85,7 +86,8 @@ def test_training_with_each_likelihood_tracks_the_reference_step_for_step(backen
     dev_params = dev.spec.layout.views(dev._executor.host_flat())
     for name, value in ref.params.items():   # 20 Adam steps: see the module docstring
         assert_tensor_close(dev_params[name], value, f"{backend} {likelihood} {name}", rtol=1e-4)
-    assert_tensor_close(dev.optimizer.v, ref.optimizer.v, "adam v", rtol=1e-4)
+    assert_tensor_close(dev._executor.host_moments()[1], ref._executor.host_moments()[1], "adam v",
+                        rtol=1e-4)
     assert_tensor_close(dev.decode(ref.encode(x[:3])), ref.decode(ref.encode(x[:3])), "decode")
 
 

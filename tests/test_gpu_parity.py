@@ -4,8 +4,9 @@ so +, -, *, /, sqrtf, fmaf and comparisons round identically on both).
 
     linear_forward / linear_backward with identity and ReLU (no transcendental function),
         single pass and split-K, at the training shapes of 784-200-Z (batch 100) and odd ones
-    adam_update: m and v always; p too when the bias corrections are exact (beta = 0),
-        otherwise within the ulps of CUDA's vs the host's expm1f/log1pf
+    adam_update (given one sched: p, m and v for any betas, and the NumPy twin's bits too)
+    schedule_step (double libm, rounded to float32: an ulp survives with probability ~2^-28)
+    grad_norm_partials and grad_clip_scale (double sums over fixed trees)
     gather_rows (binarized: Philox words and uniforms are integer work) and end_step
 
 A difference here is either a contraction the policy missed or a race (a result that depends
@@ -19,6 +20,8 @@ import pytest
 from cupyvae import optim
 from cupyvae.cuda import ops
 from cupyvae.cuda.launch import run, to_device, to_host
+from cupyvae.schedules import SCHED_SIZE, hyper_array, schedule_step
+from cupyvae.training import TrainingOptions
 from conftest import cuda_available
 
 pytestmark = [pytest.mark.gpu,
@@ -85,43 +88,86 @@ def adam_state(n, seed):
             rng.normal(0, 1e-4, n).astype(np.float32), (rng.random(n) * 1e-6).astype(np.float32))
 
 
-def adam_after(backend, state, steps, **hyper):
+def adam_after(backend, state, scheds):
+    """p, m, v after one adam_update per entry of `scheds` (the host twin's schedule values,
+    so both backends read the very same sched)."""
     p, g, m, v = (to_device(a.copy(), backend) for a in state)
-    counters = to_device(np.array([0, 0], np.uint32), backend)
-    for step in range(steps):
-        counters[...] = to_device(np.array([step, 0], np.uint32), backend)
-        run(ops.adam_update(p, g, m, v, counters, **hyper), backend)
+    sched = to_device(np.zeros(SCHED_SIZE, np.float32), backend)
+    launch = ops.adam_update(p, g, m, v, sched)
+    for values in scheds:
+        sched[...] = to_device(values, backend)
+        run(launch, backend)
     return to_host(p), to_host(m), to_host(v)
 
 
-def test_adam_with_exact_bias_corrections_gives_the_emulator_bits():
-    """beta1 = beta2 = 0: c1 = c2 = 1 exactly on both sides (expm1f(-inf) = -1), so every
-    remaining operation is IEEE arithmetic: p, m and v bit for bit (n = 300003: float4 body
-    and scalar tail)."""
+def host_scheds(steps, **settings):
+    """The schedule twin's sched for steps 0..steps-1 (cupyvae.schedules.schedule_step)."""
+    adam = optim.Adam(**{k: settings[k] for k in ("lr", "beta1", "beta2", "eps")})
+    hyper = hyper_array(TrainingOptions(lr=settings["lr"],
+                                        weight_decay=settings["weight_decay"]), adam)
+    return [schedule_step(np.array([s, 0], np.uint32), hyper) for s in range(steps)]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(lr=1e-3, beta1=0.0, beta2=0.0, eps=1e-8, weight_decay=1e-4),
+    dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)])
+def test_adam_gives_the_emulator_bits(settings):
+    """Given the same sched, every operation of the update is IEEE arithmetic (the products
+    __fmul_rn, division and sqrtf correctly rounded): p, m and v bit for bit, for any betas
+    (n = 300003: not a multiple of any block), and the NumPy twin's bits too."""
     state = adam_state(300_003, 1)
-    hyper = dict(lr=1e-3, beta1=0.0, beta2=0.0, eps=1e-8, weight_decay=1e-4)
-    gpu, emulator = (adam_after(backend, state, 3, **hyper) for backend in BACKENDS)
-    for name, a, c in zip("pmv", gpu, emulator):
-        same_bits(f"adam {name}", a, c)
-
-
-def test_adam_moments_match_bitwise_and_parameters_to_the_libm_ulps():
-    """Standard betas: m and v are pure arithmetic (bitwise).  p moves by step_size * m /
-    (sqrt(v) + eps_hat), whose step_size comes from expm1f/log1pf: CUDA's and the host's differ
-    by at most 2 ulp each, so c1, c2 and step_size by at most ~8 ulp (5e-7 relative); p may
-    differ by that fraction of its update plus one rounding of p."""
-    state = adam_state(4099, 2)
-    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0)
-    (p_gpu, m_gpu, v_gpu), (p_emu, m_emu, v_emu) = (adam_after(b, state, 1, **hyper)
-                                                    for b in BACKENDS)
-    same_bits("adam m", m_gpu, m_emu)
-    same_bits("adam v", v_gpu, v_emu)
-    update = np.abs(p_emu.astype(np.float64) - state[0])
-    bound = 5e-7 * update + np.spacing(np.abs(p_emu))
-    assert np.all(np.abs(p_gpu.astype(np.float64) - p_emu) <= bound), "adam p beyond the libm ulps"
+    scheds = host_scheds(3, **settings)
+    gpu, emulator = (adam_after(backend, state, scheds) for backend in BACKENDS)
     twin = [a.copy() for a in (state[0], state[2], state[3])]
-    optim.adam_update(twin[0], state[1], twin[1], twin[2], np.array([0, 0], np.uint32), **hyper)
-    np.testing.assert_allclose(p_gpu, twin[0], rtol=1e-6, err_msg="adam p vs the NumPy twin")
+    for sched in scheds:
+        optim.adam_update(twin[0], state[1], twin[1], twin[2], sched)
+    for name, a, c, t in zip("pmv", gpu, emulator, twin):
+        same_bits(f"adam {name}", a, c)
+        same_bits(f"adam {name} vs the NumPy twin", a, t)
+
+
+def test_schedule_step_gives_the_emulator_bits():
+    """schedule_step in double, rounded to float32 once per value: CUDA's double cos, expm1
+    and log1p may differ from glibc's by an ulp, which survives the rounding with a
+    probability of ~2^-28 per value (kernels/schedule.cu), so the bits must agree."""
+    options = TrainingOptions(lr=3e-3, lr_schedule="cosine", lr_warmup_steps=7,
+                              lr_decay_steps=50, lr_min=1e-4, kl_weight=0.5, kl_warmup_steps=9,
+                              weight_decay=1e-3)
+    hyper = hyper_array(options, optim.Adam())
+    out = {}
+    for backend in BACKENDS:
+        counters = to_device(np.zeros(2, np.uint32), backend)
+        sched = to_device(np.zeros(SCHED_SIZE, np.float32), backend)
+        hyper_d = to_device(hyper, backend)
+        rows = []
+        for step in (0, 1, 6, 7, 8, 30, 56, 57, 1000, 2 ** 32 - 1):
+            counters[...] = to_device(np.array([step, 0], np.uint32), backend)
+            run(ops.schedule_step(counters, hyper_d, sched), backend)
+            rows.append(np.array(to_host(sched)))
+        out[backend] = np.stack(rows)
+    same_bits("sched", out["cuda"], out["emulated"])
+
+
+def test_gradient_clipping_gives_the_emulator_bits():
+    """grad_norm_partials and grad_clip_scale: double squares and sums over fixed trees (no
+    atomics), so the norm and the scale are the same bits on both, and the NumPy twin's.
+    n: the flat buffer of 784-200-2 (every block full, threads looping), plus an odd tail."""
+    n = 2 * (784 * 200 + 200) + 200 * 4 + 4 + 2 * 200 + 200 * 784 + 784 + 3
+    g = np.random.default_rng(5).normal(0, 1e-2, n).astype(np.float32)
+    hyper = hyper_array(TrainingOptions(clip_norm=0.5), optim.Adam())
+    out = {}
+    for backend in BACKENDS:
+        partials = to_device(np.zeros(optim.grad_norm_blocks(n)), backend)
+        sched = to_device(np.zeros(SCHED_SIZE, np.float32), backend)
+        hyper_d = to_device(hyper, backend)
+        run([ops.grad_norm_partials(to_device(g, backend), partials),
+             ops.grad_clip_scale(partials, hyper_d, sched)], backend)
+        out[backend] = to_host(partials), to_host(sched)
+    same_bits("grad-norm partials", out["cuda"][0], out["emulated"][0])   # float64: 2 words each
+    same_bits("clip scale and norm", out["cuda"][1], out["emulated"][1])
+    twin = optim.grad_clip_scale(optim.grad_norm_partials(g, np.zeros(optim.grad_norm_blocks(n))),
+                                 hyper, np.zeros(SCHED_SIZE, np.float32))
+    same_bits("clip scale and norm vs the NumPy twin", out["cuda"][1], twin)
 
 
 def test_step_glue_gives_the_emulator_bits():
@@ -139,7 +185,8 @@ def test_step_glue_gives_the_emulator_bits():
         losses = to_device(np.full(10, np.nan, np.float32), backend)
         run([ops.gather_rows(to_device(data, backend), to_device(perm, backend), counters, 100,
                              True, 2 ** 33 + 5, xb),
-             ops.end_step(to_device(nll, backend), to_device(kl, backend), counters, losses)],
+             ops.end_step(to_device(nll, backend), to_device(kl, backend),
+                          to_device(np.array([0.7], np.float32), backend), counters, losses)],
             backend)
         out[backend] = {"xb": to_host(xb), "losses": to_host(losses), "counters": to_host(counters)}
     for name in out["cuda"]:
@@ -187,7 +234,8 @@ def test_posterior_kernels_at_the_training_shape(z_dim):
         sample = to_device(np.full((100, z_dim), np.nan, np.float32), backend)
         q = to_device(qraw, backend)
         run([ops.gaussian_posterior_forward(q, counters, 7, 0, z, kl),
-             ops.gaussian_posterior_backward(q, to_device(dz, backend), counters, 7, 0, 0.01, dq),
+             ops.gaussian_posterior_backward(q, to_device(dz, backend), counters, 7, 0, 0.01,
+                                             to_device(np.array([0.5], np.float32), backend), dq),
              ops.gaussian_posterior_sample(q, 7, 9, 0, sample)], backend)
         out[backend] = [to_host(a) for a in (z, kl, dq, sample)]
     for name, got, want in zip(("z", "kl", "dqraw", "sample"), out["cuda"], out["emulated"]):

@@ -161,18 +161,27 @@ def test_posterior_forward_streams_are_independent(backend):
     assert_posterior_forward_matches(qraw, counters, z_prior, kl, stream=philox.STREAM_PRIOR)
 
 
-def posterior_backward(backend, qraw, dz, counters, kl_scale, seed=SEED, stream=philox.STREAM_POSTERIOR):
+def posterior_backward(backend, qraw, dz, counters, kl_scale, seed=SEED,
+                       stream=philox.STREAM_POSTERIOR, kl_weight=1.0):
     dqraw = to_device(np.full(qraw.shape, np.nan, np.float32), backend)
     launch = ops.gaussian_posterior_backward(to_device(qraw, backend), to_device(dz, backend),
                                                   to_device(counters, backend), seed, stream,
-                                                  kl_scale, dqraw)
+                                                  kl_scale, device_weight(kl_weight, backend),
+                                                  dqraw)
     run(launch, backend)
     return to_host(dqraw)
 
 
+def device_weight(kl_weight, backend):
+    """The KL weight as the kernel reads it: a (1,) float32 device array."""
+    return to_device(np.array([kl_weight], np.float32), backend)
+
+
 def assert_posterior_backward_matches(qraw, dz, counters, kl_scale, dqraw, seed=SEED,
-                                      stream=philox.STREAM_POSTERIOR):
-    expected = gaussian.gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale)
+                                      stream=philox.STREAM_POSTERIOR, kl_weight=1.0):
+    expected = gaussian.gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale,
+                                                    np.array([kl_weight], np.float32))
+    kl_scale = kl_scale * kl_weight
     z_dim = qraw.shape[1] // 2
     mu, lv = qraw[:, :z_dim].astype(np.float64), qraw[:, z_dim:].astype(np.float64)
     g = dz.astype(np.float64)
@@ -260,6 +269,23 @@ def test_posterior_backward_matches_twin(backend, batch, z_dim):
     assert_posterior_backward_matches(qraw, dz, counters, kl_scale, dqraw)
 
 
+@pytest.mark.parametrize("kl_weight", [0.0, 0.37, 4.0])
+def test_posterior_backward_reads_the_kl_weight_from_the_device(backend, kl_weight):
+    """d loss / d KL = kl_scale * beta, beta read from a device scalar (a slot of `sched`):
+    the KL part of dqraw scales with beta (beta = 0 leaves the reparameterization term)."""
+    qraw = make_qraw(9, 5, seed=4)
+    dz = np.random.default_rng(8).normal(0, 0.1, (9, 5)).astype(np.float32)
+    counters = counters_array()
+    dqraw = posterior_backward(backend, qraw, dz, counters, 1 / 9, kl_weight=kl_weight)
+    assert_posterior_backward_matches(qraw, dz, counters, 1 / 9, dqraw, kl_weight=kl_weight)
+    without_kl = posterior_backward(backend, qraw, dz, counters, 0.0)
+    kl_part = (np.float32(1 / 9) * np.float32(kl_weight)) * gaussian.kl_gaussian_normal(
+        qraw.astype(np.float64))[1]
+    # dqraw - (its value without the KL) is the KL part: float32 rounding of the two sums
+    # (a few ulp of |dz| + |kl part|).
+    np.testing.assert_allclose(dqraw - without_kl, kl_part,
+                               atol=1e-6 * (np.abs(dz).max() + np.abs(kl_part).max()))
+
 def test_posterior_forward_warps_stride_over_rows(backend):
     """One block of 8 warps for 37 rows: each warp handles 4 or 5 rows in turn."""
     qraw = make_qraw(37, 33, seed=12)
@@ -276,7 +302,8 @@ def test_posterior_backward_warps_stride_over_rows_hostile(backend):
     dqraw = to_device(np.full(qraw.shape, np.nan, np.float32), backend)
     launch = ops.gaussian_posterior_backward(to_device(qraw, backend), to_device(dz, backend),
                                                   to_device(counters, backend), SEED,
-                                                  philox.STREAM_POSTERIOR, 0.25, dqraw)
+                                                  philox.STREAM_POSTERIOR, 0.25,
+                                                  device_weight(1.0, backend), dqraw)
     run(dataclasses.replace(launch, grid=(1,)), backend)
     assert_posterior_backward_matches(qraw, dz, counters, 0.25, to_host(dqraw))
 
@@ -443,9 +470,13 @@ def test_posterior_launch_checks_and_types():
         ops.gaussian_posterior_forward(qraw, counters.astype(np.int64), 1, 0, z, kl)
     with pytest.raises(ValueError, match=r"dz must have shape \(3, 4\)"):
         ops.gaussian_posterior_backward(qraw, np.zeros((4, 3), np.float32), counters, 1, 0,
-                                             1.0, np.zeros_like(qraw))
-    backward = ops.gaussian_posterior_backward(qraw, z, counters, 1, 0, 1 / 3, np.zeros_like(qraw))
-    assert type(backward.args[-3]) is np.float32
+                                             1.0, np.ones(1, np.float32), np.zeros_like(qraw))
+    with pytest.raises(ValueError, match=r"kl_weight must be a \(1,\) float32 device array"):
+        ops.gaussian_posterior_backward(qraw, z, counters, 1, 0, 1.0, np.float32(1.0),
+                                        np.zeros_like(qraw))
+    backward = ops.gaussian_posterior_backward(qraw, z, counters, 1, 0, 1 / 3,
+                                               np.ones(1, np.float32), np.zeros_like(qraw))
+    assert type(backward.args[-4]) is np.float32
     with pytest.raises(ValueError, match=r"eps must have shape \(3, 4\)"):
         ops.gaussian_posterior_forward(qraw, counters, 1, 0, z, kl, eps=np.zeros((3, 3), np.float32))
 
@@ -460,7 +491,8 @@ def test_posterior_kernels_take_given_noise(backend):
     dqraw = to_device(np.full((7, 6), np.nan, np.float32), backend)
     d = {name: to_device(a, backend) for name, a in (("q", qraw), ("c", counters), ("e", eps), ("dz", dz))}
     launch_on(backend, ops.gaussian_posterior_forward(d["q"], d["c"], SEED, 0, z, kl, eps=d["e"]), None)
-    launch_on(backend, ops.gaussian_posterior_backward(d["q"], d["dz"], d["c"], SEED, 0, 0.25, dqraw,
+    launch_on(backend, ops.gaussian_posterior_backward(d["q"], d["dz"], d["c"], SEED, 0, 0.25,
+                                                       device_weight(1.0, backend), dqraw,
                                                        eps=d["e"]), None)
     post = gaussian.GaussianPosterior(3)
     # float32 kernel vs float64 reference of the same formulas: a few ulp of expf and the sum.

@@ -96,24 +96,30 @@ def loss_inputs(batch, seed=0):
     return nll, kl
 
 
-def end_step(backend, nll, kl, counters, n_slots, thread_order=None):
+ONE = np.ones(1, np.float32)     # the KL weight of the plain negative ELBO
+
+
+def end_step(backend, nll, kl, counters, n_slots, thread_order=None, kl_weight=ONE):
     """(losses, counters) after one end_step launch; losses start NaN."""
     losses = to_device(np.full(n_slots, np.nan, np.float32), backend)
     counters = to_device(np.array(counters, np.uint32), backend)
-    launch = ops.end_step(to_device(nll, backend), to_device(kl, backend), counters, losses)
+    launch = ops.end_step(to_device(nll, backend), to_device(kl, backend),
+                          to_device(kl_weight, backend), counters, losses)
     launch_on(backend, launch, thread_order)
     return to_host(losses), to_host(counters)
 
 
+@pytest.mark.parametrize("kl_weight", [1.0, 0.0, 0.3])
 @pytest.mark.parametrize("batch", [1, 3, 37, 100, 1000])
-def test_end_step_matches_twin(backend, batch):
+def test_end_step_matches_twin(backend, batch, kl_weight):
     nll, kl = loss_inputs(batch, seed=batch)
     counters = np.array([9, 2], np.uint32)
-    losses, counters_after = end_step(backend, nll, kl, counters, 4)
-    expected, expected_counters = step_twins.end_step(nll, kl, counters.copy(),
+    weight = np.array([kl_weight], np.float32)
+    losses, counters_after = end_step(backend, nll, kl, counters, 4, kl_weight=weight)
+    expected, expected_counters = step_twins.end_step(nll, kl, weight, counters.copy(),
                                                       np.full(4, np.nan, np.float32))
     assert np.isnan(losses[[0, 1, 3]]).all(), "only slot counters[1] may be written"
-    bound = LOSS_RTOL * (np.abs(nll.astype(np.float64)) + np.abs(kl)).sum() / batch
+    bound = LOSS_RTOL * (np.abs(nll.astype(np.float64)) + kl_weight * np.abs(kl)).sum() / batch
     assert abs(float(losses[2]) - float(expected[2])) <= bound, \
         f"loss {losses[2]!r} vs twin {expected[2]!r} (B = {batch}, bound {bound:.3g})"
     np.testing.assert_array_equal(counters_after, expected_counters)
@@ -130,7 +136,7 @@ def test_end_step_is_deterministic_across_thread_orders(batch):
                for order in THREAD_ORDERS}
     results["again"] = end_step("emulated", nll, kl, counters, 1, thread_order="random")[0][0]
     assert len({r.tobytes() for r in results.values()}) == 1, f"order-dependent sums: {results}"
-    expected = step_twins.end_step(nll, kl, counters.copy(), np.zeros(1, np.float32))[0][0]
+    expected = step_twins.end_step(nll, kl, ONE, counters.copy(), np.zeros(1, np.float32))[0][0]
     assert abs(float(results["forward"]) - float(expected)) <= \
         LOSS_RTOL * (nll.astype(np.float64) + kl).sum() / batch
 
@@ -141,7 +147,7 @@ def test_end_step_advances_and_start_epoch_resets(backend, start):
     last slot (where it writes no loss); start_epoch: batch = 0."""
     nll, kl = loss_inputs(3)
     losses, got = end_step(backend, nll, kl, start, 2)
-    twin_losses, twin = step_twins.end_step(nll, kl, np.array(start, np.uint32),
+    twin_losses, twin = step_twins.end_step(nll, kl, ONE, np.array(start, np.uint32),
                                             np.full(2, np.nan, np.float32))
     np.testing.assert_array_equal(got, twin)
     np.testing.assert_array_equal(np.isnan(losses), np.isnan(twin_losses))
@@ -171,7 +177,7 @@ def test_a_step_past_the_epoch_writes_nothing(backend):
         losses, after = end_step(backend, nll, kl, counters, n_batches)
         assert np.isnan(losses).all(), f"end_step wrote a loss at counters[1] = {past}"
         twin_losses, twin_counters = step_twins.end_step(
-            nll, kl, counters.copy(), np.full(n_batches, np.nan, np.float32))
+            nll, kl, ONE, counters.copy(), np.full(n_batches, np.nan, np.float32))
         assert np.isnan(twin_losses).all()
         np.testing.assert_array_equal(after, twin_counters)
     # The last real batch is still written: the bound is exact.
@@ -195,7 +201,7 @@ def test_a_recorded_epoch_replayed_one_step_too_far_stays_in_bounds():
     xb = np.zeros((batch, 6), np.float32)
     nll, kl = loss_inputs(batch)
     step = bind([ops.gather_rows(data, perm, counters, batch, False, SEED, xb),
-                 ops.end_step(nll, kl, counters, losses)], "emulated")
+                 ops.end_step(nll, kl, ONE, counters, losses)], "emulated")
     capture(step, n_batches + 1, "emulated").launch()
     assert np.isfinite(losses).all() and np.isnan(slots[-1]), slots
     np.testing.assert_array_equal(counters, [n_batches + 1, n_batches + 1])
@@ -230,7 +236,7 @@ def test_two_epochs_of_step_glue_match_the_numpy_executor_loop(backend):
             # stand-ins for the model's per-row nll and kl
             nll_h, kl_h = expected_xb.sum(axis=1) + i, np.full(batch, 0.5 * epoch, np.float32)
             nll[...], kl[...] = to_device(nll_h.astype(np.float32), backend), to_device(kl_h, backend)
-            run(ops.end_step(nll, kl, counters, losses), backend)
+            run(ops.end_step(nll, kl, to_device(ONE, backend), counters, losses), backend)
             expected_losses.append((nll_h.astype(np.float64) + kl_h).mean())
             step_count += 1
         np.testing.assert_allclose(to_host(losses), expected_losses, rtol=LOSS_RTOL)
@@ -243,11 +249,12 @@ def test_launch_shapes_and_types():
     launch = ops.gather_rows(data, perm, counters, 3, True, 2 ** 32 + 9, np.zeros((3, 4), np.float32))
     assert [type(a) for a in launch.args[4:]] == [np.int32] * 3 + [np.uint32] * 3
     assert [int(a) for a in launch.args[4:]] == [3, 4, 1, 9, 1, 3]   # 10 // 3 = 3 batches
-    end = ops.end_step(np.zeros(37, np.float32), np.zeros(37, np.float32), counters,
+    end = ops.end_step(np.zeros(37, np.float32), np.zeros(37, np.float32), ONE, counters,
                        np.zeros(5, np.float32))
     assert end.grid == (1,) and end.block == (64,)
-    assert [type(a) for a in end.args[4:]] == [np.int32, np.uint32]
-    assert [int(a) for a in end.args[4:]] == [37, 5]
+    assert end.args[2] is ONE, "the KL weight is read on the device, never passed by value"
+    assert [type(a) for a in end.args[5:]] == [np.int32, np.uint32]
+    assert [int(a) for a in end.args[5:]] == [37, 5]
     assert ops.start_epoch(counters).grid == (1,)
     assert ops.start_epoch(counters).args == (counters,)
 
@@ -270,14 +277,17 @@ def test_gather_rows_rejects_bad_arguments(change, message):
 def test_end_step_rejects_bad_arguments():
     counters = np.zeros(2, np.uint32)
     with pytest.raises(ValueError, match=r"nll \(4,\) and kl \(5,\)"):
-        ops.end_step(np.zeros(4, np.float32), np.zeros(5, np.float32), counters,
+        ops.end_step(np.zeros(4, np.float32), np.zeros(5, np.float32), ONE, counters,
                      np.zeros(2, np.float32))
     with pytest.raises(ValueError, match=r"nll \(0,\).*B >= 1"):
-        ops.end_step(np.zeros(0, np.float32), np.zeros(0, np.float32), counters,
+        ops.end_step(np.zeros(0, np.float32), np.zeros(0, np.float32), ONE, counters,
                      np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="losses"):
-        ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), counters,
+        ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), ONE, counters,
                      np.zeros((2, 2), np.float32))
     with pytest.raises(ValueError, match="counters"):
-        ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(3, np.uint32),
-                     np.zeros(2, np.float32))
+        ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), ONE,
+                     np.zeros(3, np.uint32), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="kl_weight"):
+        ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), np.ones(2, np.float32),
+                     counters, np.zeros(2, np.float32))

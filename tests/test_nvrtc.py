@@ -2,7 +2,7 @@
 kernel sources are assembled into one text."""
 import pytest
 
-from cupyvae.cuda import loader
+from cupyvae.cuda import loader, ops
 from cupyvae.cuda.nvrtc import NvrtcError, compile_ptx, nvrtc_available
 
 needs_nvrtc = pytest.mark.skipif(
@@ -20,6 +20,19 @@ def test_kernel_file_compiles(kernel_file, arch):
         compile_ptx(loader.load_source(kernel_file), arch=arch, name=kernel_file)
     except NvrtcError as error:
         pytest.fail(f"{kernel_file} does not compile for {arch}:\n{error.log}", pytrace=False)
+
+
+@needs_nvrtc
+def test_products_feeding_additions_are_never_fused():
+    """Adam's products are __fmul_rn and the schedule's __dmul_rn: NVRTC must not contract
+    them into FMAs (so GPU and emulator round alike whatever --fmad says).  Compiled with
+    contraction switched back on (the last option wins), since the project's default
+    --fmad=false would hide a plain product."""
+    contract = ("--fmad=true",)
+    ptx = compile_ptx(ops.ADAM_UPDATE.cuda_source(), name="adam_update.cu", options=contract)
+    assert "fma.rn.f32" not in ptx and "mul.rn.f32" in ptx
+    ptx = compile_ptx(loader.load_source("schedule"), name="schedule.cu", options=contract)
+    assert "mul.rn.f64" in ptx      # (libdevice cos/expm1/log1p use fma themselves)
 
 
 @needs_nvrtc
@@ -115,8 +128,9 @@ def _elementwise_specs():
 @pytest.mark.parametrize("name", sorted(_elementwise_specs()))
 def test_elementwise_spec_compiles(name, arch):
     """Each ElementwiseSpec's operation and preamble, as the grid-stride kernel its emulator
-    twin runs (every non-raw input a scalar, as the launch builders pass them), with the
-    same code-generation options; CuPy wraps the same operation in its own indexing code."""
+    twin runs (every non-raw input a scalar, as the launch builders pass them -- all but
+    Adam's gradient, which the operation reads by value either way), with the same
+    code-generation options; CuPy wraps the same operation in its own indexing code."""
     spec = _elementwise_specs()[name]
     scalars = frozenset(part.split()[-1] for part in spec.in_params.split(",")
                         if part.strip() and part.split()[0] != "raw")
@@ -129,4 +143,4 @@ def test_elementwise_spec_compiles(name, arch):
 
 
 def test_the_elementwise_specs_are_found():
-    assert {"normal_fill", "gaussian_posterior_sample"} <= set(_elementwise_specs())
+    assert {"normal_fill", "gaussian_posterior_sample", "adam_update"} <= set(_elementwise_specs())

@@ -20,6 +20,7 @@ from cupyvae.reference import encode_raw, iwae_loss_and_grads, negative_elbo_and
 # differ by summation order and a few ulp of expf/logf (see tests/test_executor.py).
 STEP_RTOL = 1e-5
 SEED, STEP = 7, 3
+ONE = np.ones(1, np.float32)     # the KL weight of the ELBO (a slot of the device's sched)
 
 
 def assert_close(got, want, name, rtol=STEP_RTOL):
@@ -112,7 +113,8 @@ def test_iwae_step_sequence_matches_the_reference(backend, k):
                                                   philox.STREAM_POSTERIOR, dq_rows),
          ops.sum_row_groups(dq_rows, k, dq_raw),
          *chain.backward(spec.encoder, enc, dq_raw, None),
-         ops.end_step(bound, chain.buffer(batch, fill=0.0), counters, losses)], backend)
+         ops.end_step(bound, chain.buffer(batch, fill=0.0), to_device(ONE, backend), counters,
+                      losses)], backend)
 
     grads = spec.layout.views(spec.layout.zeros())
     eps = philox.normal(SEED, STEP, rows, z_dim, philox.STREAM_POSTERIOR)
@@ -140,6 +142,7 @@ def test_free_bits_step_sequence_matches_the_reference(backend, beta):
     active, kl_means = chain.buffer(z_dim), chain.buffer(z_dim)
     nll, dp_raw, dz = chain.buffer(batch), chain.buffer(batch, 6), chain.buffer(batch, z_dim)
     dq_raw, losses = chain.buffer(batch, 2 * z_dim), chain.buffer(1)
+    kl_weight = to_device(np.array([beta], np.float32), backend)      # a slot of the device's sched
     run([*chain.forward(spec.encoder, enc),
          ops.gaussian_posterior_forward(enc[-1], counters, SEED, philox.STREAM_POSTERIOR, dec[0], kl),
          ops.gaussian_posterior_kl_per_dimension(enc[-1], kl_dim),
@@ -148,15 +151,15 @@ def test_free_bits_step_sequence_matches_the_reference(backend, beta):
          ops.bernoulli_nll(dec[-1], enc[0], 1.0 / batch, nll, dp_raw),
          *chain.backward(spec.decoder, dec, dp_raw, dz),
          ops.gaussian_posterior_backward(enc[-1], dz, counters, SEED, philox.STREAM_POSTERIOR,
-                                         0.0, dq_raw),                        # reparameterization only
+                                         0.0, kl_weight, dq_raw),   # reparameterization only
          ops.gaussian_posterior_kl_per_dimension_backward(enc[-1], active, beta / batch, dq_raw),
          *chain.backward(spec.encoder, enc, dq_raw, None),
-         ops.end_step(nll, kl, counters, losses)], backend)
+         ops.end_step(nll, kl, kl_weight, counters, losses)], backend)
 
     grads = spec.layout.views(spec.layout.zeros())
     loss = negative_elbo_and_grads(spec, model.params, grads, x, eps, kl_weight=beta, free_bits=floor)
-    if beta == 1.0:   # end_step adds nll and kl unweighted (the KL weight's own kernel work)
-        assert float(to_host(losses)[0]) == pytest.approx(loss, rel=STEP_RTOL)
+    # end_step weights the floored KL rows by the device KL weight, as the reference does
+    assert float(to_host(losses)[0]) == pytest.approx(loss, rel=STEP_RTOL)
     np.testing.assert_array_equal(to_host(active), (kl_mean > floor).astype(np.float32))
     for name, value in chain.host_grads().items():
         assert_close(value, grads[name], f"free bits beta={beta} d{name}")

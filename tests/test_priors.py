@@ -285,7 +285,8 @@ def test_training_is_bitwise_repeatable_and_resumes_exactly(prior, tmp_path):
     assert resumed.config == first.config
     resumed.fit(x, epochs=2, batch_size=20)
     np.testing.assert_array_equal(resumed.flat_params, straight.flat_params)
-    np.testing.assert_array_equal(resumed.optimizer.m, straight.optimizer.m)
+    np.testing.assert_array_equal(resumed._executor.host_moments()[0],
+                                  straight._executor.host_moments()[0])
     assert resumed.history["train_loss"] == straight.history["train_loss"]
 
 

@@ -1,26 +1,34 @@
 """The kernel executors: one step plan, run by CuPy ("cuda") or by the CPU emulator ("emulated").
 
-A training step is an explicit, ordered list of kernel launches (cupyvae.cuda.launch.Launch)
-over one workspace allocated up front: parameters, gradients and Adam moments (four flat
-buffers sharing the layout of cupyvae.params), the device-resident dataset and epoch
-permutation, every activation and activation gradient for the batch, and the per-step
-losses.  Nothing is allocated and nothing is read back inside a step, and every per-step
-scalar (the step count keying Philox and Adam, the batch index) lives in the device
-array `counters`, advanced by a kernel: so the same list can be replayed eagerly, captured
-once into a CUDA graph, or run on NumPy arrays by the emulator.
+A training step is an explicit, ordered list of kernel launches (cupyvae.cuda.launch: RawKernel
+Launches and ElementwiseLaunches) over one workspace allocated up front: parameters,
+gradients and Adam moments (four flat buffers sharing the layout of cupyvae.params, all
+resident on the device between epochs and fit calls), the device-resident dataset and
+epoch permutation, every activation and activation gradient for the batch, and the
+per-step losses.  Nothing is allocated and nothing is read back inside a step, and every
+per-step scalar lives on the device: the step count keying Philox and the schedules and
+the batch index in `counters` (advanced by a kernel), every hyperparameter in `hyper` and
+this step's values of the schedules in `sched` (kernels/schedule.cuh, cupyvae.schedules).
+So the same list can be replayed eagerly, captured once into a CUDA graph, or run on NumPy
+arrays by the emulator, and changing a hyperparameter is a write into `hyper`, never a
+new capture.
 
 The plan, for an MLP encoder/decoder with layers 0..L-1:
     gather_rows                  xb = data[perm[batch*B + b]] (optionally binarized)
+    schedule_step                sched = this step's lr, Adam step, KL weight (from hyper, step)
     linear_forward  x L          encoder, bias and activation fused
     <posterior>_forward          z = mu + exp(lv/2) eps(Philox), kl per row
     linear_forward  x L          decoder
     <likelihood>_nll             nll per row, d p_raw = (1/B) d nll / d p_raw
     linear_backward x L          decoder, last layer first: dW, db and d input in ONE launch
                                  per layer (d z at the end)
-    <posterior>_backward         d q_raw from d z and the KL
+    <posterior>_backward         d q_raw from d z and the KL (weighted by sched's KL weight)
     linear_backward x L          encoder (no d x for layer 0)
-    adam_update                  the whole flat buffer, one launch
-    end_step                     losses[batch] = mean_b (nll + kl); step += 1, batch += 1
+    grad_norm_partials, grad_clip_scale   only with clipping: sched's clip scale from |g|
+    adam_update                  the whole flat buffer, one ElementwiseKernel
+    end_step                     losses[batch] = mean_b (nll + beta kl); step += 1, batch += 1
+Adam reads the step's values from `sched`, which schedule_step computed from counters[0] at
+the step's start; end_step advances the counters only after every kernel that reads them.
 The GEMMs share one split-K workspace (cupyvae.cuda.ops.linear), allocated with the
 executor: launches of one stream run one after the other, and each leaves it as it found it.
 
@@ -45,6 +53,9 @@ import numpy as np
 
 from .. import philox
 from ..executors import EXECUTORS, prior_draws
+from ..objectives import objective_for
+from ..optim import grad_norm_blocks
+from ..schedules import HYPER_SIZE, SCHED_KL_WEIGHT, SCHED_SIZE, hyper_array
 from ..spec import ModelSpec
 from . import ops
 from .graph import (DEFAULT_STEPS_PER_GRAPH, EagerSteps, ReplayedSteps, bind, check_steps_per_graph,
@@ -102,6 +113,12 @@ class KernelExecutor:
         self.grads = spec.layout.views(self.grad_flat)
         self.counters = self.xp.zeros(2, np.uint32)
         self.workspace = ops.linear_workspace(self.device)   # split-K partials, every GEMM
+        self.hyper = self.xp.zeros(HYPER_SIZE, np.float64)   # written by the host per epoch
+        self.sched = self.xp.zeros(SCHED_SIZE, np.float32)   # written by the step's kernels
+        self._kl_weight = self.sched[SCHED_KL_WEIGHT:SCHED_KL_WEIGHT + 1]
+        self._one = self.xp.ones(1, np.float32)    # KL weight 1: loss_and_grads' plain ELBO
+        self._partials = self.xp.zeros(grad_norm_blocks(size), np.float64)
+        self._saved = None         # device copies of flat, m, v: the rollback snapshot
         self._data = None          # (host array identity, device copy)
         self._plan_key = None
         self._plan: list[Launch] = []
@@ -136,25 +153,64 @@ class KernelExecutor:
     def host_flat(self) -> np.ndarray:
         return np.array(to_host(self.flat))
 
+    def load_moments(self, m: np.ndarray | None, v: np.ndarray | None) -> None:
+        """Adam's moments (e.g. from a checkpoint); None: zeros (a fresh optimizer).  They then
+        stay on the device: no epoch copies them back and forth."""
+        for buffer, host in ((self.m, m), (self.v, v)):
+            buffer[...] = 0 if host is None else to_device(np.asarray(host, np.float32),
+                                                           self.device)
+
+    def host_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies of Adam's moments, for a checkpoint: the only time they leave the device."""
+        return np.array(to_host(self.m)), np.array(to_host(self.v))
+
+    def snapshot(self):
+        """Device-side copies of the parameters and moments, to undo an epoch that diverged
+        (no host traffic; one snapshot at a time: the next call overwrites it)."""
+        if self._saved is None:
+            self._saved = self.xp.empty((3, self.spec.layout.size), np.float32)
+        for row, buffer in zip(self._saved, (self.flat, self.m, self.v)):
+            row[...] = buffer
+        return self._saved
+
+    def restore(self, snapshot) -> None:
+        for row, buffer in zip(snapshot, (self.flat, self.m, self.v)):
+            buffer[...] = row
+
     # ------------------------------------------------------------------ training
-    def train_epoch(self, x: np.ndarray, perm: np.ndarray, batch_size: int, optimizer,
-                    binarize: bool, progress=None) -> float:
-        """One epoch of the step plan; the host touches the device once before and once after."""
+    def epoch_terms(self) -> dict | None:
+        """The ELBO terms of the latest epoch: None, until the step plan reports them."""
+        return None
+
+    def train_epoch(self, x: np.ndarray, perm: np.ndarray, options, optimizer,
+                    progress=None) -> float:
+        """One epoch of the step plan with the batch size, binarization, schedules, KL weight
+        and clipping of `options` (cupyvae.training.TrainingOptions) and Adam's constants and
+        step count from `optimizer` (advanced).  Host traffic: before, the permutation, the
+        counters and `hyper` (a few bytes); after, the epoch's losses.  Parameters and
+        moments stay on the device.  The plan trains the ELBO without free bits
+        (VAE.fit refuses other objectives on this device before any work; so does this)."""
+        if not objective_for(options).runs_on_kernels:
+            raise ValueError(f"device {self.device!r} trains objective 'elbo' without free bits "
+                             f"only, so far (asked: objective {options.objective!r}, free_bits "
+                             f"{options.free_bits:g})")
         data = self._device_data(x)
-        n_batches = len(perm) // batch_size
+        n_batches = len(perm) // options.batch_size
         if optimizer.step_count + n_batches >= 2 ** 32:
             raise OverflowError("the step counter would pass 2^32 (it keys Philox and Adam in "
                                 "uint32 device memory)")
+        hyper = hyper_array(options, optimizer)
         with self._epoch_stream():
             perm_dev = self._perm            # overwritten in place: the plan keeps its address
             perm_dev[...] = to_device(perm.astype(np.int32), self.device)
-            plan = self._training_plan(data, perm_dev, batch_size, optimizer, binarize, n_batches)
-            self._upload_optimizer(optimizer)
+            plan = self._training_plan(data, perm_dev, options.batch_size, options.binarize,
+                                       n_batches, clipping=options.clip_norm is not None)
+            self.hyper[...] = to_device(hyper, self.device)
             self.counters[...] = to_device(np.array([optimizer.step_count, 0], np.uint32),
                                            self.device)
             self._step_runner(plan, n_batches).run(n_batches, progress)
             losses = to_host(self._losses[:n_batches])        # the one read-back of the epoch
-            self._download_optimizer(optimizer, n_batches)
+        optimizer.step_count += n_batches
         return float(np.mean(losses, dtype=np.float64))
 
     def _step_runner(self, plan: list[Launch], n_batches: int):
@@ -177,7 +233,7 @@ class KernelExecutor:
         first; the restore makes the warm-up invisible (activations are rewritten by every
         step, so only the state that carries over is saved)."""
         saved = [(a, a.copy()) for a in (self.flat, self.grad_flat, self.m, self.v, self.counters,
-                                         self._losses)]
+                                         self.sched, self._partials, self._losses)]
         issue(step)
         for array, copy in saved:
             array[...] = copy
@@ -205,30 +261,32 @@ class KernelExecutor:
             caller.wait_event(self._stream.record())
 
     def _device_data(self, x: np.ndarray):
-        """The training set, uploaded once and kept resident while the same array is used."""
-        if self._data is None or self._data[0] is not x:
-            self._data = (x, to_device(x, self.device))
-            self._perm = self.xp.zeros(len(x), np.int32)
-        return self._data[1]
-
-    def _upload_optimizer(self, optimizer) -> None:
-        if optimizer.m is None:
-            self.m[...] = 0
-            self.v[...] = 0
+        """The training set on the device, uploaded once per array.  A new array of the same
+        shape (every fit call passes one) is copied into the same device buffer, so the plan,
+        which holds its address, stays valid and its graphs are not captured again."""
+        if self._data is not None and self._data[0] is x:
+            return self._data[1]
+        if self._data is not None and self._data[1].shape == x.shape:
+            device_copy = self._data[1]
+            _copy_to_device(device_copy, x)
         else:
-            self.m[...] = to_device(optimizer.m, self.device)
-            self.v[...] = to_device(optimizer.v, self.device)
+            self._data = None            # free the old copy before allocating the new
+            # A copy the executor owns (on the emulator to_device would alias x, and the
+            # next array of this shape is written into it).
+            device_copy = self.xp.array(x, copy=True)
+            self._perm = self.xp.zeros(len(x), np.int32)
+        self._data = (x, device_copy)
+        return device_copy
 
-    def _download_optimizer(self, optimizer, steps: int) -> None:
-        optimizer.m, optimizer.v = np.array(to_host(self.m)), np.array(to_host(self.v))
-        optimizer.step_count += steps
-
-    def _training_plan(self, data, perm_dev, batch_size, optimizer, binarize, n_batches) -> list[Launch]:
-        key = (id(data), id(perm_dev), batch_size, optimizer.lr, optimizer.beta1, optimizer.beta2,
-               optimizer.eps, optimizer.weight_decay, binarize, n_batches)
+    def _training_plan(self, data, perm_dev, batch_size, binarize, n_batches,
+                       clipping: bool) -> list[Launch]:
+        """The step plan, rebuilt (and so re-captured) only when its buffers or shapes change:
+        hyperparameter values are not part of it (they are read from `hyper` on the device),
+        only whether clipping runs at all."""
+        key = (id(data), id(perm_dev), batch_size, binarize, n_batches, clipping)
         if key != self._plan_key:
-            self._plan = build_training_plan(self, data, perm_dev, batch_size, optimizer, binarize,
-                                             n_batches)
+            self._plan = build_training_plan(self, data, perm_dev, batch_size, binarize,
+                                             n_batches, clipping)
             self._plan_key = key
             self._steps = None
         return self._plan
@@ -239,7 +297,8 @@ class KernelExecutor:
         buffers.enc[0][...] = to_device(x, self.device)
         eps_dev = to_device(np.ascontiguousarray(eps, np.float32), self.device)
         counters = self.xp.zeros(2, np.uint32)
-        run(self._forward_backward(buffers, counters, philox.STREAM_POSTERIOR, eps_dev), self.device)
+        run(self._forward_backward(buffers, counters, philox.STREAM_POSTERIOR, self._one, eps_dev),
+            self.device)
         loss = float(np.mean(to_host(buffers.nll) + to_host(buffers.kl), dtype=np.float64))
         return loss, np.array(to_host(self.grad_flat))
 
@@ -398,8 +457,10 @@ class KernelExecutor:
                                                      stream, buffers.z, buffers.kl, eps=eps),
                 *self._mlp_forward(self.spec.decoder, buffers.dec)]
 
-    def _forward_backward(self, buffers: BatchBuffers, counters, stream: int, eps=None) -> list[Launch]:
-        """Everything from the batch in buffers.enc[0] to every gradient in grad_flat."""
+    def _forward_backward(self, buffers: BatchBuffers, counters, stream: int, kl_weight,
+                          eps=None) -> list[Launch]:
+        """Everything from the batch in buffers.enc[0] to every gradient in grad_flat; the KL
+        term weighted by the device scalar `kl_weight` ((1,) float32)."""
         scale = 1.0 / buffers.enc[0].shape[0]
         posterior = self.spec.posterior.kernel
         return [
@@ -407,7 +468,7 @@ class KernelExecutor:
             self._likelihood_launch(buffers, scale),
             *self._mlp_backward(self.spec.decoder, buffers.dec, buffers.dec_grad, buffers.dz),
             getattr(ops, f"{posterior}_backward")(buffers.enc[-1], buffers.dz, counters,
-                                                  self.spec.config.seed, stream, scale,
+                                                  self.spec.config.seed, stream, scale, kl_weight,
                                                   buffers.enc_grad[-1], eps=eps),
             *self._mlp_backward(self.spec.encoder, buffers.enc, buffers.enc_grad, None),
         ]
@@ -417,19 +478,22 @@ class KernelExecutor:
             buffers.dec[-1], buffers.enc[0], scale, buffers.nll, buffers.dec_grad[-1])
 
 
-def build_training_plan(ex: KernelExecutor, data, perm_dev, batch_size: int, optimizer,
-                        binarize: bool, n_batches: int) -> list[Launch]:
+def build_training_plan(ex: KernelExecutor, data, perm_dev, batch_size: int, binarize: bool,
+                        n_batches: int, clipping: bool) -> list[Launch]:
     """The ordered launches of one training step (see the module docstring)."""
     spec = ex.spec
     buffers = ex._batch_buffers(batch_size)
     ex._losses = ex.xp.zeros(max(n_batches, 1), np.float32)
+    clip = [ops.grad_norm_partials(ex.grad_flat, ex._partials),
+            ops.grad_clip_scale(ex._partials, ex.hyper, ex.sched)] if clipping else []
     return [
         ops.gather_rows(data, perm_dev, ex.counters, batch_size, binarize, spec.config.seed,
                         buffers.enc[0]),
-        *ex._forward_backward(buffers, ex.counters, philox.STREAM_POSTERIOR),
-        ops.adam_update(ex.flat, ex.grad_flat, ex.m, ex.v, ex.counters, optimizer.lr,
-                        optimizer.beta1, optimizer.beta2, optimizer.eps, optimizer.weight_decay),
-        ops.end_step(buffers.nll, buffers.kl, ex.counters, ex._losses),   # after Adam: advances
+        ops.schedule_step(ex.counters, ex.hyper, ex.sched),      # reads counters[0]
+        *ex._forward_backward(buffers, ex.counters, philox.STREAM_POSTERIOR, ex._kl_weight),
+        *clip,
+        ops.adam_update(ex.flat, ex.grad_flat, ex.m, ex.v, ex.sched),
+        ops.end_step(buffers.nll, buffers.kl, ex._kl_weight, ex.counters, ex._losses),  # advances
     ]
 
 
@@ -456,6 +520,14 @@ def _reported(result: np.ndarray, progress) -> np.ndarray:
     if progress is not None:
         progress(len(result))
     return result
+
+
+def _copy_to_device(device_array, host_array: np.ndarray) -> None:
+    """Overwrite `device_array` with `host_array` (same shape) without a temporary on the device."""
+    if isinstance(device_array, np.ndarray):
+        device_array[...] = host_array
+    else:
+        device_array.set(np.ascontiguousarray(host_array))
 
 
 def _array_module(device: str):

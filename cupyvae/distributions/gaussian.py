@@ -176,17 +176,20 @@ def gaussian_posterior_forward(qraw: np.ndarray, counters: np.ndarray, seed: int
 
 
 def gaussian_posterior_backward(qraw: np.ndarray, dz: np.ndarray, counters: np.ndarray,
-                                seed: int, stream: int, kl_scale) -> np.ndarray:
-    """dqraw (B, 2Z) = d/d[mu | lv] of (loss through z) + kl_scale * KL, eps recomputed.
+                                seed: int, stream: int, kl_scale, kl_weight) -> np.ndarray:
+    """dqraw (B, 2Z) = d/d[mu | lv] of (loss through z) + k * KL, eps recomputed, with
+    k = kl_scale * kl_weight[0] in float32 (kl_weight: the (1,) float32 KL weight the kernel
+    reads from the device).
 
-    dmu = dz + kl_scale mu;  dlv = dz eps exp(lv/2) / 2 + kl_scale (exp(lv) - 1) / 2.
+    dmu = dz + k mu;  dlv = dz eps exp(lv/2) / 2 + k (exp(lv) - 1) / 2.
     """
     from .. import philox
 
     batch, z_dim = qraw.shape[0], qraw.shape[1] // 2
     eps = philox.normal(seed, int(counters[0]), batch, z_dim, stream)
     dqraw = GaussianPosterior(z_dim).rsample_backward(qraw, eps, dz)
-    dqraw += np.asarray(kl_scale, qraw.dtype) * kl_gaussian_normal(qraw)[1]
+    coefficient = np.float32(kl_scale) * np.float32(np.asarray(kl_weight).reshape(-1)[0])
+    dqraw += np.asarray(coefficient, qraw.dtype) * kl_gaussian_normal(qraw)[1]
     return dqraw
 
 

@@ -10,7 +10,7 @@ Arrays are all NumPy (emulated) or all CuPy (cuda).
 import importlib
 import pkgutil
 
-from .adam import adam_update
+from .adam import ADAM_UPDATE, adam_update
 from .bernoulli import bernoulli_nll
 from .continuous_bernoulli import continuous_bernoulli_nll
 from .discretized_logistic import discretized_logistic_nll
@@ -18,6 +18,7 @@ from .gaussian_likelihood import gaussian_likelihood_nll
 from .free_bits import free_bits_kl
 from .gaussian_real import gaussian_real_nll
 from .laplace import laplace_nll
+from .grad_clip import grad_clip_scale, grad_norm_partials
 from .gaussian_posterior import (gaussian_posterior_backward, gaussian_posterior_forward,
                                  gaussian_posterior_kl_per_dimension,
                                  gaussian_posterior_kl_per_dimension_backward,
@@ -29,20 +30,22 @@ from .linear import linear_backward, linear_forward, linear_workspace
 from .mixture_prior import (mixture_prior_backward_params, mixture_prior_backward_z,
                             mixture_prior_forward)
 from .normal import normal_fill, normal_prior_sample
+from .schedule import schedule_step
 from .step import end_step, gather_rows, start_epoch
 from .vamp_prior import vamp_pseudo_inputs_backward, vamp_pseudo_inputs_forward
 
-__all__ = ["adam_update", "continuous_bernoulli_nll", "discretized_logistic_nll",
+__all__ = ["ADAM_UPDATE", "adam_update", "continuous_bernoulli_nll", "discretized_logistic_nll",
            "gaussian_real_nll", "laplace_nll", "bernoulli_nll", "end_step", "gather_rows",
            "gaussian_likelihood_nll", "gaussian_posterior_backward", "gaussian_posterior_forward",
            "gaussian_posterior_kl_per_dimension", "gaussian_posterior_kl_per_dimension_backward",
            "gaussian_posterior_log_q", "gaussian_posterior_sample",
-           "gaussian_posterior_weighted_backward", "free_bits_kl", "importance_noise",
+           "gaussian_posterior_weighted_backward", "free_bits_kl", "grad_clip_scale",
+           "grad_norm_partials", "importance_noise",
            "iwae_weights", "log_mean_exp_accumulate", "log_mean_exp_finish", "repeat_rows",
            "scale_rows", "sum_row_groups", "linear_backward", "linear_forward", "linear_workspace",
            "mixture_prior_backward_params", "mixture_prior_backward_z", "mixture_prior_forward",
-           "normal_fill", "normal_prior_sample", "start_epoch", "vamp_pseudo_inputs_backward",
-           "vamp_pseudo_inputs_forward"]
+           "normal_fill", "normal_prior_sample", "schedule_step", "start_epoch",
+           "vamp_pseudo_inputs_backward", "vamp_pseudo_inputs_forward"]
 
 
 def elementwise_specs() -> dict:

@@ -11,6 +11,8 @@ import operator
 
 import numpy as np
 
+from cupyvae.schedules import HYPER_SIZE, SCHED_SIZE
+
 _INT32_MAX = 2 ** 31 - 1
 _UINT32_MAX = 2 ** 32 - 1
 WARP_SIZE = 32
@@ -74,3 +76,25 @@ def require_counters(counters) -> None:
     if counters.shape != (2,) or counters.dtype != np.uint32 or not counters.flags.c_contiguous:
         raise ValueError(f"counters must be a contiguous (2,) uint32 array [step, batch], "
                          f"got {counters.dtype} with shape {counters.shape}")
+
+
+def require_hyper(hyper) -> None:
+    """`hyper`: the device's (HYPER_SIZE,) float64 hyperparameters (kernels/schedule.cuh)."""
+    if hyper.shape != (HYPER_SIZE,) or hyper.dtype != np.float64 or not hyper.flags.c_contiguous:
+        raise ValueError(f"hyper must be a contiguous ({HYPER_SIZE},) float64 array "
+                         f"(kernels/schedule.cuh), got {hyper.dtype} with shape {hyper.shape}")
+
+
+def require_sched(sched) -> None:
+    """`sched`: the device's (SCHED_SIZE,) float32 values of this step (kernels/schedule.cuh)."""
+    if sched.shape != (SCHED_SIZE,) or sched.dtype != np.float32 or not sched.flags.c_contiguous:
+        raise ValueError(f"sched must be a contiguous ({SCHED_SIZE},) float32 array "
+                         f"(kernels/schedule.cuh), got {sched.dtype} with shape {sched.shape}")
+
+
+def require_device_scalar(name: str, value) -> None:
+    """`value`: a (1,) float32 device array, a scalar the device reads at run time (e.g. a
+    view of one slot of `sched`), so the launch stays the same when the value changes."""
+    if value.shape != (1,) or value.dtype != np.float32 or not value.flags.c_contiguous:
+        raise ValueError(f"{name} must be a (1,) float32 device array (e.g. a slot of sched), "
+                         f"got {value.dtype} with shape {value.shape}")

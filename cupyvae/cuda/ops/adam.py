@@ -1,53 +1,51 @@
-"""Launch builder for kernels/adam.cu (twin: cupyvae.optim.adam_update).
+"""Launch builder for the Adam update, an ElementwiseKernel over the flat buffers
+(body: kernels/adam.cuh; twin: cupyvae.optim.adam_update).
 
-`counters`: the device step counters [step, batch] (see cupyvae.cuda.ops._checks.require_counters).
+ADAM_UPDATE is one ElementwiseSpec (cupyvae.emulator.elementwise): on "cuda" it is a
+cupy.ElementwiseKernel, on "emulated" the same operation as a grid-stride kernel, both
+from the one source, as Chainer ran its optimizers on CuPy (chainer/optimizers/adam.py).
+The hyperparameters and bias corrections are read from the device array `sched` (a `raw`
+argument) that schedule_step fills from the step counter, so the launch is identical at
+every step and is captured once into a CUDA graph.
 """
 from __future__ import annotations
 
-import numpy as np
 
-from ..launch import Launch
-from ._checks import (
-    ELEMENTWISE_BLOCK,
-    elementwise_grid_size,
-    float32_scalar,
-    require_counters,
-    require_float32_contiguous,
-    require_int32_dims,
-    require_same_array_kind,
+from cupyvae.emulator.elementwise import ElementwiseSpec
+from cupyvae.schedules import SCHED_SIZE
+
+from ..launch import ElementwiseLaunch
+from ..loader import inline_source
+from ._checks import require_float32_contiguous, require_int32_dims, require_same_array_kind
+
+ADAM_UPDATE = ElementwiseSpec(
+    in_params="float32 g, raw float32 sched",
+    out_params="float32 p, float32 m, float32 v",
+    # CuPy hands a raw argument over as a CArray, the emulator as a pointer: &sched[0] is the
+    # float* of the data on both.
+    operation="adam_element(p, g, m, v, &sched[0])",
+    name="adam_update",
+    preamble=inline_source('#include "adam.cuh"\n', "adam_update (ElementwiseSpec preamble)"),
 )
 
-# adam_update moves float4s: one thread per 4 elements before the grid cap.
-ADAM_VECTOR_WIDTH = 4
 
-
-def adam_update(p, g, m, v, counters, lr, beta1, beta2, eps, weight_decay) -> Launch:
-    """One Adam step (t = counters[0] + 1) on the flat buffers p, m, v (in place) from g."""
-    require_float32_contiguous(p=p, g=g, m=m, v=v)
-    require_counters(counters)
-    require_same_array_kind(p, g, m, v, counters)
+def adam_update(p, g, m, v, sched) -> ElementwiseLaunch:
+    """One Adam step on the flat buffers p, m, v (in place) from g, with this step's values
+    in the device array `sched` ((SCHED_SIZE,) float32, cupyvae.schedules)."""
+    require_float32_contiguous(p=p, g=g, m=m, v=v, sched=sched)
+    require_same_array_kind(p, g, m, v, sched)
     if p.ndim != 1:
         raise ValueError(f"p must be a flat (n,) buffer, got shape {p.shape}")
     if not p.shape == g.shape == m.shape == v.shape:
         raise ValueError(f"p {p.shape}, g {g.shape}, m {m.shape} and v {v.shape} "
                          "must all have the same (n,) shape")
+    if p.shape[0] == 0:
+        raise ValueError("p is empty: an elementwise launch needs at least one element")
+    if sched.shape != (SCHED_SIZE,):
+        raise ValueError(f"sched must have shape ({SCHED_SIZE},) (kernels/schedule.cuh), "
+                         f"got {sched.shape}")
     require_int32_dims(p.shape)
-    lr, eps, weight_decay = (float32_scalar(name, value) for name, value in
-                             (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)))
-    beta1, beta2 = float32_scalar("beta1", beta1), float32_scalar("beta2", beta2)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    for name, beta in (("beta1", beta1), ("beta2", beta2)):
-        if not 0 <= beta < 1:
-            raise ValueError(f"{name} must lie in [0, 1) (as a float32), got {beta}")
-    if not eps >= 0 or not weight_decay >= 0:
-        raise ValueError(f"eps and weight_decay must be >= 0, got {eps} and {weight_decay}")
-    (n,) = p.shape
-    return Launch(
-        kernel="adam",
-        entry="adam_update",
-        grid=(elementwise_grid_size(-(-n // ADAM_VECTOR_WIDTH)),),
-        block=(ELEMENTWISE_BLOCK,),
-        args=(p, g, m, v, counters, np.int32(n), lr, beta1, beta2, eps, weight_decay),
-    )
+    return ElementwiseLaunch(ADAM_UPDATE, (g, sched, p, m, v))
 
+
+__all__ = ["ADAM_UPDATE", "adam_update"]

@@ -18,6 +18,7 @@ from ._checks import (
     WARP_SIZE,
     float32_scalar,
     require_counters,
+    require_device_scalar,
     require_float32_contiguous,
     require_int32_dims,
     require_same_array_kind,
@@ -89,11 +90,15 @@ def gaussian_posterior_forward(qraw, counters, seed, stream, z, kl, eps=None) ->
     )
 
 
-def gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale, dqraw, eps=None) -> Launch:
-    """dqraw (B, 2Z) = [dz + kl_scale mu | dz eps exp(lv/2)/2 + kl_scale (exp(lv) - 1)/2], `=`."""
+def gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale, kl_weight, dqraw,
+                                eps=None) -> Launch:
+    """dqraw (B, 2Z) = [dz + k mu | dz eps exp(lv/2)/2 + k (exp(lv) - 1)/2], `=`, with
+    k = kl_scale * kl_weight[0]: `kl_weight` is a (1,) float32 device array (the KL weight of
+    this step, a slot of `sched`), read by the kernel, so a schedule never changes the launch."""
     require_float32_contiguous(qraw=qraw, dz=dz, dqraw=dqraw)
     require_counters(counters)
-    require_same_array_kind(qraw, dz, counters, dqraw)
+    require_device_scalar("kl_weight", kl_weight)
+    require_same_array_kind(qraw, dz, counters, kl_weight, dqraw)
     batch, z_dim = _posterior_shape(qraw)
     if dz.shape != (batch, z_dim):
         raise ValueError(f"dz must have shape ({batch}, {z_dim}) for qraw {qraw.shape}, got {dz.shape}")
@@ -108,7 +113,7 @@ def gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale, dqra
         block=block,
         args=(qraw, dz, counters, dqraw, np.int32(batch), np.int32(z_dim), np.uint32(seed_lo),
               np.uint32(seed_hi), uint32_scalar("stream", stream),
-              float32_scalar("kl_scale", kl_scale), *_given_noise(eps, qraw, z_dim)),
+              float32_scalar("kl_scale", kl_scale), kl_weight, *_given_noise(eps, qraw, z_dim)),
     )
 
 

@@ -15,6 +15,7 @@ from cupyvae.philox import split_seed
 from ..launch import Launch
 from ._checks import (
     require_counters,
+    require_device_scalar,
     require_float32_contiguous,
     require_int32_dims,
     require_same_array_kind,
@@ -57,13 +58,15 @@ def gather_rows(data, perm, counters, batch_size, binarize, seed, xb) -> Launch:
     )
 
 
-def end_step(nll, kl, counters, losses) -> Launch:
-    """losses[counters[1]] = mean_b (nll[b] + kl[b]) (nothing once counters[1] >= len(losses)),
-    then counters[0] += 1, counters[1] += 1: the last launch of every training step, after
-    Adam (which reads counters[0]).  One block (deterministic)."""
+def end_step(nll, kl, kl_weight, counters, losses) -> Launch:
+    """losses[counters[1]] = mean_b (nll[b] + kl_weight[0] kl[b]) (nothing once
+    counters[1] >= len(losses)), then counters[0] += 1, counters[1] += 1: the last launch of
+    every training step, after Adam.  `kl_weight`: the (1,) float32 device KL weight of the
+    step (a slot of `sched`).  One block (deterministic)."""
     require_float32_contiguous(nll=nll, kl=kl, losses=losses)
     require_counters(counters)
-    require_same_array_kind(nll, kl, counters, losses)
+    require_device_scalar("kl_weight", kl_weight)
+    require_same_array_kind(nll, kl, kl_weight, counters, losses)
     if nll.ndim != 1 or kl.shape != nll.shape or nll.shape[0] < 1:
         raise ValueError(f"nll {nll.shape} and kl {kl.shape} must both have shape (B,), B >= 1")
     if losses.ndim != 1 or losses.shape[0] < 1:
@@ -75,7 +78,8 @@ def end_step(nll, kl, counters, losses) -> Launch:
         entry="end_step",
         grid=(1,),
         block=(row_block_size(nll.shape[0]),),
-        args=(nll, kl, losses, counters, np.int32(nll.shape[0]), np.uint32(losses.shape[0])),
+        args=(nll, kl, kl_weight, losses, counters, np.int32(nll.shape[0]),
+              np.uint32(losses.shape[0])),
     )
 
 
