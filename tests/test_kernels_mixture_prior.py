@@ -154,12 +154,18 @@ def assert_backward_params_match(z, logits, comp, resp, g, dlogits, dcomp):
     lse_a = np.logaddexp.reduce(np.asarray(logits, np.float64))
     pi_scale = pi * (1 + np.abs(logits) + abs(lse_a))
     tiny = subnormal_units(batch)
-    assert_within(dlogits, want_dlogits, ulps(batch) * (ag @ r + ag.sum() * pi_scale) + tiny, "dlogits")
+    # A responsibility below 2^-126 may reach the backward as 0 (CUDA's expf is built on
+    # ex2.approx.ftz and flushes such results; host libm keeps them subnormal): a dropped
+    # term costs at most its weight with r = 2^-126.  Seen on an H200 at K = 500.
+    flushed = ag[:, None] * np.where(r < SUBNORMAL, SUBNORMAL, 0.0)
+    assert_within(dlogits, want_dlogits,
+                  ulps(batch) * (ag @ r + ag.sum() * pi_scale) + flushed.sum(axis=0) + tiny, "dlogits")
     w = ag[:, None] * r
     assert_within(dcomp[:, :z_dim], want_dcomp[:, :z_dim],
-                  ulps(batch) * np.einsum("bk,bkj->kj", w, np.abs(t)) * h + tiny, "dmeans")
+                  (ulps(batch) * np.einsum("bk,bkj->kj", w, np.abs(t))
+                   + np.einsum("bk,bkj->kj", flushed, np.abs(t))) * h + tiny, "dmeans")
     assert_within(dcomp[:, z_dim:], want_dcomp[:, z_dim:],
-                  ulps(batch) * 0.5 * np.einsum("bk,bkj->kj", w, t * t + 1) + tiny, "dlogvars")
+                  0.5 * np.einsum("bk,bkj->kj", ulps(batch) * w + flushed, t * t + 1) + tiny, "dlogvars")
 
 
 def run_all_and_check(backend, z, logits, comp, g, thread_order=None, seed=0):
