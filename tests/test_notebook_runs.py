@@ -1,0 +1,100 @@
+"""examples/vae.ipynb runs end to end, headless, with small settings, and is committed with the
+outputs of its full run.
+
+The notebook reads its sizes from environment variables (its parameter cell), so the run here
+is the committed notebook itself with 1 epoch and 300 training examples, executed by nbclient
+in memory: the file is never written.  Every cell error fails the test (nbclient raises
+CellExecutionError, naming the cell).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def require(module: str):
+    return pytest.importorskip(module, reason=f"{module} is not installed; running examples/vae.ipynb "
+                                              "needs the extra: pip install 'cupyvae[notebook]'")
+
+
+nbformat = require("nbformat")
+nbclient = require("nbclient")
+require("ipykernel")
+require("ipywidgets")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "examples" / "vae.ipynb"
+SMALL_SETTINGS = {"CUPYVAE_NOTEBOOK_EPOCHS": "1", "CUPYVAE_NOTEBOOK_LIMIT": "300",
+                  "CUPYVAE_NOTEBOOK_DOWNLOAD": "0"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# The pictures the notebook shows: digits latent + manifold, training faces, faces latent +
+# manifold, the slider sweeps, the Laplace-prior latent.
+PICTURES = 7
+CELL_TIMEOUT_S = 300
+
+
+def rich_outputs(notebook) -> list[dict]:
+    return [output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.outputs if output.output_type in ("display_data", "execute_result")]
+
+
+def pictures(notebook) -> int:
+    return sum("image/png" in data for data in rich_outputs(notebook))
+
+
+def has_slider_panel(notebook) -> bool:
+    return any(WIDGET_VIEW in data and data.get("text/plain", "").startswith("VBox(")
+               for data in rich_outputs(notebook))
+
+
+def stream_text(notebook) -> str:
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs if output.output_type == "stream")
+
+
+def require_a_digit_dataset() -> None:
+    """The notebook trains on MNIST or, without it, Fashion-MNIST (which .ci/run installs)."""
+    from cupyvae.datasets import DatasetError, load_dataset
+    for name in ("mnist", "fashion-mnist"):
+        try:
+            load_dataset(name, download=False)
+            return
+        except DatasetError:
+            continue
+    pytest.skip("neither MNIST nor Fashion-MNIST is on this machine; .ci/run installs dataset-fashion-mnist")
+
+
+def test_the_committed_notebook_holds_the_outputs_of_its_full_run():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), \
+        "the committed notebook was not run top to bottom in one kernel"
+    errors = [output for cell in code for output in cell.outputs if output.output_type == "error"]
+    assert not errors, f"the committed notebook holds errors: {errors[0]}"
+    assert "EPOCHS = 30, LIMIT = None, DOWNLOAD = False: the full settings" in stream_text(notebook), "the committed outputs are not from the full settings"
+    assert pictures(notebook) == PICTURES
+    assert has_slider_panel(notebook)
+    assert notebook.metadata.get("widgets"), "the slider panel's widget state was not saved"
+
+
+def test_the_notebook_runs_headless_with_small_settings(monkeypatch, tmp_path):
+    require_a_digit_dataset()
+    for name, value in SMALL_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    # The kernel imports this checkout's cupyvae, and nothing may need a display.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    committed = NOTEBOOK.read_bytes()
+    notebook = nbformat.reads(committed.decode("utf-8"), as_version=4)
+
+    nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    assert NOTEBOOK.read_bytes() == committed, "running the notebook changed the committed file"
+    assert "EPOCHS = 1, LIMIT = 300, DOWNLOAD = False: reduced settings" in stream_text(notebook)
+    assert pictures(notebook) == PICTURES
+    assert has_slider_panel(notebook)
+    assert list(tmp_path.iterdir()) == [], "the notebook wrote files into its working folder"
