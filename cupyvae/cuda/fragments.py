@@ -95,7 +95,9 @@ class Workspace:
     array(name, shape) allocates a zero-filled buffer the first time, and afterwards returns
     it -- or, for fewer rows, a view of its leading rows (contiguous: rows are the leading
     axis), so the chunks of an inference call share one buffer.  A request with more rows,
-    other trailing dimensions or another dtype allocates a new buffer under the name."""
+    other trailing dimensions or another dtype allocates a new buffer under the name; a
+    launch keeps the arrays it was built with, so that never changes a built launch, and
+    launches that hand a buffer on ask for it with the same shape."""
 
     def __init__(self, xp):
         self.xp = xp
