@@ -85,8 +85,8 @@ class VAE:
         `model.history` holds them all, one entry per epoch in each column: train_loss (the
         objective's mean over the epoch's steps), val_loss (the validation set's mean
         negative ELBO), seconds, train_recon / train_kl and val_recon / val_kl (the ELBO's
-        reconstruction and KL terms, nats per example; the train ones are running means over
-        the steps and None on the kernel devices until their step plan reports them),
+        reconstruction and KL terms, nats per example; the train ones are means over the
+        epoch's steps, on the kernel devices computed on the device and read with the losses),
         active_units (see elbo_terms).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords

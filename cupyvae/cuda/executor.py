@@ -335,12 +335,12 @@ class KernelExecutor:
     # The chunks share the buffers of one workspace, kept between calls.
     def encode_raw(self, x: np.ndarray, chunk: int | None = None, progress=None) -> np.ndarray:
         """The encoder's raw outputs (N, P) for x (N, D)."""
-        return _reported(self._forward_raw(self.spec.encoder, to_device(x, self.device), chunk),
-                         progress)
+        return _reported(self._forward_raw("encoder", self.spec.encoder, to_device(x, self.device),
+                                           chunk), progress)
 
     def decode_raw(self, z: np.ndarray, chunk: int | None = None) -> np.ndarray:
         """The decoder's raw outputs (N, R) for z (N, Z)."""
-        return self._forward_raw(self.spec.decoder, to_device(z, self.device), chunk)
+        return self._forward_raw("decoder", self.spec.decoder, to_device(z, self.device), chunk)
 
     def loss_rows(self, x: np.ndarray, step: int, stream: int, chunk: int | None = None,
                   progress=None) -> np.ndarray:
@@ -394,7 +394,7 @@ class KernelExecutor:
             host = self.spec.layout.views(self.host_flat())
             return self.decode_raw(prior_draws(self.spec, host, n, seed), chunk)
         run(draw, self.device)
-        return self._forward_raw(self.spec.decoder, z, chunk)
+        return self._forward_raw("decoder", self.spec.decoder, z, chunk)
 
     def log_likelihood(self, x: np.ndarray, n_samples: int, progress=None) -> np.ndarray:
         """Importance-sampled log p(x) per example (N,) float64 -- VAE.log_likelihood, on the
@@ -462,11 +462,10 @@ class KernelExecutor:
                 *parts.prior.log_prob(dec[0], log_p),
                 ops.log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples)]
 
-    def _forward_raw(self, layers, inputs_dev, chunk) -> np.ndarray:
-        """Run `layers` over every row of the device array `inputs_dev` chunk by chunk, then
-        read the result back once."""
+    def _forward_raw(self, name: str, layers, inputs_dev, chunk) -> np.ndarray:
+        """Run `layers` over every row of the device array `inputs_dev` chunk by chunk (on the
+        inference workspace's buffers '<name>.*'), then read the result back once."""
         result = self.xp.empty((len(inputs_dev), layers[-1].n_out), np.float32)
-        name = layers[0].name.split(".")[0]
         for _, rows in self._chunks(len(inputs_dev), chunk):
             acts = self._inference.activations(name, layers, rows.stop - rows.start,
                                                inputs=inputs_dev[rows])
