@@ -14,10 +14,12 @@ import numpy as np
 
 from . import philox
 from .objectives import objective_for
+from .objective_twins import (importance_noise, log_mean_exp_accumulate, log_mean_exp_finish,
+                              repeat_rows)
 from .optim import (Adam, AdamScratch, adam_update, grad_clip_scale, grad_norm_blocks,
                     grad_norm_partials)
 from .reference import (decode_raw, encode_raw, negative_elbo_and_grads, negative_elbo_rows,
-                        prior_state)
+                        prior_log_prob, prior_state)
 from .registry import Registry
 from .schedules import SCHED_KL_WEIGHT, hyper_array, schedule_step
 from .spec import ModelSpec
@@ -28,6 +30,11 @@ EXECUTORS: Registry[type] = Registry("device")
 @EXECUTORS.register("cpu")
 class NumpyExecutor:
     """The NumPy reference path; the default wherever no GPU is present."""
+
+    # log_likelihood decodes at most this many rows (examples x samples) per call: large
+    # enough for efficient GEMMs, small enough (~100 MB of float32 activations at D = 784) to
+    # bound memory whatever the number of samples.
+    importance_rows = 8192
 
     def __init__(self, spec: ModelSpec, execution: str | None = None):
         if execution not in (None, "eager"):
@@ -63,6 +70,9 @@ class NumpyExecutor:
     def restore(self, snapshot) -> None:
         for buffer, saved in zip((self.flat, self.m, self.v), snapshot):
             buffer[:] = saved
+
+    def check_objective(self, objective) -> None:
+        """The NumPy path trains every objective (objective.check_model judges the model)."""
 
     def epoch_terms(self) -> dict | None:
         """{"train_recon", "train_kl"}: the ELBO terms' running means (nats per example) over
@@ -135,6 +145,43 @@ class NumpyExecutor:
     def sample_raw(self, n: int, seed: int, chunk: int | None = None) -> np.ndarray:
         """The decoder's raw outputs for n draws of the prior (prior_draws)."""
         return self.decode_raw(prior_draws(self.spec, self.params, n, seed), chunk)
+
+    def log_likelihood(self, x: np.ndarray, n_samples: int,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Importance-sampled log p(x) per example (N,) float64 (VAE.log_likelihood): the
+        examples in groups whose samples fill at most `importance_rows` decoder rows (an
+        example with more samples in several chunks), each group's log-sum-exp accumulated
+        in float64 (objective_twins.log_mean_exp_accumulate); `progress(n)` after each
+        group of n examples."""
+        samples_per_call = min(n_samples, self.importance_rows)
+        examples_per_call = max(1, self.importance_rows // n_samples)
+        out = np.empty(len(x))
+        for first in range(0, len(x), examples_per_call):
+            xb = x[first:first + examples_per_call]
+            raw = encode_raw(self.spec, self.params, xb)
+            running_max = np.full(len(xb), -np.inf)
+            running_sum = np.zeros(len(xb))
+            for first_sample in range(0, n_samples, samples_per_call):
+                samples = min(samples_per_call, n_samples - first_sample)
+                eps = importance_noise(self.spec.config.seed, first, len(xb), first_sample,
+                                       samples, self.spec.latent_dim)
+                nll, log_p, log_q = self._log_weight_terms(raw, xb, eps, samples)
+                log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples)
+            out[first:first + len(xb)] = log_mean_exp_finish(running_max, running_sum, n_samples)
+            if progress is not None:
+                progress(len(xb))
+        return out
+
+    def _log_weight_terms(self, raw, xb, eps, samples):
+        """(nll, log p(z), log q(z|x)) per row of the B*k samples of the examples xb; log q
+        in float64 from the noise."""
+        spec = self.spec
+        q_rows = repeat_rows(raw, samples)
+        z = spec.posterior.rsample(q_rows, eps)
+        nll, _ = spec.likelihood.nll(decode_raw(spec, self.params, z), repeat_rows(xb, samples), 1.0)
+        log_p = prior_log_prob(spec, self.params, z)[0]
+        log_q = spec.posterior.log_prob_of_draw(q_rows.astype(np.float64), eps.astype(np.float64))
+        return nll, log_p, log_q
 
 
 # Prior draws (VAE.sample): the Philox steps of STREAM_PRIOR giving u and eps.

@@ -14,23 +14,17 @@ from .arrays import as_float32_examples
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
-from .executors import EXECUTORS, NumpyExecutor, binarize_batch, prior_draws, resolve_device
+from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
-from .objective_twins import (importance_noise, log_mean_exp_accumulate, log_mean_exp_finish,
-                              repeat_rows)
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .reference import kl_rows, prior_log_prob
+from .reference import kl_rows
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
 from .training import TrainingOptions, best_epoch, split_validation, stopped_early
 
 EVAL_CHUNK = 10_000
-# VAE.log_likelihood decodes at most this many rows (examples x samples) per call: large
-# enough for efficient GEMMs, small enough (~100 MB of float32 activations at D = 784) to
-# bound memory whatever the number of samples.
-IMPORTANCE_ROWS = 8192
 # Burda et al. 2016, section 5.2: a latent dimension is active when the variance of its
 # posterior mean across the data exceeds this.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -91,8 +85,8 @@ class VAE:
         `model.history` holds them all, one entry per epoch in each column: train_loss (the
         objective's mean over the epoch's steps), val_loss (the validation set's mean
         negative ELBO), seconds, train_recon / train_kl and val_recon / val_kl (the ELBO's
-        reconstruction and KL terms, nats per example; the train ones are running means over
-        the steps and None on the kernel devices until their step plan reports them),
+        reconstruction and KL terms, nats per example; the train ones are means over the
+        epoch's steps, on the kernel devices computed on the device and read with the losses),
         active_units (see elbo_terms).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
@@ -164,11 +158,7 @@ class VAE:
     def _objective(self, options: TrainingOptions) -> Objective:
         objective = objective_for(options)
         objective.check_model(self.spec)
-        if not isinstance(self._executor, NumpyExecutor) and not objective.runs_on_kernels:
-            raise ValueError(
-                f"device {self.device!r} trains objective 'elbo' without free bits only, so far "
-                f"(asked: objective {options.objective!r}, free_bits {options.free_bits:g}); the "
-                "kernel step plan for IWAE and free bits is not wired yet. Use device='cpu'.")
+        self._executor.check_objective(objective)
         return objective
 
     def _validation_split(self, x_train, x_val, options: TrainingOptions):
@@ -324,43 +314,17 @@ class VAE:
         Gaussian -1/2 sum(log 2pi + lv + eps^2)), never from z - mu, so narrow posteriors
         stay exact; the weights and their log-sum-exp are accumulated in float64.
         Noise: objective_twins.importance_noise, keyed by (example index in x, sample
-        index), so the result does not depend on the chunking below.  All samples of a chunk
-        of examples are decoded in one call (examples x samples rows, at most
-        IMPORTANCE_ROWS; an example with more samples is decoded in several calls).
-        `progress(n)` is called after each chunk with the number n of examples it finished
-        (the n sum to len(x), like fit's progress).  ValueError for a bad n_samples."""
+        index), so the result does not depend on the chunking.  The executor decodes all
+        samples of a group of examples at once (examples x samples rows, at most its
+        `importance_rows`; an example with more samples in several chunks): on the kernel
+        devices with the log-sum-exp on the device, read back once as one float64 per
+        example (KernelExecutor.log_likelihood).  `progress(n)` is called as each group of
+        n examples is done (the n sum to len(x), like fit's progress).  ValueError for a
+        bad n_samples."""
         x = self.validate_data(x, "x")
         if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        n_samples = int(n_samples)
-        params = self._host_params()
-        samples_per_call = min(n_samples, IMPORTANCE_ROWS)
-        examples_per_call = max(1, IMPORTANCE_ROWS // n_samples)
-        out = np.empty(len(x))
-        for first in range(0, len(x), examples_per_call):
-            xb = x[first:first + examples_per_call]
-            raw = self._executor.encode_raw(xb)
-            running_max = np.full(len(xb), -np.inf)
-            running_sum = np.zeros(len(xb))
-            for first_sample in range(0, n_samples, samples_per_call):
-                samples = min(samples_per_call, n_samples - first_sample)
-                eps = importance_noise(self.config.seed, first, len(xb), first_sample, samples,
-                                       self.config.latent_dim)
-                nll, log_p, log_q = self._log_weight_terms(params, raw, xb, eps, samples)
-                log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples)
-            out[first:first + len(xb)] = log_mean_exp_finish(running_max, running_sum, n_samples)
-            if progress is not None:
-                progress(len(xb))
-        return out
-
-    def _log_weight_terms(self, params, raw, xb, eps, samples):
-        """(nll, log p(z), log q(z|x)) per row of the B*k samples of the examples xb."""
-        q_rows = repeat_rows(raw, samples)
-        z = self.spec.posterior.rsample(q_rows, eps)
-        nll, _ = self.spec.likelihood.nll(self._executor.decode_raw(z), repeat_rows(xb, samples), 1.0)
-        log_p = prior_log_prob(self.spec, params, z)[0]
-        log_q = self.spec.posterior.log_prob_of_draw(q_rows.astype(np.float64), eps.astype(np.float64))
-        return nll, log_p, log_q
+        return self._executor.log_likelihood(x, int(n_samples), progress=progress)
 
     def bits_per_dim(self, log_px, x) -> np.ndarray:
         """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
