@@ -120,8 +120,8 @@ def latent_scatter(model, x, y, path, label_names: Sequence[str] | None = None,
     else:
         mark_prior_components(ax, view, components)   # before the legend is drawn, so it lists them
         _scatter_by_label(fig, ax, view.points, labels, label_names)
-        if components is not None and ax.get_legend() is None:
-            ax.legend(loc="best")
+        if components is not None:
+            _legend_mark_size(ax.get_legend() or ax.legend(loc="best"))
         _frame_grid(ax, view)
         ax.set_xlabel(view.axis_names[0])
         ax.set_ylabel(view.axis_names[1])
@@ -622,7 +622,8 @@ def mark_prior_components(ax, view: LatentView, components: dict | None) -> None
         return
     weights, points = components["weights"], view.project(components["means"])
     count = len(weights)
-    label = f"prior component means (K = {count})"
+    label = f"prior component means (K = {count}" + (
+        ")" if np.allclose(weights, 1 / count) else ", area ∝ weight)")
     if view.basis.shape[0] == 1:
         ax.plot(points[:, 0], np.full(count, 0.02), "|", color="black", markersize=12,
                 transform=ax.get_xaxis_transform(), label=label, zorder=3)
@@ -631,6 +632,14 @@ def mark_prior_components(ax, view: LatentView, components: dict | None) -> None
     sizes = area * np.clip(np.asarray(weights) * count, 0.1, 10.0)
     ax.scatter(points[:, 0], points[:, 1], s=sizes, marker="X", color="black",
                edgecolors="white", linewidths=0.6, label=label, zorder=3)
+
+
+def _legend_mark_size(legend) -> None:
+    """The legend's cross at the equal-weight size: the legend scales markers up (so that
+    tiny data points show), which would make a heavy component's cross cover its text."""
+    for handle, text in zip(legend.legend_handles, legend.get_texts()):
+        if text.get_text().startswith("prior component means"):
+            handle.set_sizes([PRIOR_MARK_AREA])
 
 
 def _point_style(count: int) -> dict:

@@ -300,7 +300,9 @@ def test_the_latent_scatter_marks_the_mixture_means_projected_like_the_codes(lat
     # Marker area proportional to the weight: 1/2, 2 and 1/2 times the equal-weight area.
     np.testing.assert_allclose(marks.get_sizes(), plots.PRIOR_MARK_AREA * np.array([0.5, 2.0, 0.5]),
                                rtol=1e-6)
-    assert "prior component means (K = 3)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "prior component means (K = 3, area ∝ weight)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    legend_mark = ax.get_legend().legend_handles[0]
+    assert legend_mark.get_sizes()[0] == plots.PRIOR_MARK_AREA     # not the legend's 3x scale
 
 
 def test_vamp_marks_the_posterior_means_of_its_encoded_pseudo_inputs(monkeypatch):
