@@ -65,12 +65,15 @@ QUICK = dict(epochs=2, iw_samples=10, train_examples=2000, test_examples=200)
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, help=f"training epochs per prior; default {FULL['epochs']}")
+    ap.add_argument("--epochs", type=int,
+                    help=f"training epochs per prior; default {FULL['epochs']}")
     ap.add_argument("--iw-samples", type=int,
-                    help=f"importance samples per test image for log p(x); default {FULL['iw_samples']}")
+                    help="importance samples per test image for log p(x); "
+                         f"default {FULL['iw_samples']}")
     ap.add_argument("--train-examples", type=int, help="first N training images; default all 60000")
     ap.add_argument("--test-examples", type=int, help="first N test images; default all 10000")
-    ap.add_argument("--priors", default=",".join(PRIORS), help="comma-separated, from " + ", ".join(PRIORS))
+    ap.add_argument("--priors", default=",".join(PRIORS),
+                    help="comma-separated, from " + ", ".join(PRIORS))
     ap.add_argument("--mog-components", type=int, default=10)
     ap.add_argument("--vamp-components", type=int, default=500)
     ap.add_argument("--vamp-init", choices=["random", "data"], default="random",
@@ -109,8 +112,11 @@ def gemm_flops_per_step(model, batch: int) -> int:
     shapes = {name: value.shape for name, value in model.params.items() if name.endswith(".weight")}
     encoder = [shape for name, shape in shapes.items() if name.startswith("encoder.")]
     decoder = [shape for name, shape in shapes.items() if name.startswith("decoder.")]
-    products = lambda rows, layers, first_dx: sum(   # noqa: E731
-        rows * d_in * d_out * (3 if i > 0 or first_dx else 2) for i, (d_in, d_out) in enumerate(layers))
+
+    def products(rows, layers, first_dx):
+        return sum(rows * d_in * d_out * (3 if i > 0 or first_dx else 2)
+                   for i, (d_in, d_out) in enumerate(layers))
+
     total = products(batch, encoder, False) + products(batch, decoder, True)
     pseudo = model.pseudo_inputs()
     if pseudo is not None:
@@ -148,7 +154,8 @@ def evaluate(model, x_test, iw_samples: int) -> tuple[dict, np.ndarray]:
             "test_log_likelihood_stderr": float(np.std(log_px) / np.sqrt(len(log_px))),
             "iw_samples": iw_samples, "log_likelihood_seconds": time.perf_counter() - start,
             "test_negative_elbo": terms["negative_elbo"], "test_kl": terms["kl"],
-            "test_reconstruction": terms["reconstruction"], "active_units": terms["active_units"]}, log_px
+            "test_reconstruction": terms["reconstruction"],
+            "active_units": terms["active_units"]}, log_px
 
 
 def paired_difference(log_px: np.ndarray, baseline: np.ndarray | None) -> dict:
@@ -182,7 +189,7 @@ def device_rows(device: str, args, x_train, x_test) -> list[dict]:
     normal = float(np.median(seconds["normal"])) if "normal" in seconds else None
     normal_flops = gemm_flops_per_step(models["normal"], BATCH) if "normal" in models else None
     rows, baseline = [], None
-    for prior in sorted(args.priors, key=lambda name: name != "normal"):   # normal first: the baseline
+    for prior in sorted(args.priors, key=lambda name: name != "normal"):   # the baseline first
         row = {"device": device, "prior": prior,
                "components": prior_options(prior, args).get("prior_components"),
                "prior_init": prior_options(prior, args).get("prior_init", "random")}
@@ -208,7 +215,8 @@ def device_rows(device: str, args, x_train, x_test) -> list[dict]:
               f"(+-{row['test_log_likelihood_stderr']:.2f}), -ELBO {row['test_negative_elbo']:.2f}, "
               f"active units {row['active_units']}/{LATENT}, {median:.2f} s/epoch"
               + ("" if row["seconds_vs_normal"] is None else
-                 f" = {row['seconds_vs_normal']:.2f}x normal (GEMM FLOPs {row['gemm_flops_vs_normal']:.2f}x)"),
+                 f" = {row['seconds_vs_normal']:.2f}x normal "
+                 f"(GEMM FLOPs {row['gemm_flops_vs_normal']:.2f}x)"),
               flush=True)
         rows.append(row)
     return rows

@@ -2,8 +2,9 @@
 
 Reads every JSON under --results (default benchmarks/results, sub-folders included) that a
 benchmark wrote -- bench_train_cpu.py ("train_cpu"), bench_train_gpu.py ("train_gpu"),
-bench_kernels.py ("kernels"), bench_priors.py ("priors") -- and prints one table per file, each with a line naming the
-machine, the versions, the date, the dataset and the command that produced it.
+bench_kernels.py ("kernels"), bench_priors.py ("priors") -- and prints one table per file,
+each with a line naming the machine, the versions, the date, the dataset and the command
+that produced it.
 
     python benchmarks/make_readme_table.py [--results benchmarks/results]
 """
@@ -47,7 +48,8 @@ KERNEL_COLUMNS = [
 ]
 
 PRIOR_COLUMNS = [
-    ("prior", lambda r: f"`{r['prior']}`" + ("" if r.get("components") is None else f" (K = {r['components']})")),
+    ("prior", lambda r: f"`{r['prior']}`"
+     + ("" if r.get("components") is None else f" (K = {r['components']})")),
     ("device", lambda r: r["device"]),
     ("log p(x), nats", lambda r: _status(r) or
      f"{r['test_log_likelihood']:.2f} ± {r['test_log_likelihood_stderr']:.2f}"),
