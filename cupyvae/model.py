@@ -19,7 +19,7 @@ from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .reference import kl_rows
+from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
 from .training import TrainingOptions, best_epoch, split_validation, stopped_early
@@ -292,6 +292,23 @@ class VAE:
         model's)."""
         n, seed = self._sample_args(n, seed)
         return prior_draws(self.spec, self._host_params(), n, seed).astype(np.float32)
+
+    def prior_components(self) -> dict[str, np.ndarray] | None:
+        """The prior's mixture components as they stand: {"weights": (K,) float64 summing to
+        1, "means": (K, latent_dim) float32}; None for a prior that is no mixture (normal).
+        The VampPrior's means are the posterior means of its encoded pseudo-inputs."""
+        density = prior_state(self.spec, self._host_params()).density
+        means = self.spec.prior.component_means(density)
+        if means is None:
+            return None
+        return {"weights": self.spec.prior.component_weights(density),
+                "means": np.asarray(means, np.float32)}
+
+    def pseudo_inputs(self) -> np.ndarray | None:
+        """The VampPrior's pseudo-inputs as the encoder sees them (hardtanh-bounded to
+        [0, 1]), (K, *data_shape) float32; None for a prior without pseudo-inputs."""
+        u = self.spec.prior.pseudo_inputs(self._host_params())
+        return None if u is None else np.asarray(u, np.float32).reshape(len(u), *self.config.data_shape)
 
     def _sample_args(self, n, seed) -> tuple[int, int]:
         if isinstance(n, bool) or int(n) != n or n < 1:

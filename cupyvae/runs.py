@@ -184,8 +184,12 @@ def load_run(folder: Path, device: str = "auto", execution: str | None = None,
     path = checkpoint_path(folder, checkpoint)
     model = load(path, device=device, execution=execution)
     if model.config != config.model:
-        raise RunError(f"{path} does not belong to {folder / CONFIG_FILE}: "
-                       "their model configs differ")
+        stored, saved = config.model.to_dict(), model.config.to_dict()
+        differences = "; ".join(f"{name} {_shown(stored[name])} in {CONFIG_FILE}, "
+                                f"{_shown(saved[name])} in the checkpoint"
+                                for name in stored if stored[name] != saved[name])
+        raise RunError(f"{path} does not belong to {folder / CONFIG_FILE}: their model configs "
+                       f"differ ({differences})")
     return config, model
 
 
@@ -506,6 +510,8 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
         x_val = validation_split(model, dataset, training.binarize)
         summary = {"name": dataset.name, "train_examples": len(x_train), "validation": "test split",
                    "validation_examples": 0 if x_val is None else len(x_val)}
+    model.spec.prior.check_training_set(summary["train_examples"],
+                                        f"the training set ({dataset.name})")
     if training.batch_size > summary["train_examples"]:
         raise RunError(f"--batch-size {training.batch_size} is larger than the training set "
                        f"({summary['train_examples']} examples of {dataset.name})")

@@ -44,7 +44,7 @@ PROMISED_FILES = [
     "runs/fashion/latent.png", "runs/fashion/manifold.png", "runs/fashion/reconstructions.png",
     "runs/fashion/samples.png", "runs/fashion/loss.png", "runs/fashion/evaluation.json",
     "runs/fashion/samples-64.png", "codes.csv", "explorer.png", "model.safetensors",
-    "runs/quick/config.json",
+    "runs/quick/config.json", "runs/vamp/pseudo_inputs.png",
 ]
 
 
