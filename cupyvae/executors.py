@@ -47,12 +47,13 @@ class NumpyExecutor:
         seed, z_dim = self.spec.config.seed, self.spec.latent_dim
         n_batches = len(perm) // batch_size
         total = 0.0
-        for i in range(n_batches):
-            step = optimizer.step_count   # keys this step's noise, identically on every device
-            xb = x[perm[i * batch_size:(i + 1) * batch_size]]
+        # The Adam step count keys each step's noise, identically on every device.
+        noise = posterior_noise(seed, optimizer.step_count, n_batches, batch_size, z_dim)
+        for i, eps in enumerate(noise):
+            step = optimizer.step_count
+            xb = np.take(x, perm[i * batch_size:(i + 1) * batch_size], axis=0)
             if binarize:
                 xb = binarize_batch(xb, seed, step)
-            eps = philox.normal(seed, step, batch_size, z_dim, philox.STREAM_POSTERIOR)
             total += negative_elbo_and_grads(self.spec, self.params, self.grads, xb, eps)
             optimizer.step(self.flat, self.grad_flat)
             if progress is not None:
@@ -73,6 +74,21 @@ class NumpyExecutor:
 
     def decode_raw(self, z: np.ndarray) -> np.ndarray:
         return decode_raw(self.spec, self.params, z)
+
+
+# Noise drawn ahead per call of philox.normal_steps: about 1 MiB of float32.  Small draws
+# (100 x 20) cost mostly the fixed price of the Philox rounds' ~100 NumPy calls.
+NOISE_AHEAD_ELEMENTS = 1 << 18
+
+
+def posterior_noise(seed: int, first_step: int, n_steps: int, batch_size: int, z_dim: int):
+    """Yields eps (batch_size, z_dim) of steps first_step, first_step + 1, ...: exactly
+    philox.normal(seed, step, batch_size, z_dim, STREAM_POSTERIOR), drawn several steps
+    at a time."""
+    per_draw = max(1, NOISE_AHEAD_ELEMENTS // max(1, batch_size * z_dim))
+    for start in range(0, n_steps, per_draw):
+        yield from philox.normal_steps(seed, first_step + start, min(per_draw, n_steps - start),
+                                       batch_size, z_dim, philox.STREAM_POSTERIOR)
 
 
 def binarize_batch(xb: np.ndarray, seed: int, step: int) -> np.ndarray:
