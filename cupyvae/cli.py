@@ -225,11 +225,13 @@ def train(ctx, out, resume, force, **values):
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
 @click.option("--iw-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Importance samples per example for the log-likelihood estimate (0 = skip).")
-def evaluate(run_dir: Path, device: str, iw_samples: int):
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="BLAS threads of the NumPy path  [default: the run's training count]")
+def evaluate(run_dir: Path, device: str, iw_samples: int, threads: int | None):
     """Test-set mean negative ELBO (and, with --iw-samples K, the importance-sampled
     log-likelihood) of a trained run; prints them and writes RUN_DIR/evaluation.json."""
     with user_errors():
-        result = runs.evaluate_run(run_dir, device, iw_samples)
+        result = runs.evaluate_run(run_dir, device, iw_samples, threads=threads)
     click.echo(f"test negative ELBO: {result['negative_elbo']:.4f} nats per example "
                f"({result['examples']} examples of {result['dataset']})")
     if iw_samples:

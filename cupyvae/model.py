@@ -16,6 +16,7 @@ from .config import VAEConfig
 from .executors import EXECUTORS, binarize_batch, resolve_device
 from .optim import Adam
 from .spec import ModelSpec
+from .threads import blas_threads, with_blas_threads
 from .training import TrainingOptions
 
 EVAL_CHUNK = 10_000
@@ -67,8 +68,10 @@ class VAE:
         """Train with Adam; returns the history (per-epoch train and validation loss).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
-        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False`); every value
-        is validated (ValueError naming the field) before any work.  Only whole batches are
+        (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False, threads=None`);
+        every value is validated (ValueError naming the field) before any work.  `threads`:
+        the BLAS threads of the whole call, restored after it (cupyvae.threads; None is 1).
+        The inference methods take the same keyword.  Only whole batches are
         used in an epoch (the order is reshuffled every epoch, so every example is seen).
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
         one epoch.  `verbose`: print one line per epoch to stderr.  `progress(n)` is called
@@ -84,15 +87,16 @@ class VAE:
         self._ensure_optimizer(options.lr, options.weight_decay)
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
-        for _ in range(options.epochs):
-            record = self._train_one_epoch(x_train, x_val, options.batch_size, options.binarize,
-                                           progress)
-            if checkpoint is not None:
-                self.save(checkpoint)
-            if verbose:
-                print(format_epoch(record), file=sys.stderr)
-            if on_epoch is not None:
-                on_epoch(record)
+        with blas_threads(options.threads):
+            for _ in range(options.epochs):
+                record = self._train_one_epoch(x_train, x_val, options.batch_size,
+                                               options.binarize, progress)
+                if checkpoint is not None:
+                    self.save(checkpoint)
+                if verbose:
+                    print(format_epoch(record), file=sys.stderr)
+                if on_epoch is not None:
+                    on_epoch(record)
         return self.history
 
     def _train_one_epoch(self, x_train, x_val, batch_size, binarize, progress) -> dict:
@@ -126,6 +130,7 @@ class VAE:
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
 
     # ---------------------------------------------------------------- inference
+    @with_blas_threads
     def loss(self, x) -> float:
         """Mean negative ELBO in nats per example (one posterior sample per example,
         drawn from a fixed Philox stream, so the value is repeatable)."""
@@ -135,6 +140,7 @@ class VAE:
             total += float(self._executor.loss_rows(chunk, start // EVAL_CHUNK, philox.STREAM_EVAL).sum())
         return total / len(x)
 
+    @with_blas_threads
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
         """Mean negative ELBO of the batch x with noise eps (B, latent_dim), and its gradient
         keyed like `params`."""
@@ -143,6 +149,7 @@ class VAE:
         loss, grad_flat = self._executor.loss_and_grads(x, eps)
         return loss, self.spec.layout.views(grad_flat)
 
+    @with_blas_threads
     def encode(self, x, sample: bool = False) -> np.ndarray:
         """Posterior mean (N, latent_dim), or one reparameterized draw if `sample`."""
         x = self.validate_data(x, "x")
@@ -157,12 +164,14 @@ class VAE:
                 out.append(self.spec.posterior.mean(raw))
         return np.concatenate(out)
 
+    @with_blas_threads
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
         z = self._as_latent(z, "z")
         out = [self.spec.likelihood.mean(self._executor.decode_raw(c)) for c, _ in _chunks(z)]
         return np.concatenate(out).reshape(len(z), *self.config.data_shape)
 
+    @with_blas_threads
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape)."""
         if int(n) != n or n < 1:
@@ -174,10 +183,12 @@ class VAE:
         prior_params = self.spec.prior_params(self._host_params())
         return self.decode(self.spec.prior.sample(prior_params, u, eps))
 
+    @with_blas_threads
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
         return self.decode(self.encode(x))
 
+    @with_blas_threads
     def log_likelihood(self, x, n_samples: int = 100) -> np.ndarray:
         """Importance-sampled log p(x) per example (nats), with q(z|x) as proposal:
         log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K."""

@@ -44,6 +44,7 @@ from .executors import EXECUTORS, binarize_batch
 from .files import write_atomic
 from .model import VAE, TrainingDiverged, load
 from .options import Check, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
+from .threads import default_threads
 from .training import TrainingOptions
 
 CONFIG_FILE = "config.json"
@@ -340,6 +341,8 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
     """Create (or, with `force`, overwrite) a run folder; nothing is written before the
     data have been loaded and checked against the model."""
     run_options = run_options.replace(data=dataset_reference(run_options.data))
+    if training.threads is None:      # record the count used, so --resume repeats it bit for bit
+        training = training.replace(threads=default_threads())
     folder = Path(folder) if folder is not None else default_run_folder(run_options.data)
     _refuse_occupied_folder(folder, force)
     dataset = load_dataset(run_options.data)
@@ -463,20 +466,22 @@ def _sigterm_as_interrupt():
 
 # ---------------------------------------------------------------------- using a trained run
 def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
-                 reporter: Reporter | None = None) -> dict:
+                 reporter: Reporter | None = None, threads: int | None = None) -> dict:
     """Test-set negative ELBO (and, with iw_samples > 0, the importance-sampled log-likelihood)
-    of the run's checkpoint; writes evaluation.json and returns its content."""
+    of the run's checkpoint; writes evaluation.json and returns its content.  `threads`:
+    BLAS threads (None: the run's training count)."""
     folder = Path(folder)
     config, model = load_run(folder, device)
+    threads = threads or config.training.threads or default_threads()
     dataset = load_dataset(config.run.data)
     x_test = validation_split(model, dataset, config.training.binarize)
     if x_test is None:
         raise RunError(f"dataset {dataset.name} has no test split to evaluate on")
     result = {"dataset": dataset.name, "split": "test", "examples": len(x_test),
               "binarized": config.training.binarize, "epochs": len(model.history["epoch"]),
-              "negative_elbo": model.loss(x_test)}
+              "threads": threads, "negative_elbo": model.loss(x_test, threads=threads)}
     if iw_samples:
-        log_px = model.log_likelihood(x_test, n_samples=iw_samples)
+        log_px = model.log_likelihood(x_test, n_samples=iw_samples, threads=threads)
         result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
     write_json(folder / EVALUATION_FILE, result)
     return result

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .options import ValidatedOptions, boolean, nonnegative_float, option, positive_float, positive_int
+from .options import (ValidatedOptions, boolean, nonnegative_float, option, optional,
+                      positive_float, positive_int)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,11 @@ class TrainingOptions(ValidatedOptions):
     binarize: bool = option(False, boolean,
                             "Dynamic binarization: every batch is resampled as x ~ Bernoulli(x) "
                             "(the validation set is binarized once, with a fixed draw).")
+    threads: int | None = option(None, optional(positive_int),
+                                 "BLAS threads of the NumPy path (cupyvae.threads); results repeat "
+                                 "bit for bit only with the same count.  Default: 1, which never "
+                                 "collapses on a busy machine; more pays off for large batches "
+                                 "on an idle one.")
 
     @classmethod
     def build(cls, options: "TrainingOptions | None" = None, **changes) -> "TrainingOptions":
