@@ -20,6 +20,7 @@ import pytest
 
 import cupyvae
 from cupyvae.plots import PLOT_FILES
+from cupyvae.threads import default_threads
 
 # Tiny model and batches: a subprocess run takes about a second, most of it start-up.
 TINY_MODEL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "20", "--device", "cpu",
@@ -109,7 +110,7 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
                                "activation": "relu", "posterior": "gaussian",
                                "likelihood": "bernoulli", "prior": "normal", "seed": 3}
     assert config["training"] == {"batch_size": 20, "lr": 1e-3, "weight_decay": 0.0,
-                                  "binarize": False, "epochs": 2}
+                                  "binarize": False, "epochs": 2, "threads": default_threads()}
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2
