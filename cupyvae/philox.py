@@ -164,8 +164,8 @@ def split_seed(seed: int) -> tuple[int, int]:
 
 # Elements per block of rounds: the rounds' six uint64 buffers (768 KiB) then stay in a
 # 1 MiB L2 cache.  Measured on the 2-core EPYC dev VM (CPU time, 7 repeats, spread < 5%):
-# 100 x 784 uniforms took 3.6 ms in one block, 1.4 ms in blocks of 8192, 1.1 ms in blocks
-# of 16384, 2.2-2.9 ms in blocks of 32768.
+# 100 x 784 uniforms took 1.4 ms in blocks of 8192, 1.1 ms in blocks of 16384 and 2.2-2.9 ms
+# in blocks of 32768 (3.6 ms for the previous whole-array rounds with a temporary per pass).
 _BLOCK_ELEMENTS = 16384
 
 
