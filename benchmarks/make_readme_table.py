@@ -15,13 +15,40 @@ import json
 import sys
 from pathlib import Path
 
+def _seconds(side: dict | None) -> str:
+    """median [min-max] of the steady epochs (2 and later)."""
+    if not side:
+        return ""
+    steady = side["steady"]
+    return f"{steady['median']:.2f} [{steady['min']:.2f}-{steady['max']:.2f}]"
+
+
+def _cpu_notes(row: dict) -> str:
+    notes = []
+    if row.get("noisy"):
+        notes.append("noisy (min-max spread > 25% of the median)")
+    gaps = [abs(row[k]) for k in row if k.startswith("loss_gap_vs_")]
+    if gaps and not row.get("losses_agree", True):
+        notes.append(f"final losses differ by {max(gaps):.2f} nats")
+    return "; ".join(notes)
+
+
 # What each benchmark's rows hold: (column title, function of the row).
 CPU_COLUMNS = [
     ("model", lambda r: r["model"]),
     ("batch", lambda r: r["batch"]),
-    ("cupyvae NumPy (s/epoch)", lambda r: _num(r["cupyvae_numpy_s_per_epoch"], 2)),
-    ("PyTorch CPU eager (s/epoch)", lambda r: _num(r["torch_cpu_eager_s_per_epoch"], 2)),
-    ("cupyvae / PyTorch", lambda r: _num(r["ratio"], 2)),
+    ("cupyvae NumPy (s/epoch)", lambda r: f"{_seconds(r['cupyvae'])} ({r['threads']} thr)"),
+    ("PyTorch CPU eager, default threads (s/epoch)",
+     lambda r: f"{_seconds(r['torch_default_threads'])} ({r['torch_default_threads']['threads']} thr)"),
+    ("cupyvae / PyTorch default", lambda r: _num(r["ratio_vs_torch_default_threads"], 2)),
+    ("PyTorch, cupyvae's threads (s/epoch)", lambda r: _seconds(r.get("torch_same_threads"))
+     or "same as default"),
+    ("cupyvae / PyTorch same threads", lambda r: _num(r.get(
+        "ratio_vs_torch_same_threads", r["ratio_vs_torch_default_threads"]), 2)),
+    ("final train loss cupyvae / PyTorch", lambda r: " / ".join(
+        f"{r[k]['final_train_loss']:.2f}" for k in ("cupyvae", "torch_default_threads",
+                                                    "torch_same_threads") if k in r)),
+    ("notes", _cpu_notes),
 ]
 GPU_VARIANTS = [
     ("cupyvae eager", "cupyvae-eager"),
@@ -97,6 +124,8 @@ def table(columns, rows) -> str:
 
 def caption(result: dict, path: Path) -> str:
     machine = result.get("gpu") or result.get("machine") or result.get("cpu") or "unknown machine"
+    if result.get("cores"):
+        machine += f", {result['cores']} cores"
     versions = ", ".join(f"{name} {result[key]}" for name, key in (
         ("Python", "python"), ("NumPy", "numpy"), ("CuPy", "cupy"), ("PyTorch", "torch"),
         ("CUDA runtime", "cuda_runtime"), ("driver", "cuda_driver"), ("cupyvae", "cupyvae"))
@@ -107,6 +136,11 @@ def caption(result: dict, path: Path) -> str:
         parts.append(f"{result['model']}, batch {result['batch']}, Adam {result['lr']:g}, "
                      f"{result['epochs']} epochs; log p(x) importance sampled with "
                      f"{result['iw_samples']} samples per test image (± one standard error)")
+    elif result.get("benchmark") == "train_cpu":
+        parts.append("median over epochs 2 and later [min-max]; every epoch alternates between "
+                     "the sides in one process")
+        if result.get("load_average_at_start"):
+            parts.append(f"load average at start {result['load_average_at_start'][0]:.2f}")
     if result.get("peak_bandwidth_gb_per_s"):
         parts.append(f"peak bandwidth {result['peak_bandwidth_gb_per_s']:.0f} GB/s")
     return "; ".join(p for p in parts if p) + f". Produced by `{command}` ({path.name})."
@@ -130,6 +164,10 @@ def render(path: Path) -> str | None:
     kind = result.get("benchmark") if isinstance(result, dict) else None
     if kind not in COLUMNS:
         return None            # not a benchmark result (e.g. the suite's summary.json)
+    if kind == "train_cpu" and any("cupyvae" not in row for row in result.get("rows", [])):
+        print(f"{path}: written by the old bench_train_cpu.py (fresh models, no per-epoch "
+              "record); rerun the benchmark", file=sys.stderr)
+        return None
     title = TITLES[kind]
     if result.get("device") == "emulated":
         title += " -- emulator smoke run, not GPU numbers"

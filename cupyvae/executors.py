@@ -92,15 +92,17 @@ class NumpyExecutor:
         hyper = hyper_array(options, optimizer)
         n_batches = len(perm) // batch_size
         total = 0.0
-        for i in range(n_batches):
-            step = optimizer.step_count   # keys this step's noise and schedules, on every device
+        # The Adam step count keys each step's noise and schedules, identically on every
+        # device; IWAE's k rows per example are rows b*k + i of a step's draw (k = 1: the
+        # ELBO's).  The noise is drawn several steps ahead (posterior_noise).
+        noise = posterior_noise(seed, optimizer.step_count, n_batches,
+                                objective.noise_rows(batch_size), z_dim)
+        for i, eps in enumerate(noise):
+            step = optimizer.step_count
             sched = schedule_step(np.array([step, 0], np.uint32), hyper)
-            xb = x[perm[i * batch_size:(i + 1) * batch_size]]
+            xb = np.take(x, perm[i * batch_size:(i + 1) * batch_size], axis=0)
             if options.binarize:
                 xb = binarize_batch(xb, seed, step)
-            # IWAE's k rows per example are rows b*k + i of this draw (k = 1: the ELBO's).
-            eps = philox.normal(seed, step, objective.noise_rows(batch_size), z_dim,
-                                philox.STREAM_POSTERIOR)
             total += objective.loss_and_grads(self.spec, self.params, self.grads, xb, eps,
                                               kl_weight=float(sched[SCHED_KL_WEIGHT]))
             if options.clip_norm is not None:
@@ -178,7 +180,7 @@ class NumpyExecutor:
         spec = self.spec
         q_rows = repeat_rows(raw, samples)
         z = spec.posterior.rsample(q_rows, eps)
-        nll, _ = spec.likelihood.nll(decode_raw(spec, self.params, z), repeat_rows(xb, samples), 1.0)
+        nll = -spec.likelihood.log_prob(decode_raw(spec, self.params, z), repeat_rows(xb, samples))
         log_p = prior_log_prob(spec, self.params, z)[0]
         log_q = spec.posterior.log_prob_of_draw(q_rows.astype(np.float64), eps.astype(np.float64))
         return nll, log_p, log_q
@@ -213,6 +215,21 @@ def _chunked(x: np.ndarray, chunk: int | None):
     size = len(x) if chunk is None else chunk
     for c, start in enumerate(range(0, len(x), max(size, 1))):
         yield c, x[start:start + size]
+
+
+# Noise drawn ahead per call of philox.normal_steps: about 1 MiB of float32.  Small draws
+# (100 x 20) cost mostly the fixed price of the Philox rounds' ~100 NumPy calls.
+NOISE_AHEAD_ELEMENTS = 1 << 18
+
+
+def posterior_noise(seed: int, first_step: int, n_steps: int, rows: int, z_dim: int):
+    """Yields eps (rows, z_dim) of steps first_step, first_step + 1, ...: exactly
+    philox.normal(seed, step, rows, z_dim, STREAM_POSTERIOR), drawn several steps at a time
+    (rows: the objective's noise rows per step, objective.noise_rows(batch_size))."""
+    per_draw = max(1, NOISE_AHEAD_ELEMENTS // max(1, rows * z_dim))
+    for start in range(0, n_steps, per_draw):
+        yield from philox.normal_steps(seed, first_step + start, min(per_draw, n_steps - start),
+                                       rows, z_dim, philox.STREAM_POSTERIOR)
 
 
 def binarize_batch(xb: np.ndarray, seed: int, step: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from .optim import Adam
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
+from .threads import blas_threads, with_blas_threads
 from .training import TrainingOptions, best_epoch, split_validation, stopped_early
 
 EVAL_CHUNK = 10_000
@@ -93,12 +94,14 @@ class VAE:
         (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False,
         objective="elbo", iw_samples=1, free_bits=0`, the schedules `lr_schedule`,
         `lr_warmup_steps`, `lr_decay_steps`, `lr_min`, the KL weight `kl_weight`,
-        `kl_warmup_steps`, `clip_norm`, `val_fraction`, `patience`); every value is
+        `kl_warmup_steps`, `clip_norm`, `val_fraction`, `patience`, `threads`); every value is
         validated (ValueError naming the field) before any work, and so is the objective
         against this model and device (validate_training_options).  Schedules count Adam
         steps over the model's whole training (cupyvae.schedules), so calling fit again
         continues them.  Only whole batches are used in an epoch (the order is reshuffled
-        every epoch, so every example is seen).
+        every epoch, so every example is seen).  `threads`: the BLAS threads of the whole
+        call, restored after it (cupyvae.threads; None is 1); the inference methods take
+        the same keyword.
 
         Validation: `x_val`, or with `val_fraction` > 0 a seeded random subset of x_train
         (training.split_validation; not both).  `patience`: early stopping -- training ends
@@ -134,18 +137,19 @@ class VAE:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
         first = len(self.history["epoch"])
         last_epoch = first + options.epochs
-        for epoch in range(first + 1, last_epoch + 1):
-            if stopped_early(self.history, options.patience):
-                break
-            reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
-            record = self._train_one_epoch(x_train, x_val, options, reporter)
-            if checkpoint is not None:
-                self.save(checkpoint)
-                if options.patience is not None and best_epoch(self.history)[0] == epoch:
-                    self.save(best_checkpoint_path(checkpoint))
-            reporter.epoch_finished(record)
-            if on_epoch is not None:
-                on_epoch(record)
+        with blas_threads(options.threads):
+            for epoch in range(first + 1, last_epoch + 1):
+                if stopped_early(self.history, options.patience):
+                    break
+                reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
+                record = self._train_one_epoch(x_train, x_val, options, reporter)
+                if checkpoint is not None:
+                    self.save(checkpoint)
+                    if options.patience is not None and best_epoch(self.history)[0] == epoch:
+                        self.save(best_checkpoint_path(checkpoint))
+                reporter.epoch_finished(record)
+                if on_epoch is not None:
+                    on_epoch(record)
         return {key: list(values[first:]) for key, values in self.history.items()}
 
     def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
@@ -223,6 +227,7 @@ class VAE:
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
 
     # ---------------------------------------------------------------- inference
+    @with_blas_threads
     def loss(self, x, progress: Callable[[int], None] | None = None) -> float:
         """Mean negative ELBO in nats per example (one posterior sample per example,
         drawn from a fixed Philox stream, so the value is repeatable); the rows are summed
@@ -232,6 +237,7 @@ class VAE:
                                         progress=progress)
         return float(np.sum(rows, dtype=np.float64)) / len(x)
 
+    @with_blas_threads
     def elbo_terms(self, x, progress: Callable[[int], None] | None = None) -> dict:
         """The validation metrics of one set x:
             negative_elbo   loss(x), nats per example
@@ -256,6 +262,7 @@ class VAE:
         return {"negative_elbo": negative_elbo, "reconstruction": negative_elbo - kl, "kl": kl,
                 "active_units": int(np.sum(variance > ACTIVE_UNIT_THRESHOLD))}
 
+    @with_blas_threads
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
         """Mean negative ELBO of the batch x with noise eps (B, latent_dim), and its gradient
         keyed like `params`."""
@@ -264,6 +271,7 @@ class VAE:
         loss, grad_flat = self._executor.loss_and_grads(x, eps)
         return loss, self.spec.layout.views(grad_flat)
 
+    @with_blas_threads
     def encode(self, x, sample: bool = False,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Posterior mean (N, latent_dim) float32, or one reparameterized draw if `sample`
@@ -275,17 +283,20 @@ class VAE:
                                                    progress=progress)
         return self.spec.posterior.mean(self._executor.encode_raw(x, EVAL_CHUNK, progress=progress))
 
+    @with_blas_threads
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
         z = self._as_latent(z, "z")
         return self._likelihood_means(self._executor.decode_raw(z, EVAL_CHUNK))
 
+    @with_blas_threads
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape).  The codes
         are sample_latent(n, seed)'s (drawn on the device where the prior has a kernel)."""
         n, seed = self._sample_args(n, seed)
         return self._likelihood_means(self._executor.sample_raw(n, seed, EVAL_CHUNK))
 
+    @with_blas_threads
     def sample_latent(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), (n, latent_dim) float32: the codes `sample` decodes
         (cupyvae.executors.prior_draws: Philox STREAM_PRIOR keyed by `seed`, default the
@@ -293,6 +304,7 @@ class VAE:
         n, seed = self._sample_args(n, seed)
         return prior_draws(self.spec, self._host_params(), n, seed).astype(np.float32)
 
+    @with_blas_threads
     def prior_components(self) -> dict[str, np.ndarray] | None:
         """The prior's mixture components as they stand: {"weights": (K,) float64 summing to
         1, "means": (K, latent_dim) float32}; None for a prior that is no mixture (normal).
@@ -318,10 +330,12 @@ class VAE:
     def _likelihood_means(self, raw) -> np.ndarray:
         return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
 
+    @with_blas_threads
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
         return self.decode(self.encode(x))
 
+    @with_blas_threads
     def log_likelihood(self, x, n_samples: int = 100,
                        progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Importance-sampled log p(x) per example, nats, float64 (N,), with q(z|x) as the

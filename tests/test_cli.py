@@ -20,6 +20,7 @@ import pytest
 
 import cupyvae
 from cupyvae.plots import PLOT_FILES
+from cupyvae.threads import default_threads
 
 # Tiny model and batches: a subprocess run takes about a second, most of it start-up.
 TINY_MODEL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "20", "--device", "cpu",
@@ -116,7 +117,8 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
                                   "iw_samples": 1, "free_bits": 0.0, "lr_schedule": "constant",
                                   "lr_warmup_steps": 0, "lr_decay_steps": 0, "lr_min": 0.0,
                                   "kl_weight": 1.0, "kl_warmup_steps": 0, "clip_norm": None,
-                                  "val_fraction": 0.0, "patience": None}
+                                  "val_fraction": 0.0, "patience": None,
+                                  "threads": default_threads()}
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2
