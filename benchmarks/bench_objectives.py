@@ -114,7 +114,7 @@ def _progress(label: str, total: int):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["objectives", "init", "both"], default="both")
-    ap.add_argument("--device", default="cpu", help="cpu (the kernel devices train the ELBO only, so far)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or emulated (every objective trains on each)")
     ap.add_argument("--epochs", type=int, default=50, help="training epochs per objective")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)

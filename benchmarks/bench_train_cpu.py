@@ -1,145 +1,159 @@
-"""One training epoch on the CPU: cupyvae's NumPy path against PyTorch CPU eager.
+"""Seconds per training epoch on the CPU: cupyvae's NumPy path against PyTorch CPU eager,
+epoch by epoch in one process.
 
-Same model (784-H-Z Bernoulli VAE, ReLU, Glorot init copied into PyTorch), same data
-(Fashion-MNIST from Debian's dataset-fashion-mnist), same batch order, batch size and
-Adam settings; each side draws its reparameterization noise its own way (Philox for
-cupyvae, torch.randn for PyTorch).  Epochs alternate between the two sides, and the
-median seconds per epoch of each is reported with their ratio and the final losses;
-writes JSON.
+Same models (784-200-2 and 784-200-20 at batch 100, 784-200-20 at batch 1000,
+784-1024-1024-64 at batch 1024; ReLU, Gaussian posterior, Bernoulli likelihood), same
+init (cupyvae's Glorot weights copied into PyTorch), same data (Fashion-MNIST's 60000
+training images), same batch orders, batch size and Adam settings; each side draws its
+noise its own way.  cupyvae trains through the public API, one `VAE.fit` call with
+`threads=T`; after each of its epochs the `on_epoch` callback runs one epoch of each
+PyTorch model: at torch's default thread count and at T threads (one model when the two
+counts are equal).  So the sides alternate epoch by epoch, a machine whose speed drifts
+slows all of them alike, and no side is ever timed on a fresh model alone: every epoch is
+timed and kept in the JSON, the first included; the table reports the median over
+epochs 2 and later, with min and max, and flags a run whose spread exceeds 25% of the
+median ("noisy") instead of hiding it.  The final training losses (mean over the last
+epoch) of cupyvae and each PyTorch model must agree within 0.5 nats; a row where they do
+not is flagged too.
 
-    python benchmarks/bench_train_cpu.py [--epochs 5] [--out benchmarks/results/cpu.json]
+    python benchmarks/bench_train_cpu.py [--epochs 5] [--threads T] [--out benchmarks/results/cpu.json]
+    python benchmarks/bench_train_cpu.py --quick      # 6000 images, 4 epochs: does it run?
+
+Needs `pip install torch` (the baseline only; e.g. torch==2.13.0, a CPU wheel).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shlex
+import sys
+import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-import cupyvae
-from cupyvae.datasets import load_dataset
-from cupyvae.training import TrainingOptions
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cpu import CASES, DATA_SHAPE, LR, Case, load_images, machine, spread, torch_trainer  # noqa: E402
 
-MODELS = [(200, 2), (200, 20)]
-BATCH = 100
-LR = 1e-3
+LOSS_AGREEMENT_NATS = 0.5
+MIN_EPOCHS = 4
 
 
-def cupyvae_trainer(x, hidden, z_dim):
-    """(model, initial flat parameters, run_epoch(perm) -> mean loss)."""
-    model = cupyvae.VAE((28, 28), latent_dim=z_dim, hidden=(hidden,), seed=0)
-    init = model.flat_params.copy()
-    model.fit(x[:BATCH * 5], epochs=1, batch_size=BATCH, lr=LR)      # warm-up (caches, BLAS threads)
-    model._executor.load_flat(init)
-    model.optimizer = None
-    model._ensure_optimizer(LR, 0.0)
-    options = TrainingOptions(batch_size=BATCH, lr=LR)
-    return model, init, lambda perm: model._executor.train_epoch(x, perm, options, model.optimizer)
+def cupyvae_epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The batch order VAE.fit uses in `epoch` (cupyvae/model.py: _train_one_epoch), so that
+    PyTorch sees the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def torch_model(spec_params, z_dim):
+def race(case: Case, x: np.ndarray, epochs: int, threads: int) -> dict:
+    """Train cupyvae and the PyTorch twins `epochs` epochs each, alternating; per-epoch
+    seconds and final losses of every side."""
     import torch
-    from torch import nn
+    import cupyvae
 
-    enc = nn.Sequential(nn.Linear(784, spec_params["encoder.0.weight"].shape[1]), nn.ReLU(),
-                        nn.Linear(spec_params["encoder.1.weight"].shape[0], 2 * z_dim))
-    dec = nn.Sequential(nn.Linear(z_dim, spec_params["decoder.0.weight"].shape[1]), nn.ReLU(),
-                        nn.Linear(spec_params["decoder.1.weight"].shape[0], 784))
-    with torch.no_grad():
-        for prefix, net in (("encoder", enc), ("decoder", dec)):
-            for i, layer in enumerate(m for m in net if isinstance(m, nn.Linear)):
-                layer.weight.copy_(torch.from_numpy(spec_params[f"{prefix}.{i}.weight"].T.copy()))
-                layer.bias.copy_(torch.from_numpy(spec_params[f"{prefix}.{i}.bias"].copy()))
-    return enc, dec
-
-
-def torch_trainer(x, z_dim, init_params):
-    """run_epoch(perm) -> mean loss for the same model in PyTorch eager."""
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(0)
-    enc, dec = torch_model(init_params, z_dim)
-    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=LR)
-    xt = torch.from_numpy(x)
-
-    def step(xb):
-        q = enc(xb)
-        mu, lv = q[:, :z_dim], q[:, z_dim:]
-        z = mu + torch.exp(0.5 * lv) * torch.randn_like(mu)
-        logits = dec(z)
-        nll = F.binary_cross_entropy_with_logits(logits, xb, reduction="none").sum(1)
-        kl = -0.5 * (1 + lv - mu * mu - lv.exp()).sum(1)
-        loss = (nll + kl).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    def epoch(perm):
-        idx = torch.from_numpy(perm)
-        total = torch.zeros(())
-        n = len(perm) // BATCH
-        for i in range(n):
-            total += step(xt[idx[i * BATCH:(i + 1) * BATCH]])
-        return float(total) / n
-
-    return epoch
-
-
-def interleaved_epochs(trainers: dict, perms) -> dict:
-    """Epoch i of every trainer back to back before epoch i + 1, so a machine whose speed
-    drifts (a shared VM) slows both sides alike; per-epoch seconds and the last loss."""
-    seconds = {name: [] for name in trainers}
+    model = cupyvae.VAE(DATA_SHAPE, latent_dim=case.z_dim, hidden=case.hidden, seed=0)
+    init = {name: view.copy() for name, view in model.params.items()}
+    torch_default = torch.get_num_threads()
+    sides = {"torch_default_threads": torch_trainer(case, init, x, None)}
+    if threads != torch_default:
+        sides["torch_same_threads"] = torch_trainer(case, init, x, threads)
+    seconds = {name: [] for name in ("cupyvae", *sides)}
     losses = {}
-    for perm in perms:
-        for name, run_epoch in trainers.items():
+
+    def after_cupyvae_epoch(record: dict) -> None:
+        seconds["cupyvae"].append(record["seconds"])
+        perm = cupyvae_epoch_order(model.config.seed, record["epoch"], len(x))
+        for name, run_epoch in sides.items():
             start = time.perf_counter()
             losses[name] = run_epoch(perm)
             seconds[name].append(time.perf_counter() - start)
-    return {name: (seconds[name], losses[name]) for name in trainers}
+        print(f"  epoch {record['epoch']}: " + ", ".join(
+            f"{name} {s[-1]:.2f} s" for name, s in seconds.items()), flush=True)
+
+    model.fit(x, epochs=epochs, batch_size=case.batch, lr=LR, threads=threads,
+              on_epoch=after_cupyvae_epoch)
+    losses["cupyvae"] = model.history["train_loss"][-1]
+    row = {"model": case.name, "batch": case.batch, "epochs": epochs, "threads": threads}
+    for name in seconds:
+        row[name] = {"threads": {"cupyvae": threads, "torch_default_threads": torch_default,
+                                 "torch_same_threads": threads}[name],
+                     "epoch_seconds": seconds[name], "steady": spread(seconds[name][1:]),
+                     "final_train_loss": losses[name]}
+    for name in sides:
+        ours, theirs = np.array(seconds["cupyvae"][1:]), np.array(seconds[name][1:])
+        row[f"ratio_vs_{name}"] = row["cupyvae"]["steady"]["median"] / row[name]["steady"]["median"]
+        row[f"epoch_ratios_vs_{name}"] = (ours / theirs).tolist()
+        row[f"loss_gap_vs_{name}"] = losses["cupyvae"] - losses[name]
+    row["losses_agree"] = all(abs(row[f"loss_gap_vs_{n}"]) <= LOSS_AGREEMENT_NATS for n in sides)
+    row["noisy"] = any(row[name]["steady"]["noisy"] for name in seconds)
+    return row
 
 
-def main():
+def summary(row: dict) -> str:
+    parts = [f"{row['model']} batch {row['batch']}: cupyvae ({row['threads']} threads) "
+             f"{row['cupyvae']['steady']['median']:.2f} s/epoch"]
+    for name in ("torch_default_threads", "torch_same_threads"):
+        if name in row:
+            parts.append(f"torch ({row[name]['threads']} threads) {row[name]['steady']['median']:.2f}"
+                         f" s/epoch, ratio {row[f'ratio_vs_{name}']:.2f}")
+    flags = [f for f, bad in (("NOISY", row["noisy"]), ("LOSSES DISAGREE", not row["losses_agree"]))
+             if bad]
+    return "; ".join(parts) + (f"  [{', '.join(flags)}]" if flags else "")
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=5, help="epochs per side (median reported)")
-    ap.add_argument("--out", default="benchmarks/results/cpu.json")
-    args = ap.parse_args()
-    import torch
+    ap.add_argument("--epochs", type=int, default=5, help=f"epochs per side (at least {MIN_EPOCHS})")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="cupyvae's BLAS threads (default: cupyvae.threads.default_threads())")
+    ap.add_argument("--limit", type=int, default=None, help="use the first N training images")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated subset, e.g. 784-200-2@100,784-1024-1024-64@1024")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"6000 images and {MIN_EPOCHS} epochs, written to a temporary folder "
+                         "unless --out is given: shows the harness works, measures nothing")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON path (default benchmarks/results/cpu.json)")
+    args = ap.parse_args(argv)
+    if args.epochs < MIN_EPOCHS:
+        ap.error(f"--epochs must be at least {MIN_EPOCHS} (the median is over epochs 2 and later)")
+    try:
+        import torch
+    except ImportError:
+        sys.exit("PyTorch is the baseline of this benchmark: pip install torch==2.13.0")
+    import cupyvae
+    from cupyvae.threads import check_threads, default_threads
 
-    data = load_dataset("fashion-mnist")
-    x = data.x_train.reshape(len(data.x_train), -1)
-    rng = np.random.default_rng(0)
-    perms = [rng.permutation(len(x)) for _ in range(args.epochs)]
-    rows = []
-    for hidden, z_dim in MODELS:
-        model, init, ours = cupyvae_trainer(x, hidden, z_dim)
-        theirs = torch_trainer(x, z_dim, model.spec.layout.views(init))
-        runs = interleaved_epochs({"cupyvae": ours, "torch": theirs}, perms)
-        (our_s, our_loss), (their_s, their_loss) = runs["cupyvae"], runs["torch"]
-        ours_med, theirs_med = float(np.median(our_s)), float(np.median(their_s))
-        row = {"model": f"784-{hidden}-{z_dim}", "batch": BATCH, "epochs": args.epochs,
-               "cupyvae_numpy_s_per_epoch": ours_med, "torch_cpu_eager_s_per_epoch": theirs_med,
-               "ratio": ours_med / theirs_med, "cupyvae_epoch_seconds": our_s,
-               "torch_epoch_seconds": their_s, "cupyvae_final_train_loss": our_loss,
-               "torch_final_train_loss": their_loss}
-        rows.append(row)
-        print(f"{row['model']}: cupyvae {ours_med:.2f} s/epoch, torch {theirs_med:.2f} s/epoch, "
-              f"ratio {row['ratio']:.2f}  (loss after {args.epochs} epochs {our_loss:.2f} vs "
-              f"{their_loss:.2f})", flush=True)
-    result = {"benchmark": "train_cpu", "date": date.today().isoformat(),
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "numpy": np.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "cupyvae": cupyvae.__version__, "dataset": "fashion-mnist (60000 train)", "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    threads = default_threads() if args.threads is None else check_threads(args.threads)
+    epochs = MIN_EPOCHS if args.quick else args.epochs
+    limit = args.limit or (6000 if args.quick else None)
+    cases = CASES if args.models is None else [
+        c for c in CASES if f"{c.name}@{c.batch}" in args.models.split(",")]
+    if not cases:
+        ap.error(f"--models matches none of {', '.join(f'{c.name}@{c.batch}' for c in CASES)}")
+    out = args.out or (Path(tempfile.gettempdir()) / "cupyvae-bench" / "cpu-quick.json" if args.quick
+                       else Path(__file__).resolve().parent / "results" / "cpu.json")
+    result = {"benchmark": "train_cpu", "quick": args.quick, **machine(),
+              "torch": torch.__version__, "torch_default_threads": torch.get_num_threads(),
+              "cupyvae": cupyvae.__version__, "cupyvae_threads": threads,
+              "command": "python benchmarks/bench_train_cpu.py" + "".join(
+                  " " + shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+              "rows": []}
+    x, result["dataset"] = load_images(limit)
+    for case in cases:
+        if len(x) < case.batch:
+            print(f"skipping {case.name} at batch {case.batch}: only {len(x)} images")
+            continue
+        print(f"{case.name} at batch {case.batch}, {epochs} epochs per side:", flush=True)
+        row = race(case, x, epochs, threads)
+        result["rows"].append(row)
+        print(summary(row), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -220,9 +220,12 @@ def _check_recorded_layout(recorded, layout, config: VAEConfig, fail) -> None:
 
 def _check_tensor(name: str, array: np.ndarray, size: int, config: VAEConfig, fail) -> None:
     if array.shape != (size,) or array.dtype != np.float32:
+        # A prior's K changes the size too (the VampPrior's pseudo-inputs take K x D floats).
+        prior = ("" if config.prior_components is None else
+                 f", prior={config.prior!r}, prior_components={config.prior_components}")
         fail(f"tensor {name!r} is {array.dtype} of shape {array.shape}, but the config "
              f"(data_shape={config.data_shape}, hidden={config.hidden}, "
-             f"latent_dim={config.latent_dim}) implies float32 of shape ({size},)")
+             f"latent_dim={config.latent_dim}{prior}) implies float32 of shape ({size},)")
     finite = np.isfinite(array)
     if not finite.all():
         first = int(np.flatnonzero(~finite)[0])

@@ -231,15 +231,19 @@ def train(ctx, out, resume, force, quiet, **values):
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
 @click.option("--iw-samples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Importance samples per example for the log-likelihood estimate (0 = skip).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="BLAS threads of the NumPy path  [default: the run's training count]")
 @checkpoint_option
 @quiet_option
-def evaluate(run_dir: Path, device: str, iw_samples: int, checkpoint: str, quiet: bool):
+def evaluate(run_dir: Path, device: str, iw_samples: int, threads: int | None, checkpoint: str,
+             quiet: bool):
     """Test-set mean negative ELBO (and, with --iw-samples K, the importance-sampled
     log-likelihood) of a trained run, in nats per example and bits per dimension; prints
     them and writes RUN_DIR/evaluation.json (bits_per_dim_basis says what bits/dim means)."""
     reporter = console(quiet)
     with user_errors(), device_notice(not quiet):
-        result = runs.evaluate_run(run_dir, device, iw_samples, reporter, checkpoint=checkpoint)
+        result = runs.evaluate_run(run_dir, device, iw_samples, reporter, checkpoint=checkpoint,
+                                   threads=threads)
     click.echo(f"test negative ELBO: {result['negative_elbo']:.4f} nats per example, "
                f"{result['negative_elbo_bits_per_dim']:.4f} bits/dim "
                f"({result['examples']} examples of {result['dataset']}, {result['checkpoint']}, "

@@ -14,10 +14,12 @@ import numpy as np
 
 from . import philox
 from .objectives import objective_for
+from .objective_twins import (importance_noise, log_mean_exp_accumulate, log_mean_exp_finish,
+                              repeat_rows)
 from .optim import (Adam, AdamScratch, adam_update, grad_clip_scale, grad_norm_blocks,
                     grad_norm_partials)
 from .reference import (decode_raw, encode_raw, negative_elbo_and_grads, negative_elbo_rows,
-                        prior_state)
+                        prior_log_prob, prior_state)
 from .registry import Registry
 from .schedules import SCHED_KL_WEIGHT, hyper_array, schedule_step
 from .spec import ModelSpec
@@ -28,6 +30,11 @@ EXECUTORS: Registry[type] = Registry("device")
 @EXECUTORS.register("cpu")
 class NumpyExecutor:
     """The NumPy reference path; the default wherever no GPU is present."""
+
+    # log_likelihood decodes at most this many rows (examples x samples) per call: large
+    # enough for efficient GEMMs, small enough (~100 MB of float32 activations at D = 784) to
+    # bound memory whatever the number of samples.
+    importance_rows = 8192
 
     def __init__(self, spec: ModelSpec, execution: str | None = None):
         if execution not in (None, "eager"):
@@ -64,6 +71,9 @@ class NumpyExecutor:
         for buffer, saved in zip((self.flat, self.m, self.v), snapshot):
             buffer[:] = saved
 
+    def check_objective(self, objective) -> None:
+        """The NumPy path trains every objective (objective.check_model judges the model)."""
+
     def epoch_terms(self) -> dict | None:
         """{"train_recon", "train_kl"}: the ELBO terms' running means (nats per example) over
         the steps of the latest train_epoch (None before any)."""
@@ -82,15 +92,17 @@ class NumpyExecutor:
         hyper = hyper_array(options, optimizer)
         n_batches = len(perm) // batch_size
         total = 0.0
-        for i in range(n_batches):
-            step = optimizer.step_count   # keys this step's noise and schedules, on every device
+        # The Adam step count keys each step's noise and schedules, identically on every
+        # device; IWAE's k rows per example are rows b*k + i of a step's draw (k = 1: the
+        # ELBO's).  The noise is drawn several steps ahead (posterior_noise).
+        noise = posterior_noise(seed, optimizer.step_count, n_batches,
+                                objective.noise_rows(batch_size), z_dim)
+        for i, eps in enumerate(noise):
+            step = optimizer.step_count
             sched = schedule_step(np.array([step, 0], np.uint32), hyper)
-            xb = x[perm[i * batch_size:(i + 1) * batch_size]]
+            xb = np.take(x, perm[i * batch_size:(i + 1) * batch_size], axis=0)
             if options.binarize:
                 xb = binarize_batch(xb, seed, step)
-            # IWAE's k rows per example are rows b*k + i of this draw (k = 1: the ELBO's).
-            eps = philox.normal(seed, step, objective.noise_rows(batch_size), z_dim,
-                                philox.STREAM_POSTERIOR)
             total += objective.loss_and_grads(self.spec, self.params, self.grads, xb, eps,
                                               kl_weight=float(sched[SCHED_KL_WEIGHT]))
             if options.clip_norm is not None:
@@ -136,6 +148,43 @@ class NumpyExecutor:
         """The decoder's raw outputs for n draws of the prior (prior_draws)."""
         return self.decode_raw(prior_draws(self.spec, self.params, n, seed), chunk)
 
+    def log_likelihood(self, x: np.ndarray, n_samples: int,
+                       progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Importance-sampled log p(x) per example (N,) float64 (VAE.log_likelihood): the
+        examples in groups whose samples fill at most `importance_rows` decoder rows (an
+        example with more samples in several chunks), each group's log-sum-exp accumulated
+        in float64 (objective_twins.log_mean_exp_accumulate); `progress(n)` after each
+        group of n examples."""
+        samples_per_call = min(n_samples, self.importance_rows)
+        examples_per_call = max(1, self.importance_rows // n_samples)
+        out = np.empty(len(x))
+        for first in range(0, len(x), examples_per_call):
+            xb = x[first:first + examples_per_call]
+            raw = encode_raw(self.spec, self.params, xb)
+            running_max = np.full(len(xb), -np.inf)
+            running_sum = np.zeros(len(xb))
+            for first_sample in range(0, n_samples, samples_per_call):
+                samples = min(samples_per_call, n_samples - first_sample)
+                eps = importance_noise(self.spec.config.seed, first, len(xb), first_sample,
+                                       samples, self.spec.latent_dim)
+                nll, log_p, log_q = self._log_weight_terms(raw, xb, eps, samples)
+                log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples)
+            out[first:first + len(xb)] = log_mean_exp_finish(running_max, running_sum, n_samples)
+            if progress is not None:
+                progress(len(xb))
+        return out
+
+    def _log_weight_terms(self, raw, xb, eps, samples):
+        """(nll, log p(z), log q(z|x)) per row of the B*k samples of the examples xb; log q
+        in float64 from the noise."""
+        spec = self.spec
+        q_rows = repeat_rows(raw, samples)
+        z = spec.posterior.rsample(q_rows, eps)
+        nll = -spec.likelihood.log_prob(decode_raw(spec, self.params, z), repeat_rows(xb, samples))
+        log_p = prior_log_prob(spec, self.params, z)[0]
+        log_q = spec.posterior.log_prob_of_draw(q_rows.astype(np.float64), eps.astype(np.float64))
+        return nll, log_p, log_q
+
 
 # Prior draws (VAE.sample): the Philox steps of STREAM_PRIOR giving u and eps.
 PRIOR_U_STEP, PRIOR_EPS_STEP = 0, 1
@@ -166,6 +215,21 @@ def _chunked(x: np.ndarray, chunk: int | None):
     size = len(x) if chunk is None else chunk
     for c, start in enumerate(range(0, len(x), max(size, 1))):
         yield c, x[start:start + size]
+
+
+# Noise drawn ahead per call of philox.normal_steps: about 1 MiB of float32.  Small draws
+# (100 x 20) cost mostly the fixed price of the Philox rounds' ~100 NumPy calls.
+NOISE_AHEAD_ELEMENTS = 1 << 18
+
+
+def posterior_noise(seed: int, first_step: int, n_steps: int, rows: int, z_dim: int):
+    """Yields eps (rows, z_dim) of steps first_step, first_step + 1, ...: exactly
+    philox.normal(seed, step, rows, z_dim, STREAM_POSTERIOR), drawn several steps at a time
+    (rows: the objective's noise rows per step, objective.noise_rows(batch_size))."""
+    per_draw = max(1, NOISE_AHEAD_ELEMENTS // max(1, rows * z_dim))
+    for start in range(0, n_steps, per_draw):
+        yield from philox.normal_steps(seed, first_step + start, min(per_draw, n_steps - start),
+                                       rows, z_dim, philox.STREAM_POSTERIOR)
 
 
 def binarize_batch(xb: np.ndarray, seed: int, step: int) -> np.ndarray:

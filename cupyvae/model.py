@@ -14,23 +14,18 @@ from .arrays import as_float32_examples
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
-from .executors import EXECUTORS, NumpyExecutor, binarize_batch, prior_draws, resolve_device
+from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
-from .objective_twins import (importance_noise, log_mean_exp_accumulate, log_mean_exp_finish,
-                              repeat_rows)
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .reference import kl_rows, prior_log_prob
+from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
+from .threads import blas_threads, with_blas_threads
 from .training import TrainingOptions, best_epoch, split_validation, stopped_early
 
 EVAL_CHUNK = 10_000
-# VAE.log_likelihood decodes at most this many rows (examples x samples) per call: large
-# enough for efficient GEMMs, small enough (~100 MB of float32 activations at D = 784) to
-# bound memory whatever the number of samples.
-IMPORTANCE_ROWS = 8192
 # Burda et al. 2016, section 5.2: a latent dimension is active when the variance of its
 # posterior mean across the data exceeds this.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -91,20 +86,22 @@ class VAE:
         `model.history` holds them all, one entry per epoch in each column: train_loss (the
         objective's mean over the epoch's steps), val_loss (the validation set's mean
         negative ELBO), seconds, train_recon / train_kl and val_recon / val_kl (the ELBO's
-        reconstruction and KL terms, nats per example; the train ones are running means over
-        the steps and None on the kernel devices until their step plan reports them),
+        reconstruction and KL terms, nats per example; the train ones are means over the
+        epoch's steps, on the kernel devices computed on the device and read with the losses),
         active_units (see elbo_terms).
 
         `options`: a TrainingOptions (cupyvae.training), and/or its fields as keywords
         (`epochs=50, batch_size=100, lr=1e-3, weight_decay=0, binarize=False,
         objective="elbo", iw_samples=1, free_bits=0`, the schedules `lr_schedule`,
         `lr_warmup_steps`, `lr_decay_steps`, `lr_min`, the KL weight `kl_weight`,
-        `kl_warmup_steps`, `clip_norm`, `val_fraction`, `patience`); every value is
+        `kl_warmup_steps`, `clip_norm`, `val_fraction`, `patience`, `threads`); every value is
         validated (ValueError naming the field) before any work, and so is the objective
         against this model and device (validate_training_options).  Schedules count Adam
         steps over the model's whole training (cupyvae.schedules), so calling fit again
         continues them.  Only whole batches are used in an epoch (the order is reshuffled
-        every epoch, so every example is seen).
+        every epoch, so every example is seen).  `threads`: the BLAS threads of the whole
+        call, restored after it (cupyvae.threads; None is 1); the inference methods take
+        the same keyword.
 
         Validation: `x_val`, or with `val_fraction` > 0 a seeded random subset of x_train
         (training.split_validation; not both).  `patience`: early stopping -- training ends
@@ -140,18 +137,19 @@ class VAE:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
         first = len(self.history["epoch"])
         last_epoch = first + options.epochs
-        for epoch in range(first + 1, last_epoch + 1):
-            if stopped_early(self.history, options.patience):
-                break
-            reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
-            record = self._train_one_epoch(x_train, x_val, options, reporter)
-            if checkpoint is not None:
-                self.save(checkpoint)
-                if options.patience is not None and best_epoch(self.history)[0] == epoch:
-                    self.save(best_checkpoint_path(checkpoint))
-            reporter.epoch_finished(record)
-            if on_epoch is not None:
-                on_epoch(record)
+        with blas_threads(options.threads):
+            for epoch in range(first + 1, last_epoch + 1):
+                if stopped_early(self.history, options.patience):
+                    break
+                reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
+                record = self._train_one_epoch(x_train, x_val, options, reporter)
+                if checkpoint is not None:
+                    self.save(checkpoint)
+                    if options.patience is not None and best_epoch(self.history)[0] == epoch:
+                        self.save(best_checkpoint_path(checkpoint))
+                reporter.epoch_finished(record)
+                if on_epoch is not None:
+                    on_epoch(record)
         return {key: list(values[first:]) for key, values in self.history.items()}
 
     def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
@@ -164,11 +162,7 @@ class VAE:
     def _objective(self, options: TrainingOptions) -> Objective:
         objective = objective_for(options)
         objective.check_model(self.spec)
-        if not isinstance(self._executor, NumpyExecutor) and not objective.runs_on_kernels:
-            raise ValueError(
-                f"device {self.device!r} trains objective 'elbo' without free bits only, so far "
-                f"(asked: objective {options.objective!r}, free_bits {options.free_bits:g}); the "
-                "kernel step plan for IWAE and free bits is not wired yet. Use device='cpu'.")
+        self._executor.check_objective(objective)
         return objective
 
     def _validation_split(self, x_train, x_val, options: TrainingOptions):
@@ -233,6 +227,7 @@ class VAE:
             self.optimizer.lr, self.optimizer.weight_decay = float(lr), float(weight_decay)
 
     # ---------------------------------------------------------------- inference
+    @with_blas_threads
     def loss(self, x, progress: Callable[[int], None] | None = None) -> float:
         """Mean negative ELBO in nats per example (one posterior sample per example,
         drawn from a fixed Philox stream, so the value is repeatable); the rows are summed
@@ -242,6 +237,7 @@ class VAE:
                                         progress=progress)
         return float(np.sum(rows, dtype=np.float64)) / len(x)
 
+    @with_blas_threads
     def elbo_terms(self, x, progress: Callable[[int], None] | None = None) -> dict:
         """The validation metrics of one set x:
             negative_elbo   loss(x), nats per example
@@ -266,6 +262,7 @@ class VAE:
         return {"negative_elbo": negative_elbo, "reconstruction": negative_elbo - kl, "kl": kl,
                 "active_units": int(np.sum(variance > ACTIVE_UNIT_THRESHOLD))}
 
+    @with_blas_threads
     def loss_and_grads(self, x, eps) -> tuple[float, dict[str, np.ndarray]]:
         """Mean negative ELBO of the batch x with noise eps (B, latent_dim), and its gradient
         keyed like `params`."""
@@ -274,6 +271,7 @@ class VAE:
         loss, grad_flat = self._executor.loss_and_grads(x, eps)
         return loss, self.spec.layout.views(grad_flat)
 
+    @with_blas_threads
     def encode(self, x, sample: bool = False,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Posterior mean (N, latent_dim) float32, or one reparameterized draw if `sample`
@@ -285,23 +283,44 @@ class VAE:
                                                    progress=progress)
         return self.spec.posterior.mean(self._executor.encode_raw(x, EVAL_CHUNK, progress=progress))
 
+    @with_blas_threads
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
         z = self._as_latent(z, "z")
         return self._likelihood_means(self._executor.decode_raw(z, EVAL_CHUNK))
 
+    @with_blas_threads
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), decoded to the likelihood mean: (n, *data_shape).  The codes
         are sample_latent(n, seed)'s (drawn on the device where the prior has a kernel)."""
         n, seed = self._sample_args(n, seed)
         return self._likelihood_means(self._executor.sample_raw(n, seed, EVAL_CHUNK))
 
+    @with_blas_threads
     def sample_latent(self, n: int, seed: int | None = None) -> np.ndarray:
         """n draws z ~ p(z), (n, latent_dim) float32: the codes `sample` decodes
         (cupyvae.executors.prior_draws: Philox STREAM_PRIOR keyed by `seed`, default the
         model's)."""
         n, seed = self._sample_args(n, seed)
         return prior_draws(self.spec, self._host_params(), n, seed).astype(np.float32)
+
+    @with_blas_threads
+    def prior_components(self) -> dict[str, np.ndarray] | None:
+        """The prior's mixture components as they stand: {"weights": (K,) float64 summing to
+        1, "means": (K, latent_dim) float32}; None for a prior that is no mixture (normal).
+        The VampPrior's means are the posterior means of its encoded pseudo-inputs."""
+        density = prior_state(self.spec, self._host_params()).density
+        means = self.spec.prior.component_means(density)
+        if means is None:
+            return None
+        return {"weights": self.spec.prior.component_weights(density),
+                "means": np.asarray(means, np.float32)}
+
+    def pseudo_inputs(self) -> np.ndarray | None:
+        """The VampPrior's pseudo-inputs as the encoder sees them (hardtanh-bounded to
+        [0, 1]), (K, *data_shape) float32; None for a prior without pseudo-inputs."""
+        u = self.spec.prior.pseudo_inputs(self._host_params())
+        return None if u is None else np.asarray(u, np.float32).reshape(len(u), *self.config.data_shape)
 
     def _sample_args(self, n, seed) -> tuple[int, int]:
         if isinstance(n, bool) or int(n) != n or n < 1:
@@ -311,10 +330,12 @@ class VAE:
     def _likelihood_means(self, raw) -> np.ndarray:
         return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
 
+    @with_blas_threads
     def reconstruct(self, x) -> np.ndarray:
         """decode(encode(x)): the likelihood mean at the posterior mean."""
         return self.decode(self.encode(x))
 
+    @with_blas_threads
     def log_likelihood(self, x, n_samples: int = 100,
                        progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Importance-sampled log p(x) per example, nats, float64 (N,), with q(z|x) as the
@@ -324,43 +345,17 @@ class VAE:
         Gaussian -1/2 sum(log 2pi + lv + eps^2)), never from z - mu, so narrow posteriors
         stay exact; the weights and their log-sum-exp are accumulated in float64.
         Noise: objective_twins.importance_noise, keyed by (example index in x, sample
-        index), so the result does not depend on the chunking below.  All samples of a chunk
-        of examples are decoded in one call (examples x samples rows, at most
-        IMPORTANCE_ROWS; an example with more samples is decoded in several calls).
-        `progress(n)` is called after each chunk with the number n of examples it finished
-        (the n sum to len(x), like fit's progress).  ValueError for a bad n_samples."""
+        index), so the result does not depend on the chunking.  The executor decodes all
+        samples of a group of examples at once (examples x samples rows, at most its
+        `importance_rows`; an example with more samples in several chunks): on the kernel
+        devices with the log-sum-exp on the device, read back once as one float64 per
+        example (KernelExecutor.log_likelihood).  `progress(n)` is called as each group of
+        n examples is done (the n sum to len(x), like fit's progress).  ValueError for a
+        bad n_samples."""
         x = self.validate_data(x, "x")
         if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        n_samples = int(n_samples)
-        params = self._host_params()
-        samples_per_call = min(n_samples, IMPORTANCE_ROWS)
-        examples_per_call = max(1, IMPORTANCE_ROWS // n_samples)
-        out = np.empty(len(x))
-        for first in range(0, len(x), examples_per_call):
-            xb = x[first:first + examples_per_call]
-            raw = self._executor.encode_raw(xb)
-            running_max = np.full(len(xb), -np.inf)
-            running_sum = np.zeros(len(xb))
-            for first_sample in range(0, n_samples, samples_per_call):
-                samples = min(samples_per_call, n_samples - first_sample)
-                eps = importance_noise(self.config.seed, first, len(xb), first_sample, samples,
-                                       self.config.latent_dim)
-                nll, log_p, log_q = self._log_weight_terms(params, raw, xb, eps, samples)
-                log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples)
-            out[first:first + len(xb)] = log_mean_exp_finish(running_max, running_sum, n_samples)
-            if progress is not None:
-                progress(len(xb))
-        return out
-
-    def _log_weight_terms(self, params, raw, xb, eps, samples):
-        """(nll, log p(z), log q(z|x)) per row of the B*k samples of the examples xb."""
-        q_rows = repeat_rows(raw, samples)
-        z = self.spec.posterior.rsample(q_rows, eps)
-        nll, _ = self.spec.likelihood.nll(self._executor.decode_raw(z), repeat_rows(xb, samples), 1.0)
-        log_p = prior_log_prob(self.spec, params, z)[0]
-        log_q = self.spec.posterior.log_prob_of_draw(q_rows.astype(np.float64), eps.astype(np.float64))
-        return nll, log_p, log_q
+        return self._executor.log_likelihood(x, int(n_samples), progress=progress)
 
     def bits_per_dim(self, log_px, x) -> np.ndarray:
         """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a

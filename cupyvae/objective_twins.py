@@ -145,3 +145,27 @@ def free_bits_kl(kl_dim: np.ndarray, free_bits) -> tuple[np.ndarray, np.ndarray,
     for j in range(1, floored.shape[1]):                     # columns added in order j = 0, 1, ...
         kl_rows += floored[:, j]
     return kl_rows, active, kl_mean
+
+
+# --------------------------------------------------------- cupyvae/cuda/ops/objective_weights.py
+def monte_carlo_kl(log_q: np.ndarray, log_p: np.ndarray) -> np.ndarray:
+    """kl (R,) = log q(z_r|x) - log p(z_r): the one-sample KL estimate per row."""
+    return log_q - log_p
+
+
+def monte_carlo_kl_weights(kl_weight: np.ndarray, scale, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(g_q, g_p), (rows,) float32: g_q = scale * kl_weight[0] (the float32 product) =
+    d loss / d log q(z_r), and g_p = -g_q = d loss / d log p(z_r)."""
+    g_q = np.full(int(rows), np.float32(scale) * np.float32(np.asarray(kl_weight).reshape(-1)[0]),
+                  np.float32)
+    return g_q, -g_q
+
+
+def negated(x: np.ndarray) -> np.ndarray:
+    """-x."""
+    return -x
+
+
+def scaled_by(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """x * factor[0] (factor: a (1,) array, the device scalar)."""
+    return x * np.asarray(factor, x.dtype).reshape(-1)[0]

@@ -51,11 +51,6 @@ class Objective:
     def check_model(self, spec: ModelSpec) -> None:
         """Raise ValueError naming the distributions if this model cannot train with it."""
 
-    @property
-    def runs_on_kernels(self) -> bool:
-        """Whether the kernel executors ('emulated', 'cuda') run this objective yet."""
-        return False
-
     def noise_rows(self, batch: int) -> int:
         """Rows of reparameterization noise one step of `batch` examples draws."""
         return batch
@@ -120,10 +115,6 @@ class Elbo(Objective):
                 f"posterior {spec.config.posterior!r} with prior {spec.config.prior!r} has none "
                 "(only closed-form pairs registered with register_kl_per_dimension, e.g. "
                 "gaussian with normal); set free_bits to 0")
-
-    @property
-    def runs_on_kernels(self) -> bool:
-        return self.free_bits == 0
 
     def step(self, spec, params, grads, x, eps, terms, kl_weight) -> float:
         return negative_elbo_and_grads(spec, params, grads, x, eps, kl_weight=kl_weight,

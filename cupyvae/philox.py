@@ -33,7 +33,6 @@ PHILOX_STREAM_* constants in kernels/philox.cuh.
 """
 from __future__ import annotations
 
-import functools
 import operator
 
 import numpy as np
@@ -51,6 +50,8 @@ PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 PHILOX_ROUNDS = 10
 
+_M0, _M1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
+_W0, _W1 = np.uint64(PHILOX_W0), np.uint64(PHILOX_W1)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 _TWO_PI = np.float32(6.2831853)
@@ -78,45 +79,79 @@ def philox4x32(counter, key) -> np.ndarray:
     return np.stack([w.astype(np.uint32) for w in out])
 
 
-def _philox_rounds(c0, c1, c2, c3, k0, k1):
-    """The ten Philox rounds on uint64 arrays (or scalars) holding uint32 values.
+def _philox_rounds(c0, c1, c2, c3, k0, k1, words: int = 4):
+    """The ten Philox rounds on uint64 arrays holding uint32 values; returns the first
+    `words` output words (x0, x1, ...) as uint64 arrays of the broadcast shape.
 
-    uint64 keeps each 32x32 -> 64-bit product exact, so mulhi is a shift and mullo a mask.
+    c0..c3 broadcast against each other; k0, k1 are uint64 scalars or arrays that
+    broadcast too.  uint64 keeps each 32x32 -> 64-bit product exact, so mulhi is a
+    shift and mullo a mask.  Every pass writes into one of six buffers of the full
+    shape (no temporaries), and the last round computes only the words asked for
+    (x0 and x1 need one product of the two).
     """
-    m0, m1 = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1)
-    w0, w1 = np.uint64(PHILOX_W0), np.uint64(PHILOX_W1)
+    shape = np.broadcast_shapes(np.shape(c0), np.shape(c1), np.shape(c2), np.shape(c3))
+    c0, c1, c2, c3 = (np.array(np.broadcast_to(c, shape), dtype=np.uint64, order="C")
+                      for c in (c0, c1, c2, c3))
+    p0, p1 = np.empty(shape, np.uint64), np.empty(shape, np.uint64)
     for round_index in range(PHILOX_ROUNDS):
         if round_index:
-            k0 = (k0 + w0) & _MASK32
-            k1 = (k1 + w1) & _MASK32
-        p0 = c0 * m0
-        p1 = c2 * m1
-        c0, c1, c2, c3 = (p1 >> _SHIFT32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> _SHIFT32) ^ c3 ^ k1, p0 & _MASK32
-    return c0, c1, c2, c3
+            k0 = (k0 + _W0) & _MASK32
+            k1 = (k1 + _W1) & _MASK32
+        last = round_index == PHILOX_ROUNDS - 1
+        if not (last and words <= 2):
+            np.multiply(c0, _M0, out=p0)
+        np.multiply(c2, _M1, out=p1)
+        np.right_shift(p1, _SHIFT32, out=c0)      # new c0 = mulhi(c2) ^ c1 ^ k0
+        c0 ^= c1
+        c0 ^= k0
+        np.bitwise_and(p1, _MASK32, out=c1)       # new c1 = mullo(c2)
+        if last and words <= 2:
+            break
+        np.right_shift(p0, _SHIFT32, out=c2)      # new c2 = mulhi(c0) ^ c3 ^ k1
+        c2 ^= c3
+        c2 ^= k1
+        np.bitwise_and(p0, _MASK32, out=c3)       # new c3 = mullo(c0)
+    return (c0, c1, c2, c3)[:words]
 
 
 def uniform(seed: int, step: int, rows: int, cols: int, stream: int = 0) -> np.ndarray:
     """float32 (rows, cols) uniforms in (0, 1) from word x0 of each element's Philox block."""
-    x0, _ = _element_words(seed, step, rows, cols, stream)
-    return uniform_from_bits(x0)
+    return _draw(seed, step, 1, rows, cols, stream, 1, uniform_from_bits)[0]
 
 
 def normal(seed: int, step: int, rows: int, cols: int, stream: int = 0) -> np.ndarray:
     """float32 (rows, cols) standard normals, one Box-Muller draw per element (see top)."""
-    x0, x1 = _element_words(seed, step, rows, cols, stream)
-    return box_muller(uniform_from_bits(x0), uniform_from_bits(x1))
+    return _draw(seed, step, 1, rows, cols, stream, 2, _normal_from_bits)[0]
+
+
+def normal_steps(seed: int, first_step: int, n_steps: int, rows: int, cols: int,
+                 stream: int = 0) -> np.ndarray:
+    """float32 (n_steps, rows, cols): [normal(seed, first_step + i, rows, cols, stream)
+    for i in range(n_steps)], the same values drawn in one go (a training loop draws
+    its small per-step noise ahead, so the fixed cost of the rounds is paid once)."""
+    return _draw(seed, first_step, n_steps, rows, cols, stream, 2, _normal_from_bits)
 
 
 def uniform_from_bits(x: np.ndarray) -> np.ndarray:
     """float(x >> 9) * 2^-23 + 2^-24 in float32: exact, so bit-identical to the kernel."""
-    mantissa = (np.asarray(x, dtype=np.uint64) >> np.uint64(9)).astype(np.float32)
-    return mantissa * _UNIFORM_SCALE + _UNIFORM_OFFSET
+    u = (np.asarray(x, dtype=np.uint64) >> np.uint64(9)).astype(np.float32)
+    u *= _UNIFORM_SCALE
+    u += _UNIFORM_OFFSET
+    return u
 
 
 def box_muller(u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
     """sqrtf(-2 logf(u0)) * cosf(2 pi u1), float32 throughout in the kernel's order."""
-    radius = np.sqrt(np.float32(-2.0) * np.log(u0))
-    return radius * np.cos(_TWO_PI * u1)
+    radius = np.log(u0)
+    radius *= np.float32(-2.0)
+    np.sqrt(radius, out=radius)
+    angle = np.multiply(_TWO_PI, u1)
+    radius *= np.cos(angle, out=angle)
+    return radius
+
+
+def _normal_from_bits(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
+    return box_muller(uniform_from_bits(x0), uniform_from_bits(x1))
 
 
 def split_seed(seed: int) -> tuple[int, int]:
@@ -127,27 +162,41 @@ def split_seed(seed: int) -> tuple[int, int]:
     return seed & 0xFFFFFFFF, seed >> 32
 
 
-def _element_words(seed, step, rows, cols, stream):
-    """Words x0, x1 (uint64 arrays of shape (rows, cols)) for every element of the grid."""
-    key0, key1 = split_seed(seed)
-    _check_uint32_scalar("step", step)
+# Elements per block of rounds: the rounds' six uint64 buffers (768 KiB) then stay in a
+# 1 MiB L2 cache.  Measured on the 2-core EPYC dev VM (CPU time, 7 repeats, spread < 5%):
+# 100 x 784 uniforms took 1.4 ms in blocks of 8192, 1.1 ms in blocks of 16384 and 2.2-2.9 ms
+# in blocks of 32768 (3.6 ms for the previous whole-array rounds with a temporary per pass).
+_BLOCK_ELEMENTS = 16384
+
+
+def _draw(seed, first_step, n_steps, rows, cols, stream, words, finish) -> np.ndarray:
+    """(n_steps, rows, cols) float32 = finish(x0, ...) of the Philox words of every element
+    (row, col) of steps first_step .. first_step + n_steps - 1, in cache-sized blocks."""
+    key0, key1 = (np.uint64(k) for k in split_seed(seed))
+    rows, cols, n_steps = (_check_count(name, value) for name, value in
+                           (("rows", rows), ("cols", cols), ("n_steps", n_steps)))
+    _check_uint32_scalar("step", first_step)
     _check_uint32_scalar("stream", stream)
-    col, row = _coordinate_grid(int(rows), int(cols))
-    x0, x1, _, _ = _philox_rounds(col, row, np.uint64(step), np.uint64(stream),
-                                  np.uint64(key0), np.uint64(key1))
-    return (np.broadcast_to(x0, (rows, cols)), np.broadcast_to(x1, (rows, cols)))
+    if n_steps:
+        _check_uint32_scalar("last step", operator.index(first_step) + n_steps - 1)
+    out = np.empty((n_steps * rows, cols), np.float32)
+    col = np.arange(cols, dtype=np.uint64)
+    stream = np.uint64(stream)
+    per_block = max(1, _BLOCK_ELEMENTS // max(cols, 1))
+    for start in range(0, len(out), per_block):
+        flat = np.arange(start, min(start + per_block, len(out)), dtype=np.uint64)[:, None]
+        row, step = np.divmod(flat, np.uint64(max(rows, 1)))[::-1]
+        step += np.uint64(first_step)
+        out[start:start + len(flat)] = finish(*_philox_rounds(col, row, step, stream,
+                                                              key0, key1, words))
+    return out.reshape(n_steps, rows, cols)
 
 
-@functools.lru_cache(maxsize=32)
-def _coordinate_grid(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """(col, row) as broadcastable uint64 arrays; cached because training reuses shapes."""
-    if rows < 0 or cols < 0 or rows > 0xFFFFFFFF or cols > 0xFFFFFFFF:
-        raise ValueError(f"rows and cols must be uint32 values, got shape ({rows}, {cols})")
-    col = np.arange(cols, dtype=np.uint64)[None, :]
-    row = np.arange(rows, dtype=np.uint64)[:, None]
-    col.flags.writeable = False
-    row.flags.writeable = False
-    return col, row
+def _check_count(name: str, value) -> int:
+    value = operator.index(value)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{name} must be a uint32 value, got {value}")
+    return value
 
 
 def _check_uint32_scalar(name: str, value) -> None:

@@ -27,6 +27,20 @@ are the codes' mean).  The manifold grid spans:
   (1st to 99th) along each axis, so the grid decodes where the data actually are.
 
 Titles and axis labels say which grid was used and why (the KS distance).
+
+Learned priors (`mog`, `vamp`): the prior's quantiles are those of PRIOR_SAMPLES draws
+from the learned prior as it stands (model.sample_latent), projected on each view axis
+like the codes -- the same draws the KS test uses.  A mixture has no closed-form quantile
+function, and its marginal along a PCA direction is a 1-D mixture whose quantiles would
+need root finding per axis; sampling works for every prior with a sampler and costs
+about 0.1 s.  The quantile noise is small: at u = 0.05 its standard deviation is
+sqrt(u (1 - u) / PRIOR_SAMPLES) = 0.0015 in probability.  So the rule above holds as it
+stands: the grid follows the learned prior where the data's codes are distributed like it
+(a VampPrior is trained towards the aggregate posterior, so its KS distance is usually
+small), else the codes' range.  The latent scatter also marks the prior's component means
+(for `mog` its means, marker area proportional to the component's weight; for `vamp` the
+posterior means of the encoded pseudo-inputs), projected like the codes, and write_all
+draws the VampPrior's pseudo-inputs as images (pseudo_inputs.png).
 """
 from __future__ import annotations
 
@@ -57,10 +71,16 @@ MARGIN_PX = 10
 LINE_PX = 24                # one line of title or label text, with its padding
 CHAR_PX = 8                 # a generous width of one title character
 ROW_LABEL_PX = 120          # room for "reconstruction" left of a mosaic row
+PRIOR_MARK_AREA = 60        # points^2 of a prior component's marker at equal weights (1/K)
+PRIOR_MARK_AREA_MANY = 14   # ... for more than MANY_COMPONENTS (VampPrior's 500), not to hide the codes
+MANY_COMPONENTS = 50
+MAX_PSEUDO_INPUTS = 500     # pseudo_inputs.png shows at most this many (K = 500 in the paper)
 
+# Every picture a run folder may hold (so a new run in the folder removes stale ones);
+# plot_files(model, history) says which write_all writes for a given model.
 PLOT_FILES = {"latent": "latent.png", "manifold": "manifold.png",
               "reconstructions": "reconstructions.png", "samples": "samples.png",
-              "loss": "loss.png"}
+              "loss": "loss.png", "pseudo_inputs": "pseudo_inputs.png"}
 
 # Class names of the registered labelled datasets, so legends read "Trouser", not "1".
 KNOWN_LABEL_NAMES = {
@@ -80,7 +100,9 @@ def latent_scatter(model, x, y, path, label_names: Sequence[str] | None = None,
     title and axis labels); 1: the mean against the label with vertical jitter (a
     histogram when there are no labels).  At most `max_points` evenly spaced examples;
     the title reads "Posterior means of <count> <description>".  A dashed frame shows the
-    region the manifold grid decodes.  `view`: the LatentView of x (computed if None).
+    region the manifold grid decodes.  A mixture prior's component means are marked with
+    black crosses, projected like the codes (on a 1-D latent: ticks along the bottom edge);
+    see mark_prior_components.  `view`: the LatentView of x (computed if None).
     """
     view = latent_view(model, x, max_points) if view is None else view
     labels = None if y is None else np.asarray(y)[view.rows]
@@ -88,11 +110,18 @@ def latent_scatter(model, x, y, path, label_names: Sequence[str] | None = None,
     ax = fig.add_subplot()
     latent_dim = view.codes.shape[1]
     subject = f"posterior means of {len(view.codes)} {description}"
+    components = model.prior_components()
     if latent_dim == 1:
         _draw_1d_latent(ax, view.points[:, 0], labels, label_names)
+        mark_prior_components(ax, view, components)
+        if components is not None:
+            ax.legend(loc="upper right")
         ax.set_title(f"{subject.capitalize()} (1-D latent)")
     else:
+        mark_prior_components(ax, view, components)   # before the legend is drawn, so it lists them
         _scatter_by_label(fig, ax, view.points, labels, label_names)
+        if components is not None:
+            _legend_mark_size(ax.get_legend() or ax.legend(loc="best"))
         _frame_grid(ax, view)
         ax.set_xlabel(view.axis_names[0])
         ax.set_ylabel(view.axis_names[1])
@@ -206,16 +235,42 @@ def write_all(model, data, history: dict | None, run_dir,
     x, y, label_names, description = _plot_data(data)
     run_dir = Path(run_dir)
     view = latent_view(model, x)
-    written = [
-        latent_scatter(model, x, y, run_dir / PLOT_FILES["latent"], label_names=label_names,
-                       description=description, view=view),
-        manifold_grid(model, run_dir / PLOT_FILES["manifold"], view=view),
-        reconstructions(model, x, run_dir / PLOT_FILES["reconstructions"]),
-        samples(model, run_dir / PLOT_FILES["samples"], view=view),
-    ]
-    if history and history.get("epoch"):
-        written.append(loss_curves(history, run_dir / PLOT_FILES["loss"], validation))
-    return written
+    draw = {
+        "latent": lambda path: latent_scatter(model, x, y, path, label_names=label_names,
+                                              description=description, view=view),
+        "manifold": lambda path: manifold_grid(model, path, view=view),
+        "reconstructions": lambda path: reconstructions(model, x, path),
+        "samples": lambda path: samples(model, path, view=view),
+        "loss": lambda path: loss_curves(history, path, validation),
+        "pseudo_inputs": lambda path: pseudo_inputs(model, path),
+    }
+    return [draw[name](run_dir / file) for name, file in plot_files(model, history).items()]
+
+
+def plot_files(model, history: dict | None = None) -> dict[str, str]:
+    """The PLOT_FILES entries write_all writes for `model`: "loss" only with a history that
+    has epochs, "pseudo_inputs" only for a prior with pseudo-inputs (the VampPrior)."""
+    skipped = set()
+    if not (history and history.get("epoch")):
+        skipped.add("loss")
+    if model.pseudo_inputs() is None:
+        skipped.add("pseudo_inputs")
+    return {name: file for name, file in PLOT_FILES.items() if name not in skipped}
+
+
+def pseudo_inputs(model, path, most: int = MAX_PSEUDO_INPUTS) -> Path:
+    """The VampPrior's pseudo-inputs u_k = hardtanh(w_k) as images, as the encoder sees them
+    (values in [0, 1], drawn on the same grey scale as the data), in the order they are
+    stored; at most `most` (the title says when there are more).  ValueError for a prior
+    without pseudo-inputs."""
+    u = model.pseudo_inputs()
+    if u is None:
+        raise ValueError(f"prior {model.config.prior!r} has no pseudo-inputs to draw")
+    count = len(u)
+    shown = u[:int(most)]
+    which = f"{count}" if len(shown) == count else f"first {len(shown)} of {count}"
+    title = f"The {which} pseudo-inputs of the VampPrior (hardtanh(w), as the encoder sees them)"
+    return image_grid(shown, path, data_shape=model.config.data_shape, title=title)
 
 
 def image_grid(x, path, data_shape=None, ncols: int | None = None, title: str | None = None) -> Path:
@@ -459,11 +514,16 @@ class LatentView:
     prior_points: np.ndarray      # (PRIOR_SAMPLES, k) prior draws in view coordinates
     prior_ks: float | None
     matches_prior: bool
+    learned_prior: bool = False   # the prior has learned parameters (its quantiles are the learned ones)
 
     @property
     def points(self) -> np.ndarray:
         """(N, k) view coordinates of the codes."""
-        return (self.codes - self.centre) @ self.basis.T
+        return self.project(self.codes)
+
+    def project(self, z) -> np.ndarray:
+        """(M, k) view coordinates of latent points z (M, latent_dim)."""
+        return (np.asarray(z, np.float64) - self.centre) @ self.basis.T
 
     def grid_values(self, n: int) -> list[np.ndarray]:
         """n coordinates per axis, increasing: the prior's quantiles u = MANIFOLD_EDGE ...
@@ -488,14 +548,17 @@ class LatentView:
 
     def grid_description(self) -> str:
         """Which grid was used, and why."""
+        prior = "learned prior" if self.learned_prior else "prior"
+        quantiles = f"{prior} quantiles u = {MANIFOLD_EDGE:g}…{1 - MANIFOLD_EDGE:g}"
+        if self.learned_prior:
+            quantiles += f" of {PRIOR_SAMPLES} draws"
         if self.prior_ks is None:
-            return (f"prior quantiles u = {MANIFOLD_EDGE:g}…{1 - MANIFOLD_EDGE:g} "
-                    "(not checked against data)")
-        verdict = (f"aggregate posterior ≈ prior: KS {self.prior_ks:.2f} ≤ {PRIOR_MATCH_KS:g}"
+            return f"{quantiles} (not checked against data)"
+        verdict = (f"aggregate posterior ≈ {prior}: KS {self.prior_ks:.2f} ≤ {PRIOR_MATCH_KS:g}"
                    if self.matches_prior else
-                   f"aggregate posterior ≠ prior: KS {self.prior_ks:.2f} > {PRIOR_MATCH_KS:g}")
+                   f"aggregate posterior ≠ {prior}: KS {self.prior_ks:.2f} > {PRIOR_MATCH_KS:g}")
         if self.matches_prior:
-            return f"prior quantiles u = {MANIFOLD_EDGE:g}…{1 - MANIFOLD_EDGE:g} ({verdict})"
+            return f"{quantiles} ({verdict})"
         lo, hi = (round(100 * q) for q in CODE_RANGE)
         return f"range of the data's codes, percentiles {lo}–{hi} ({verdict})"
 
@@ -510,9 +573,10 @@ def latent_view(model, x, max_points: int = MAX_SCATTER_POINTS) -> LatentView:
     centre, basis, names = _view_axes(codes)
     to_view = lambda z: (z - centre) @ basis.T          # noqa: E731
     drawn = to_view(model.encode(x[rows], sample=True))  # one z ~ q(z|x) each: q(z) samples
-    prior = to_view(model.sample_latent(PRIOR_SAMPLES))
+    prior = to_view(model.sample_latent(PRIOR_SAMPLES))   # the learned prior, for mog and vamp
     ks = max(float(ks_2samp(drawn[:, a], prior[:, a]).statistic) for a in range(len(basis)))
-    return LatentView(codes, rows, centre, basis, names, prior, ks, ks <= PRIOR_MATCH_KS)
+    return LatentView(codes, rows, centre, basis, names, prior, ks, ks <= PRIOR_MATCH_KS,
+                      model.spec.prior.learnable)
 
 
 def prior_view(model) -> LatentView:
@@ -523,7 +587,7 @@ def prior_view(model) -> LatentView:
     prior = model.sample_latent(PRIOR_SAMPLES) @ basis.T
     return LatentView(np.zeros((0, latent_dim), np.float32), np.zeros(0, np.int64),
                       np.zeros(latent_dim), basis, tuple(f"z{a + 1}" for a in range(k)),
-                      prior, None, False)
+                      prior, None, False, model.spec.prior.learnable)
 
 
 def _view_axes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -547,6 +611,35 @@ def _frame_grid(ax, view: LatentView, n: int = 20) -> None:
     ax.add_patch(Rectangle((first[0], second[0]), first[-1] - first[0], second[-1] - second[0],
                            fill=False, linestyle="--", linewidth=1.0, edgecolor="0.3",
                            label="manifold grid"))
+
+
+def mark_prior_components(ax, view: LatentView, components: dict | None) -> None:
+    """Black crosses at the prior's component means (model.prior_components()), projected
+    like the codes; marker area PRIOR_MARK_AREA at equal weights 1/K, proportional to the
+    weight (clipped to 0.1-10x), so a component training has starved shows small.  On a
+    1-D view: ticks along the bottom edge.  Nothing for a prior without components."""
+    if components is None:
+        return
+    weights, points = components["weights"], view.project(components["means"])
+    count = len(weights)
+    label = f"prior component means (K = {count}" + (
+        ")" if np.allclose(weights, 1 / count) else ", area ∝ weight)")
+    if view.basis.shape[0] == 1:
+        ax.plot(points[:, 0], np.full(count, 0.02), "|", color="black", markersize=12,
+                transform=ax.get_xaxis_transform(), label=label, zorder=3)
+        return
+    area = PRIOR_MARK_AREA if count <= MANY_COMPONENTS else PRIOR_MARK_AREA_MANY
+    sizes = area * np.clip(np.asarray(weights) * count, 0.1, 10.0)
+    ax.scatter(points[:, 0], points[:, 1], s=sizes, marker="X", color="black",
+               edgecolors="white", linewidths=0.6, label=label, zorder=3)
+
+
+def _legend_mark_size(legend) -> None:
+    """The legend's cross at the equal-weight size: the legend scales markers up (so that
+    tiny data points show), which would make a heavy component's cross cover its text."""
+    for handle, text in zip(legend.legend_handles, legend.get_texts()):
+        if text.get_text().startswith("prior component means"):
+            handle.set_sizes([PRIOR_MARK_AREA])
 
 
 def _point_style(count: int) -> dict:

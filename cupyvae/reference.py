@@ -68,7 +68,7 @@ def negative_elbo_rows(spec: ModelSpec, params: dict, x: np.ndarray, eps: np.nda
     """Per-example negative ELBO (B,) from one reparameterized sample each."""
     q_raw = encode_raw(spec, params, x)
     z = spec.posterior.rsample(q_raw, eps)
-    nll, _ = spec.likelihood.nll(decode_raw(spec, params, z), x, 1.0)
+    nll = -spec.likelihood.log_prob(decode_raw(spec, params, z), x)
     return nll + kl_rows(spec, params, q_raw, eps)
 
 

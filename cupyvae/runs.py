@@ -51,6 +51,7 @@ from .files import write_atomic
 from .model import VAE, TrainingDiverged, best_checkpoint_path, load
 from .progress import Reporter
 from .options import Check, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
+from .threads import default_threads
 from .training import TrainingOptions, best_epoch, split_digest, split_validation, stopped_early
 
 CONFIG_FILE = "config.json"
@@ -184,8 +185,12 @@ def load_run(folder: Path, device: str = "auto", execution: str | None = None,
     path = checkpoint_path(folder, checkpoint)
     model = load(path, device=device, execution=execution)
     if model.config != config.model:
-        raise RunError(f"{path} does not belong to {folder / CONFIG_FILE}: "
-                       "their model configs differ")
+        stored, saved = config.model.to_dict(), model.config.to_dict()
+        differences = "; ".join(f"{name} {_shown(stored[name])} in {CONFIG_FILE}, "
+                                f"{_shown(saved[name])} in the checkpoint"
+                                for name in stored if stored[name] != saved[name])
+        raise RunError(f"{path} does not belong to {folder / CONFIG_FILE}: their model configs "
+                       f"differ ({differences})")
     return config, model
 
 
@@ -387,6 +392,8 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
     """Create (or, with `force`, overwrite) a run folder; nothing is written before the
     data have been loaded and checked against the model."""
     run_options = run_options.replace(data=dataset_reference(run_options.data))
+    if training.threads is None:      # record the count used, so --resume repeats it bit for bit
+        training = training.replace(threads=default_threads())
     folder = Path(folder) if folder is not None else default_run_folder(run_options.data)
     _refuse_occupied_folder(folder, force)
     dataset = load_dataset(run_options.data)
@@ -506,6 +513,8 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
         x_val = validation_split(model, dataset, training.binarize)
         summary = {"name": dataset.name, "train_examples": len(x_train), "validation": "test split",
                    "validation_examples": 0 if x_val is None else len(x_val)}
+    model.spec.prior.check_training_set(summary["train_examples"],
+                                        f"the training set ({dataset.name})")
     if training.batch_size > summary["train_examples"]:
         raise RunError(f"--batch-size {training.batch_size} is larger than the training set "
                        f"({summary['train_examples']} examples of {dataset.name})")
@@ -554,28 +563,32 @@ def _sigterm_as_interrupt():
 
 # ---------------------------------------------------------------------- using a trained run
 def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
-                 reporter: Reporter | None = None, checkpoint: str = "best") -> dict:
+                 reporter: Reporter | None = None, checkpoint: str = "best",
+                 threads: int | None = None) -> dict:
     """Test-set negative ELBO (and, with iw_samples > 0, the importance-sampled log-likelihood)
     of the run's checkpoint ("best" or "last", see load_run); writes evaluation.json and
-    returns its content.  Both passes report their progress to `reporter`."""
+    returns its content.  Both passes report their progress to `reporter`.  `threads`: BLAS
+    threads of the NumPy path (None: the run's training count)."""
     folder = Path(folder)
     reporter = reporter or Reporter()
     config, model = load_run(folder, device, checkpoint=checkpoint)
+    threads = threads or config.training.threads or default_threads()
     dataset = load_dataset(config.run.data)
     x_test = validation_split(model, dataset, config.training.binarize)
     if x_test is None:
         raise RunError(f"dataset {dataset.name} has no test split to evaluate on")
     n = len(x_test)
     with reporter.task(f"negative ELBO ({n} test examples)", n) as advance:
-        negative_elbo = model.loss(x_test, progress=advance)
+        negative_elbo = model.loss(x_test, progress=advance, threads=threads)
     result = {"dataset": dataset.name, "split": "test", "examples": n,
               "binarized": config.training.binarize, "checkpoint": checkpoint_path(folder, checkpoint).name,
-              "epochs": len(model.history["epoch"]), "negative_elbo": negative_elbo,
-              "bits_per_dim_basis": model.bits_per_dim_basis(x_test)}
+              "epochs": len(model.history["epoch"]), "threads": threads,
+              "negative_elbo": negative_elbo, "bits_per_dim_basis": model.bits_per_dim_basis(x_test)}
     result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-negative_elbo, x_test))
     if iw_samples:
         with reporter.task(f"importance sampling, K={iw_samples} ({n} test examples)", n) as advance:
-            log_px = model.log_likelihood(x_test, n_samples=iw_samples, progress=advance)
+            log_px = model.log_likelihood(x_test, n_samples=iw_samples, progress=advance,
+                                          threads=threads)
         result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
         result["log_likelihood_bits_per_dim"] = float(model.bits_per_dim(result["log_likelihood"],
                                                                           x_test))
@@ -634,7 +647,8 @@ def encode_run(folder: Path, output: Path, data: str | None = None, split: str =
     default the run's own.  split: "all" (the train split, then the test split: the file's
     row order for .npy and .csv files), "train" or "test".  Codes are posterior means
     (N, latent_dim) float32, or one draw z ~ q(z|x) each with `sample`, computed in
-    batches of cupyvae.model.EVAL_CHUNK examples.
+    batches of cupyvae.model.EVAL_CHUNK examples, with the run's BLAS thread count (as
+    evaluate_run).
 
     output FILE.npy: the codes; labels, where the dataset has them, go beside it to
     FILE.labels.npy (int64).  FILE.csv: a header z1,...,zK[,label[,label_name]] and one row
@@ -654,7 +668,8 @@ def encode_run(folder: Path, output: Path, data: str | None = None, split: str =
     x = model.validate_data(x, f"{dataset.name} ({split} split)")
     kind = "posterior samples" if sample else "posterior means"
     with reporter.task(f"encoding {len(x)} examples ({kind})", len(x)) as advance:
-        codes = model.encode(x, sample=sample, progress=advance)
+        codes = model.encode(x, sample=sample, progress=advance,
+                             threads=config.training.threads)
     names = getattr(dataset, "label_names", None)
     if names is None:
         from .plots import KNOWN_LABEL_NAMES

@@ -45,6 +45,18 @@ def end_step(nll: np.ndarray, kl: np.ndarray, kl_weight: np.ndarray, counters: n
     return losses, counters
 
 
+def step_terms(recon: np.ndarray, kl: np.ndarray, counters: np.ndarray,
+               terms: np.ndarray) -> np.ndarray:
+    """In place: terms[0, counters[1]] = mean(recon), terms[1, counters[1]] = mean(kl), each
+    summed in float64 and rounded to terms' dtype (skipped when counters[1] >=
+    terms.shape[1]).  Returns terms; the counters are not changed."""
+    batch = int(counters[1])
+    if batch < terms.shape[1]:
+        terms[0, batch] = recon.astype(np.float64).sum() / recon.shape[0]
+        terms[1, batch] = kl.astype(np.float64).sum() / kl.shape[0]
+    return terms
+
+
 def start_epoch(counters: np.ndarray) -> np.ndarray:
     """counters[1] = 0 (first batch of an epoch); the global step runs on; in place."""
     counters[1] = 0

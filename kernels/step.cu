@@ -38,6 +38,15 @@
 //                   Thread 0 writes the loss and then advances the counters, so the slot
 //                   it writes is the one of this step.  The host reads `losses` once per
 //                   epoch.  (One launch for what were batch_loss and advance_counters.)
+// step_terms:       the step's two ELBO terms, for the epoch's metrics (before end_step,
+//                   which advances counters[1]):
+//                   terms[counters[1]]             = (1 / R) sum_r recon[r]
+//                   terms[n_batches + counters[1]] = (1 / R) sum_r kl[r]   (if in bounds)
+//                   recon, kl: (R,) per-row reconstruction (nll) and KL terms of the
+//                   step (R = B, or B*k rows for IWAE); terms: (2, n_batches) float32,
+//                   two slots written with `=`.  Summed in double (the NumPy path's
+//                   float64 means), then rounded; one block, fixed reduction trees:
+//                   deterministic for a given block size.
 // start_epoch:      counters[1] = 0.  One thread; before an epoch's first step.
 // No gradients here: nothing in this file is differentiated.
 // NumPy twins: cupyvae.step_twins (same names, same arguments).
@@ -92,6 +101,32 @@ extern "C" __global__ void end_step(const float* nll, const float* kl, const flo
         }
         counters[0] = counters[0] + 1u;
         counters[1] = batch + 1u;
+    }
+}
+
+extern "C" __global__ void step_terms(const float* recon, const float* kl, float* terms,
+                                      const unsigned int* counters, int R,
+                                      unsigned int n_batches)
+{
+    __shared__ double warp_totals[REDUCE_MAX_WARPS];
+    if (blockIdx.x != 0) {
+        return;  // one block by contract; extra blocks (uniformly) do nothing
+    }
+    double recon_partial = 0.0;
+    double kl_partial = 0.0;
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+        recon_partial += (double)recon[r];
+        kl_partial += (double)kl[r];
+    }
+    double recon_total = reduce_block_sum(recon_partial, warp_totals);
+    __syncthreads();  // warp 0 has read warp_totals before they are reused
+    double kl_total = reduce_block_sum(kl_partial, warp_totals);
+    if (threadIdx.x == 0) {
+        unsigned int batch = counters[1];
+        if (batch < n_batches) {
+            terms[batch] = (float)(recon_total / (double)R);
+            terms[n_batches + batch] = (float)(kl_total / (double)R);
+        }
     }
 }
 

@@ -20,11 +20,14 @@ import pytest
 
 import cupyvae
 from cupyvae.plots import PLOT_FILES
+from cupyvae.threads import default_threads
 
 # Tiny model and batches: a subprocess run takes about a second, most of it start-up.
 TINY_MODEL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "20", "--device", "cpu",
               "--seed", "3"]
 SHAPE = (8, 8)
+# The pictures of a run with the normal prior: all but the VampPrior's pseudo-inputs.
+NORMAL_PRIOR_PLOTS = [file for name, file in PLOT_FILES.items() if name != "pseudo_inputs"]
 
 
 def run_cli(*args, env_overrides=None, timeout=120) -> subprocess.CompletedProcess:
@@ -114,7 +117,8 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
                                   "iw_samples": 1, "free_bits": 0.0, "lr_schedule": "constant",
                                   "lr_warmup_steps": 0, "lr_decay_steps": 0, "lr_min": 0.0,
                                   "kl_weight": 1.0, "kl_warmup_steps": 0, "clip_norm": None,
-                                  "val_fraction": 0.0, "patience": None}
+                                  "val_fraction": 0.0, "patience": None,
+                                  "threads": default_threads()}
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2
@@ -132,8 +136,9 @@ def test_train_writes_metrics_checkpoint_and_plots(trained_run):
     model = cupyvae.load(trained_run / "checkpoint.safetensors")
     assert model.config.hidden == (16,) and model.history["epoch"] == [1, 2]
     assert model.history["val_loss"] == pytest.approx([float(row["val_loss"]) for row in rows])
-    for name in PLOT_FILES.values():
+    for name in NORMAL_PRIOR_PLOTS:
         assert_real_picture(trained_run / name)
+    assert not (trained_run / PLOT_FILES["pseudo_inputs"]).exists()
 
 
 def test_train_prints_one_line_per_epoch(tiny_npz, tmp_path):
@@ -246,10 +251,10 @@ def test_sample_writes_an_array_or_an_image_grid(trained_run, tmp_path):
 
 def test_plot_rewrites_every_plot(trained_run, tmp_path):
     run_dir = copy_run(trained_run, tmp_path)
-    for name in PLOT_FILES.values():
+    for name in NORMAL_PRIOR_PLOTS:
         (run_dir / name).unlink()
     assert_ok(run_cli("plot", run_dir, "--device", "cpu"))
-    for name in PLOT_FILES.values():
+    for name in NORMAL_PRIOR_PLOTS:
         assert_real_picture(run_dir / name)
 
 

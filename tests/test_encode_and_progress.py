@@ -168,8 +168,8 @@ def test_the_api_reports_progress_by_callback_and_verbose_level(capsys):
 
 
 def test_log_likelihood_reports_every_batch_of_examples(monkeypatch):
-    from cupyvae import model as model_module
-    monkeypatch.setattr(model_module, "IMPORTANCE_ROWS", 100)   # 50 examples x 2 samples a call
+    from cupyvae.executors import NumpyExecutor
+    monkeypatch.setattr(NumpyExecutor, "importance_rows", 100)   # 50 examples x 2 samples a call
     x, _ = make_images(230, np.random.default_rng(2))
     model = cupyvae.VAE((8, 8), latent_dim=2, hidden=(8,), device="cpu")
     calls = []

@@ -1,4 +1,4 @@
-"""kernels/step.cu (gather_rows, end_step, start_epoch) against the NumPy twins in
+"""kernels/step.cu (gather_rows, end_step, step_terms, start_epoch) against the NumPy twins in
 cupyvae.step_twins, on every backend, including steps replayed past the epoch's end."""
 import dataclasses
 import functools
@@ -291,3 +291,49 @@ def test_end_step_rejects_bad_arguments():
     with pytest.raises(ValueError, match="kl_weight"):
         ops.end_step(np.zeros(4, np.float32), np.zeros(4, np.float32), np.ones(2, np.float32),
                      counters, np.zeros(2, np.float32))
+
+
+# ------------------------------------------------------------------ step_terms
+def step_terms(backend, recon, kl, counters, n_slots, thread_order=None):
+    """terms after one step_terms launch; they start NaN."""
+    terms = to_device(np.full((2, n_slots), np.nan, np.float32), backend)
+    launch = ops.step_terms(to_device(recon, backend), to_device(kl, backend),
+                            to_device(np.array(counters, np.uint32), backend), terms)
+    launch_on(backend, launch, thread_order)
+    return to_host(terms)
+
+
+@pytest.mark.parametrize("rows", [1, 37, 1000, 5000])
+def test_step_terms_match_twin(backend, rows):
+    """Double sums of float32 rows, rounded once: the twin's float64 sum rounds to the same
+    float32 but in the last place (a double tree sum of <= 5000 terms errs by ~1e-13 of
+    the total, far below float32's 6e-8)."""
+    recon, kl = loss_inputs(rows, seed=rows)
+    kl = kl - 0.25                                       # KL estimates can be negative
+    got = step_terms(backend, recon, kl, [5, 1], 3)
+    want = step_twins.step_terms(recon, kl, np.array([5, 1], np.uint32),
+                                 np.full((2, 3), np.nan, np.float32))
+    assert np.isnan(got[:, [0, 2]]).all(), "only slot counters[1] may be written"
+    np.testing.assert_allclose(got[:, 1], want[:, 1], rtol=2 ** -23)
+
+
+def test_step_terms_are_deterministic_and_write_nothing_past_the_epoch():
+    recon, kl = loss_inputs(1000, seed=3)
+    results = {order: step_terms("emulated", recon, kl, [0, 0], 1, order) for order in THREAD_ORDERS}
+    assert len({r.tobytes() for r in results.values()}) == 1, f"order-dependent sums: {results}"
+    assert np.isnan(step_terms("emulated", recon, kl, [0, 2], 2)).all()    # batch 2 of 2 slots
+    assert np.isnan(step_twins.step_terms(recon, kl, np.array([0, 2], np.uint32),
+                                          np.full((2, 2), np.nan, np.float32))).all()
+
+
+def test_step_terms_rejects_bad_arguments():
+    counters = np.zeros(2, np.uint32)
+    with pytest.raises(ValueError, match=r"recon \(4,\) and kl \(5,\)"):
+        ops.step_terms(np.zeros(4, np.float32), np.zeros(5, np.float32), counters,
+                       np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match=r"terms must have shape \(2, batches"):
+        ops.step_terms(np.zeros(4, np.float32), np.zeros(4, np.float32), counters,
+                       np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="counters"):
+        ops.step_terms(np.zeros(4, np.float32), np.zeros(4, np.float32), np.zeros(2, np.int32),
+                       np.zeros((2, 3), np.float32))

@@ -6,7 +6,6 @@ import scipy.special
 import scipy.stats as st
 
 import cupyvae
-from cupyvae import model as model_module
 from cupyvae import philox
 from cupyvae.reference import negative_elbo_rows
 
@@ -77,7 +76,7 @@ def test_result_does_not_depend_on_the_chunking(monkeypatch):
     whole = model.log_likelihood(x, n_samples=9)
     calls = []
     for rows in (20, 9, 4):       # several examples per call; one each; samples split up
-        monkeypatch.setattr(model_module, "IMPORTANCE_ROWS", rows)
+        monkeypatch.setattr(model._executor, "importance_rows", rows)
         calls.clear()
         chunked = model.log_likelihood(x, n_samples=9, progress=calls.append)
         # float32 decoding of the same rows in other batch shapes (BLAS blocking): ~1e-7

@@ -1,11 +1,12 @@
-"""The launch sequences the kernel executor will run for IWAE, free bits and the
-importance-sampled log-likelihood (#9 stage 2), composed here from today's kernels and the
-new ones, against the NumPy reference on the emulator (and CUDA when present).
+"""The launch sequences for IWAE, free bits and the importance-sampled log-likelihood,
+written out by hand from the kernels, against the NumPy reference on the emulator (and CUDA
+when present).
 
-The executor is not wired yet; these tests are the executable specification of the order
-of the launches and of the buffers each one reads and writes.  The N(0, I) prior has no
-kernel yet (the prior's kernel contract comes with the learnable priors): its two steps
-run through its NumPy twin between launches, marked "prior:".
+They were the executable specification of the plan fragments the kernel executor now
+composes (cupyvae/cuda/fragments.py: IwaeFragment, ElboFragment with free bits,
+KernelExecutor.log_likelihood; tests/test_kernel_plan.py checks the composed plan).  Here
+the prior's two steps run through its NumPy twin between launches, marked "prior:" (the
+fragments use mixture_prior.cu for every prior, the normal one included).
 """
 import numpy as np
 import pytest

@@ -381,12 +381,3 @@ def test_a_history_without_the_new_columns_is_padded():
     model.fit(x, x[:20], epochs=1, batch_size=20)
     assert {len(column) for column in model.history.values()} == {2}
     assert model.history["train_kl"][0] is None and model.history["train_kl"][1] > 0
-
-
-def test_kernel_devices_refuse_objectives_they_do_not_run_yet_before_any_work():
-    model = cupyvae.VAE((2, 3), latent_dim=2, hidden=(8,), device="emulated")
-    for changes in (dict(objective="iwae", iw_samples=3), dict(free_bits=0.5)):
-        with pytest.raises(ValueError, match="device 'emulated' trains objective 'elbo' without "
-                                             "free bits only.*device='cpu'"):
-            model.fit(toy(), epochs=1, batch_size=20, **changes)
-    assert model.optimizer is None

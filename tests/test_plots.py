@@ -1,4 +1,5 @@
 """cupyvae.plots: every plot is written, has its documented pixel size and shows something."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.image as mpimg
@@ -137,7 +138,12 @@ def test_write_all_draws_every_plot_of_a_dataset(model, tmp_path):
     dataset = SimpleNamespace(name="two-patterns", x_train=x[:30], y_train=y[:30],
                               x_test=x[30:], y_test=y[30:])
     written = plots.write_all(model, dataset, model.history, tmp_path)
-    assert sorted(path.name for path in written) == sorted(plots.PLOT_FILES.values())
+    # Every picture but the pseudo-inputs, which only a VampPrior has.
+    assert sorted(path.name for path in written) == sorted(
+        set(plots.PLOT_FILES.values()) - {"pseudo_inputs.png"})
+    assert plots.plot_files(model, model.history) == {
+        name: file for name, file in plots.PLOT_FILES.items() if name != "pseudo_inputs"}
+    assert "loss" not in plots.plot_files(model, None)
     for path in written:
         assert_varied(pixels(path), 0.02)
 
@@ -253,3 +259,121 @@ def test_write_all_shares_one_view_between_scatter_manifold_and_samples(tmp_path
     monkeypatch.setattr(plots, "latent_view", lambda *a, **k: seen.append(1) or original(*a, **k))
     written = plots.write_all(model, (x, None), None, tmp_path)
     assert len(seen) == 1 and len(written) == 4
+
+
+# ---------------------------------------------------------------------- learned priors
+def with_prior(model, prior, k):
+    """A copy of a hand_built model with a learned prior (its parameters set by the caller)."""
+    other = cupyvae.VAE((4, 4), latent_dim=model.config.latent_dim, hidden=(), device="cpu",
+                        seed=0, prior=prior, prior_components=k)
+    for name, value in model.params.items():
+        other.params[name][...] = value
+    return other
+
+
+def drawn_figures(monkeypatch) -> list:
+    """The figures the plots would save, kept instead of written."""
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    return figures
+
+
+def prior_marks(ax):
+    marks = [c for c in ax.collections if str(c.get_label()).startswith("prior component means")]
+    assert len(marks) == 1, [c.get_label() for c in ax.collections]
+    return marks[0]
+
+
+@pytest.mark.parametrize("latent_dim", [2, 4])
+def test_the_latent_scatter_marks_the_mixture_means_projected_like_the_codes(latent_dim, monkeypatch):
+    mog = with_prior(hand_built(latent_dim=latent_dim), "mog", 3)
+    means = np.random.default_rng(0).normal(0, 2, (3, latent_dim))
+    mog.params["prior.components"][:, :latent_dim] = means
+    mog.params["prior.logits"][:] = [0.0, np.log(4.0), 0.0]      # weights 1/6, 4/6, 1/6
+    figures = drawn_figures(monkeypatch)
+    x = uniform_images(300)
+    view = plots.latent_view(mog, x)
+    plots.latent_scatter(mog, x, None, "latent.png", view=view)
+    ax = figures[0].axes[0]
+    marks = prior_marks(ax)
+    np.testing.assert_allclose(marks.get_offsets(), (means - view.centre) @ view.basis.T, rtol=1e-5)
+    # Marker area proportional to the weight: 1/2, 2 and 1/2 times the equal-weight area.
+    np.testing.assert_allclose(marks.get_sizes(), plots.PRIOR_MARK_AREA * np.array([0.5, 2.0, 0.5]),
+                               rtol=1e-6)
+    assert "prior component means (K = 3, area ∝ weight)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    legend_mark = ax.get_legend().legend_handles[0]
+    assert legend_mark.get_sizes()[0] == plots.PRIOR_MARK_AREA     # not the legend's 3x scale
+
+
+def test_vamp_marks_the_posterior_means_of_its_encoded_pseudo_inputs(monkeypatch):
+    vamp = with_prior(hand_built(), "vamp", 4)
+    w = vamp.params["prior.pseudo_inputs"]
+    w[:] = 0.5
+    w[:, 0] = [-1.0, 0.0, 0.25, 2.0]            # pixel 1 beyond, at and inside the [0, 1] bound
+    figures = drawn_figures(monkeypatch)
+    x = uniform_images(300)
+    plots.latent_scatter(vamp, x, None, "latent.png")
+    # hand_built: mu_1 = 8 + 4 (u_1 - 1/2), mu_2 = -6 + 4 (u_2 - 1/2), with u = hardtanh(w)
+    u1 = np.array([0.0, 0.0, 0.25, 1.0])
+    expected = np.stack([8 + 4 * (u1 - 0.5), np.full(4, -6.0)], axis=1)
+    np.testing.assert_allclose(prior_marks(figures[0].axes[0]).get_offsets(), expected, rtol=1e-6)
+
+
+def test_a_normal_prior_gets_no_marks_and_no_pseudo_inputs(model, data, monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    plots.latent_scatter(model, *data, "latent.png")
+    assert not [c for c in figures[0].axes[0].collections
+                if str(c.get_label()).startswith("prior component")]
+    assert model.prior_components() is None and model.pseudo_inputs() is None
+    with pytest.raises(ValueError, match="prior 'normal' has no pseudo-inputs"):
+        plots.pseudo_inputs(model, "u.png")
+
+
+def test_a_one_dimensional_latent_marks_the_means_along_the_bottom(monkeypatch):
+    mog = with_prior(hand_built(latent_dim=1, offset=(0.0, 0.0)), "mog", 5)
+    figures = drawn_figures(monkeypatch)
+    plots.latent_scatter(mog, uniform_images(40), None, "latent.png")
+    (ticks,) = [line for line in figures[0].axes[0].lines if line.get_label().startswith("prior")]
+    np.testing.assert_allclose(ticks.get_xdata(), mog.params["prior.components"][:, 0], rtol=1e-6)
+
+
+def test_pseudo_inputs_are_drawn_as_the_encoder_sees_them(tmp_path):
+    vamp = cupyvae.VAE(SHAPE, latent_dim=2, hidden=(8,), device="cpu", prior="vamp", prior_components=6)
+    w = vamp.params["prior.pseudo_inputs"]
+    w[:] = np.linspace(-0.5, 1.5, w.size).reshape(w.shape)
+    u = vamp.pseudo_inputs()
+    assert u.shape == (6, *SHAPE) and u.dtype == np.float32
+    np.testing.assert_array_equal(u.reshape(6, -1), np.clip(w, 0, 1))
+    image = pixels(plots.pseudo_inputs(vamp, tmp_path / "u.png"))
+    side = mosaic_side_px(3, 8, pad=1)              # 6 images: 3 columns, 2 rows
+    assert image.shape[0] == (2 * 9 - 1) * plots.pixel_zoom((2 * 9 - 1, 3 * 9 - 1)) \
+        + 2 * plots.MARGIN_PX + plots.LINE_PX and image.shape[1] >= side
+    assert_varied(image, 0.05)
+    written = plots.write_all(vamp, make_images(30), {"epoch": [1], "train_loss": [1.0]}, tmp_path)
+    assert sorted(path.name for path in written) == sorted(plots.PLOT_FILES.values())
+
+
+def test_pseudo_inputs_beyond_the_cap_are_counted_in_the_title(monkeypatch):
+    vamp = cupyvae.VAE(SHAPE, latent_dim=2, hidden=(8,), device="cpu", prior="vamp", prior_components=7)
+    figures = drawn_figures(monkeypatch)
+    plots.pseudo_inputs(vamp, "u.png", most=4)
+    assert "first 4 of 7 pseudo-inputs" in figures[0].axes[0].get_title()
+
+
+def test_the_grid_of_a_learned_prior_spans_the_learned_priors_quantiles():
+    """q(z|x) = N((3, -2), 4 I) for every x, and a one-component mog prior that learned it:
+    the KS test passes and the grid spans N((3, -2), 4 I)'s quantiles, not N(0, I)'s."""
+    from scipy.special import ndtri
+    mog = with_prior(hand_built(offset=(3.0, -2.0), spread=0.0, logvar=np.log(4.0)), "mog", 1)
+    mog.params["prior.components"][:] = [3.0, -2.0, np.log(4.0), np.log(4.0)]
+    view = plots.latent_view(mog, uniform_images())
+    assert view.learned_prior and view.matches_prior
+    u = ndtri(np.linspace(0.05, 0.95, 9))
+    for values, centre in zip(view.grid_values(9), (3.0, -2.0)):
+        # 20000 draws estimate a 5% quantile of sd 2 to about 0.03 (sd); 0.1 is > 3 sd.
+        np.testing.assert_allclose(values, centre + 2 * u, atol=0.1)
+    assert ("learned prior quantiles u = 0.05…0.95 of 20000 draws (aggregate posterior ≈ learned "
+            "prior: KS") in plots._manifold_title(view, True, 9)
+    # The prior as initialised (about N(0, I)) does not match these codes.
+    mog.params["prior.components"][:] = [0.0, 0.0, 0.0, 0.0]
+    assert not plots.latent_view(mog, uniform_images()).matches_prior

@@ -440,7 +440,8 @@ def test_a_second_training_array_never_overwrites_the_first():
 # ------------------------------------------------------------------ host traffic
 def test_an_epoch_moves_only_the_permutation_counters_hyper_and_losses(monkeypatch):
     """Moments and parameters stay on the device: within an epoch the executor uploads the
-    permutation, `hyper` and the counters and reads back only the losses."""
+    permutation, `hyper` and the counters and reads back only the losses, with the ELBO's
+    two terms of every step in the same array."""
     from cupyvae.cuda import executor as kernel_executor
 
     model = cupyvae.VAE((5, 7), latent_dim=3, hidden=(7,), seed=9, device="emulated")
@@ -455,7 +456,7 @@ def test_an_epoch_moves_only_the_permutation_counters_hyper_and_losses(monkeypat
     data = model._executor._data[0]      # the array fit uploaded: resident, not uploaded again
     model._executor.train_epoch(data, np.arange(20), TrainingOptions(batch_size=5), model.optimizer)
     assert sorted(uploads) == sorted([(20,), (HYPER_SIZE,), (2,)])
-    assert downloads == [(4,)]
+    assert downloads == [(3, 4)]
 
 
 def test_rollback_restores_parameters_and_moments_from_the_device_snapshot(monkeypatch):

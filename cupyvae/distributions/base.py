@@ -203,6 +203,11 @@ class Prior:
     def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {}
 
+    def check_training_set(self, n_examples: int, what: str = "x_train") -> None:
+        """ValueError naming the value when the prior's init scheme cannot start from
+        `n_examples` training examples (`what` names them); lets a caller refuse before
+        it writes anything.  init_from_data makes the same check."""
+
     def init_from_data(self, x: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Parameters to overwrite from the training data x (N, D) before the first step;
         empty unless the prior's init scheme reads data.  ValueError names a bad fit."""
@@ -236,6 +241,20 @@ class Prior:
         """n draws given uniforms u (n,) and standard normals eps (n, Z); `params` is
         PriorState.density."""
         raise NotImplementedError
+
+    # What the pictures show of a prior (cupyvae.plots); None where the prior has no such thing.
+    def component_means(self, params: dict[str, np.ndarray]) -> np.ndarray | None:
+        """(K, Z) means of the prior's mixture components; `params` is PriorState.density."""
+        return None
+
+    def component_weights(self, params: dict[str, np.ndarray]) -> np.ndarray | None:
+        """(K,) float64 mixture weights, summing to 1; `params` is PriorState.density."""
+        return None
+
+    def pseudo_inputs(self, params: dict[str, np.ndarray]) -> np.ndarray | None:
+        """(K, D) pseudo-inputs in data space, as the encoder sees them; `params` is the
+        whole model's name -> tensor dict."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim})"

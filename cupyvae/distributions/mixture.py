@@ -170,6 +170,9 @@ class GaussianMixturePrior(Prior):
         """(K, Z) means of the mixture's components (what the latent plot marks)."""
         return params["components"][:, :self.dim]
 
+    def component_weights(self, params) -> np.ndarray:
+        return np.exp(log_softmax(np.asarray(params["logits"], np.float64)))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, components={self.n_components})"
 

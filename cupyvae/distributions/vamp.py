@@ -76,16 +76,22 @@ class VampPrior(GaussianMixturePrior):
         return {"pseudo_inputs": rng.normal(self.INIT_MEAN, self.INIT_STD,
                                             (self.n_components, self.data_dim))}
 
+    def check_training_set(self, n_examples, what="x_train"):
+        if self.init == "data" and self.n_components > n_examples:
+            raise ValueError(f"prior_components = {self.n_components} pseudo-inputs initialised from "
+                             f"the data (prior_init 'data') need at least {self.n_components} training "
+                             f"examples; {what} has {n_examples}")
+
     def init_from_data(self, x, rng):
         if self.init != "data":
             return {}
-        if self.n_components > len(x):
-            raise ValueError(f"prior_components = {self.n_components} pseudo-inputs initialised from "
-                             f"the data (prior_init 'data') need at least {self.n_components} training "
-                             f"examples; x_train has {len(x)}")
+        self.check_training_set(len(x))
         rows = rng.choice(len(x), self.n_components, replace=False)
         noise = rng.normal(0.0, self.DATA_INIT_STD, (self.n_components, self.data_dim))
         return {"pseudo_inputs": x[rows].reshape(self.n_components, -1) + noise}
+
+    def pseudo_inputs(self, params):
+        return vamp_pseudo_inputs_forward(params["prior.pseudo_inputs"])
 
     def prepare(self, spec, params):
         from ..reference import mlp_forward   # here: reference imports spec, which imports us

@@ -1,5 +1,6 @@
 """Launch builders for kernels/step.cu, the glue of a training step (twins:
-cupyvae.step_twins): the batch gather, the end of a step (its loss and the counters).
+cupyvae.step_twins): the batch gather, the step's ELBO terms, the end of a step (its loss
+and the counters).
 
 `counters`: the device step counters [step, batch] (see cupyvae.cuda.ops._checks.require_counters).
 Both builders pass the kernel the epoch's batch count, taken from the array the kernel
@@ -80,6 +81,30 @@ def end_step(nll, kl, kl_weight, counters, losses) -> Launch:
         block=(row_block_size(nll.shape[0]),),
         args=(nll, kl, kl_weight, losses, counters, np.int32(nll.shape[0]),
               np.uint32(losses.shape[0])),
+    )
+
+
+def step_terms(recon, kl, counters, terms) -> Launch:
+    """terms[0, counters[1]] = mean_r recon[r], terms[1, counters[1]] = mean_r kl[r] (summed
+    in double; nothing once counters[1] >= terms.shape[1]): the step's two ELBO terms for
+    the epoch's metrics, read back with the losses.  Runs before end_step (which advances
+    counters[1]).  recon, kl: (R,) float32; terms: (2, batches per epoch) float32.  One
+    block (deterministic)."""
+    require_float32_contiguous(recon=recon, kl=kl, terms=terms)
+    require_counters(counters)
+    require_same_array_kind(recon, kl, counters, terms)
+    if recon.ndim != 1 or kl.shape != recon.shape or recon.shape[0] < 1:
+        raise ValueError(f"recon {recon.shape} and kl {kl.shape} must both have shape (R,), R >= 1")
+    if terms.ndim != 2 or terms.shape[0] != 2 or terms.shape[1] < 1:
+        raise ValueError(f"terms must have shape (2, batches per epoch), got {terms.shape}")
+    require_int32_dims(recon.shape)
+    require_int32_dims(terms.shape)
+    return Launch(
+        kernel="step",
+        entry="step_terms",
+        grid=(1,),
+        block=(row_block_size(recon.shape[0]),),
+        args=(recon, kl, terms, counters, np.int32(recon.shape[0]), np.uint32(terms.shape[1])),
     )
 
 
