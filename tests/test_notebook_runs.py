@@ -8,9 +8,13 @@ CellExecutionError, naming the cell).
 """
 from __future__ import annotations
 
+import base64
+import io
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -44,6 +48,29 @@ def pictures(notebook) -> int:
     return sum("image/png" in data for data in rich_outputs(notebook))
 
 
+def pictures_are_sane(notebook) -> None:
+    """Every picture decodes as a PNG of a real figure: big enough, and not one flat colour."""
+    from matplotlib.image import imread
+    for data in rich_outputs(notebook):
+        if "image/png" in data:
+            image = imread(io.BytesIO(base64.b64decode(data["image/png"])), format="png")
+            assert min(image.shape[:2]) >= 150, f"a picture of {image.shape[:2]} pixels"
+            assert image[..., :3].std() > 0.05, "a picture of one flat colour"
+
+
+def slider_descriptions(notebook) -> list[str]:
+    """The slider labels in the widget state nbclient saved with the notebook."""
+    state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    return sorted(model["state"]["description"] for model in state.get("state", {}).values()
+                  if model.get("model_name") == "FloatSliderModel")
+
+
+def printed_numbers_are_finite(notebook) -> None:
+    text = stream_text(notebook)
+    assert "negative ELBO" in text, "the notebook no longer prints its losses"
+    assert not re.search(r"\b(nan|inf)\b", text, re.I), f"a NaN or inf in the printed output:\n{text}"
+
+
 def has_slider_panel(notebook) -> bool:
     return any(WIDGET_VIEW in data and data.get("text/plain", "").startswith("VBox(")
                for data in rich_outputs(notebook))
@@ -75,8 +102,10 @@ def test_the_committed_notebook_holds_the_outputs_of_its_full_run():
     assert not errors, f"the committed notebook holds errors: {errors[0]}"
     assert "EPOCHS = 30, LIMIT = None, DOWNLOAD = False: the full settings" in stream_text(notebook), "the committed outputs are not from the full settings"
     assert pictures(notebook) == PICTURES
+    pictures_are_sane(notebook)
+    printed_numbers_are_finite(notebook)
     assert has_slider_panel(notebook)
-    assert notebook.metadata.get("widgets"), "the slider panel's widget state was not saved"
+    assert slider_descriptions(notebook) == ["expression", "pose"], "the slider panel's widget state was not saved"
 
 
 def test_the_notebook_runs_headless_with_small_settings(monkeypatch, tmp_path):
@@ -96,5 +125,8 @@ def test_the_notebook_runs_headless_with_small_settings(monkeypatch, tmp_path):
     assert NOTEBOOK.read_bytes() == committed, "running the notebook changed the committed file"
     assert "EPOCHS = 1, LIMIT = 300, DOWNLOAD = False: reduced settings" in stream_text(notebook)
     assert pictures(notebook) == PICTURES
+    pictures_are_sane(notebook)
+    printed_numbers_are_finite(notebook)
     assert has_slider_panel(notebook)
+    assert slider_descriptions(notebook) == ["expression", "pose"]
     assert list(tmp_path.iterdir()) == [], "the notebook wrote files into its working folder"
