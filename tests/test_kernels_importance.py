@@ -186,7 +186,8 @@ def kl_inputs(batch, z_dim, seed=0):
     return rng.gamma(1.0, 0.5, (batch, z_dim)).astype(np.float32) * rng.uniform(0, 2, z_dim).astype(np.float32)
 
 
-@pytest.mark.parametrize("batch, z_dim", [(1, 1), (3, 2), (100, 50), (37, 257), (300, 3)])
+# (300, 1) and (1000, 1): one latent dimension, where a pairwise sum gives other bits.
+@pytest.mark.parametrize("batch, z_dim", [(1, 1), (3, 2), (100, 50), (37, 257), (300, 3), (300, 1), (1000, 1)])
 def test_free_bits_matches_the_twin(backend, batch, z_dim):
     kl_dim = kl_inputs(batch, z_dim, seed=batch + z_dim)
     floor = float(np.median(kl_dim.mean(axis=0)))     # about half the dimensions under it
