@@ -203,18 +203,25 @@ def _map_chunks(x: np.ndarray, chunk: int | None, progress: Callable[[int], None
                 compute: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
     """compute(c, part) for every chunk c of x, concatenated; progress(len(part)) after each."""
     results = []
-    for c, part in _chunked(x, chunk):
-        results.append(compute(c, part))
+    for c, rows in chunk_slices(len(x), chunk):
+        results.append(compute(c, x[rows]))
         if progress is not None:
-            progress(len(part))
+            progress(rows.stop - rows.start)
     return np.concatenate(results)
 
 
-def _chunked(x: np.ndarray, chunk: int | None):
-    """(chunk index, rows) of x in chunks of `chunk` rows (None: all rows at once)."""
-    size = len(x) if chunk is None else chunk
-    for c, start in enumerate(range(0, len(x), max(size, 1))):
-        yield c, x[start:start + size]
+def chunk_slices(n: int, chunk: int | None):
+    """(chunk index c, row slice) for n rows in chunks of `chunk` rows (None: one chunk),
+    in order; every executor's inference calls chunk (and key their noise by c) with it.
+    Raises ValueError, before any work, for no rows or a chunk that is not a positive int."""
+    if n < 1:
+        raise ValueError(f"inference needs at least one row, got {n}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer))
+                              or chunk < 1):
+        raise ValueError(f"chunk must be a positive number of rows or None, got {chunk!r}")
+    size = n if chunk is None else min(int(chunk), n)
+    for index, start in enumerate(range(0, n, size)):
+        yield index, slice(start, min(start + size, n))
 
 
 # Noise drawn ahead per call of philox.normal_steps: about 1 MiB of float32.  Small draws
