@@ -292,7 +292,10 @@ class KernelExecutor:
             device_copy = self._data[1]
             _copy_to_device(device_copy, x)
         else:
-            self._data = None            # free the old copy before allocating the new
+            # Free the old copy before allocating the new: the plan and its steps (graphs)
+            # hold it too; the plan is rebuilt for the new buffers right after.
+            self._data, self._perm = None, None
+            self._plan, self._plan_key, self._steps = [], None, None
             # A copy the executor owns (on the emulator to_device would alias x, and the
             # next array of this shape is written into it).
             device_copy = self.xp.array(x, copy=True)
