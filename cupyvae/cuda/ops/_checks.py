@@ -35,6 +35,13 @@ def elementwise_grid_size(total: int) -> int:
     return min(max(-(-total // ELEMENTWISE_BLOCK), 1), ELEMENTWISE_MAX_BLOCKS)
 
 
+def warp_per_item(count: int, max_warps_per_block: int) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for one warp per item (a row, a component), at most
+    `max_warps_per_block` warps per block; at least one block (an empty grid is invalid)."""
+    warps = min(max_warps_per_block, max(count, 1))
+    return (max(-(-count // warps), 1),), (WARP_SIZE * warps,)
+
+
 def require_float32_contiguous(**arrays) -> None:
     for name, array in arrays.items():
         if array.dtype != np.float32:
