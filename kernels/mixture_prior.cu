@@ -45,8 +45,8 @@
 // NumPy twins: cupyvae.distributions.mixture.mixture_prior_forward / _backward_z /
 //           _backward_params.
 #include "reduce.cuh"
+#include "stable_math.cuh"
 
-#define MIXTURE_LOG_2PI 1.8378770664093453f
 
 // Adds exp(value) to the running (peak, total): sum = total * exp(peak).  A -inf value adds
 // nothing (and never forms -inf - -inf); a NaN value makes the sum NaN.
@@ -126,7 +126,7 @@ extern "C" __global__ void mixture_prior_forward(const float* z, const float* lo
             float quad = 0.0f;
             for (int j = 0; j < Z; ++j) {
                 float t = (z_row[j] - mean[j]) * expf(-0.5f * logvar[j]);
-                quad += MIXTURE_LOG_2PI + logvar[j] + t * t;
+                quad += STABLE_LOG_2PI + logvar[j] + t * t;
             }
             float ell = (logits[k] - lse_a) - 0.5f * quad;
             resp_row[k] = ell;
