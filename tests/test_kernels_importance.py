@@ -219,8 +219,9 @@ def test_builders_reject_bad_arguments():
         ops.iwae_weights(f, f, f, 4, 1.0, np.zeros(1, np.float32), f)
     with pytest.raises(ValueError, match=r"bound must have shape \(3,\)"):
         ops.iwae_weights(f, f, f, 2, 1.0, np.zeros(2, np.float32), f)
-    with pytest.raises(ValueError, match="samples must be a positive integer"):
-        ops.repeat_rows(np.zeros((2, 3), np.float32), 0, np.zeros((0, 3), np.float32))
+    for bad in (0, -2, 2.5, True, None, "3"):     # None and "3" once raised TypeError
+        with pytest.raises(ValueError, match="samples must be a positive integer"):
+            ops.repeat_rows(np.zeros((2, 3), np.float32), bad, np.zeros((0, 3), np.float32))
     with pytest.raises(ValueError, match=r"dst must have shape \(6, 3\)"):
         ops.repeat_rows(np.zeros((2, 3), np.float32), 3, np.zeros((5, 3), np.float32))
     with pytest.raises(ValueError, match="float64"):

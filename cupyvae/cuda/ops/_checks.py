@@ -11,11 +11,11 @@ import operator
 
 import numpy as np
 
+from cupyvae.optim import WARP_SIZE   # the NumPy twins of the reduction trees use it too
 from cupyvae.schedules import HYPER_SIZE, SCHED_SIZE
 
-_INT32_MAX = 2 ** 31 - 1
+INT32_MAX = 2 ** 31 - 1
 _UINT32_MAX = 2 ** 32 - 1
-WARP_SIZE = 32
 # Per-row reductions: enough threads to cover D in one sweep, capped where more threads
 # only add reduction depth.  Never below a warp: the shuffles use a full-warp mask.
 ROW_BLOCK_MAX = 256
@@ -51,6 +51,26 @@ def require_float32_contiguous(**arrays) -> None:
                              f"for shape {array.shape}")
 
 
+def require_float64_contiguous(**arrays) -> None:
+    for name, array in arrays.items():
+        if array.dtype != np.float64 or not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous float64 array, got {array.dtype} "
+                             f"with shape {array.shape}")
+
+
+def positive_int(name: str, value, alternative: str = "") -> int:
+    """`value` as an int, or ValueError naming `name` unless it is an integer >= 1 (an
+    integral float such as 4.0 is accepted; a bool is not).  `alternative` (e.g. " or None")
+    completes the message with what else the caller accepts."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive integer{alternative}, got {value!r}")
+    return int(value)
+
+
 def require_same_array_kind(*arrays) -> None:
     kinds = {type(array) for array in arrays}
     if len(kinds) != 1:
@@ -59,7 +79,7 @@ def require_same_array_kind(*arrays) -> None:
 
 
 def require_int32_dims(shape) -> None:
-    if any(extent > _INT32_MAX for extent in shape):
+    if any(extent > INT32_MAX for extent in shape):
         raise ValueError(f"every dimension must fit in int32, got shape {shape}")
 
 
@@ -87,9 +107,10 @@ def require_counters(counters) -> None:
 
 def require_hyper(hyper) -> None:
     """`hyper`: the device's (HYPER_SIZE,) float64 hyperparameters (kernels/schedule.cuh)."""
-    if hyper.shape != (HYPER_SIZE,) or hyper.dtype != np.float64 or not hyper.flags.c_contiguous:
-        raise ValueError(f"hyper must be a contiguous ({HYPER_SIZE},) float64 array "
-                         f"(kernels/schedule.cuh), got {hyper.dtype} with shape {hyper.shape}")
+    require_float64_contiguous(hyper=hyper)
+    if hyper.shape != (HYPER_SIZE,):
+        raise ValueError(f"hyper must be a ({HYPER_SIZE},) array (kernels/schedule.cuh), "
+                         f"got shape {hyper.shape}")
 
 
 def require_sched(sched) -> None:

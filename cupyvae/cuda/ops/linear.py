@@ -66,9 +66,6 @@ SPLIT_K_TARGET_BLOCKS = 132
 SPLIT_K_MIN_STAGES = 2
 SPLIT_K_MAX = 16
 
-_INT32_MAX = 2 ** 31 - 1
-
-
 def linear_workspace(device: str):
     """A zeroed split-K workspace for `device` ("emulated": NumPy, "cuda": CuPy)."""
     return to_device(np.zeros(LINEAR_WORKSPACE_FLOATS, np.float32), device)
@@ -157,9 +154,8 @@ def _choose_splits(what: str, m: int, n: int, k: int, splits, workspace, like) -
         _require_workspace(workspace, like)
     if splits is None:
         return 1 if workspace is None else linear_splits(m, n, k)
-    if isinstance(splits, bool) or int(splits) != splits or splits < 1:
-        raise ValueError(f"{what}: splits must be a positive integer, got {splits!r}")
-    splits, stages, tiles = int(splits), -(-k // LINEAR_TILE_K), gemm_tiles(m, n)
+    splits = _checks.positive_int(f"{what}: splits", splits)
+    stages, tiles = -(-k // LINEAR_TILE_K), gemm_tiles(m, n)
     if splits == 1:
         return 1
     if workspace is None:
@@ -203,15 +199,15 @@ def _require_shape(name: str, array, shape: tuple, x, w) -> None:
 def _require_int32_sizes(**arrays) -> None:
     """The kernels index with 32-bit ints."""
     for name, array in arrays.items():
-        if array.size > _INT32_MAX:
+        if array.size > _checks.INT32_MAX:
             raise ValueError(f"{name} {array.shape} has {array.size} elements; the linear "
-                             f"kernels index with int32 (at most {_INT32_MAX})")
+                             f"kernels index with int32 (at most {_checks.INT32_MAX})")
 
 
 def _grid(blocks: int) -> tuple[int]:
     """(blocks,), at least 1 (an empty grid is invalid; a block past the work returns)."""
-    if blocks > _INT32_MAX:
-        raise ValueError(f"{blocks} blocks exceed CUDA's grid.x limit {_INT32_MAX}")
+    if blocks > _checks.INT32_MAX:
+        raise ValueError(f"{blocks} blocks exceed CUDA's grid.x limit {_checks.INT32_MAX}")
     return (max(blocks, 1),)
 
 
