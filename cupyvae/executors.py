@@ -186,16 +186,12 @@ class NumpyExecutor:
         return nll, log_p, log_q
 
 
-# Prior draws (VAE.sample): the Philox steps of STREAM_PRIOR giving u and eps.
-PRIOR_U_STEP, PRIOR_EPS_STEP = 0, 1
-
-
 def prior_draws(spec: ModelSpec, params: dict, n: int, seed: int) -> np.ndarray:
     """n draws z (n, Z) of the prior, from uniforms u (n,) and standard normals eps (n, Z)
-    of STREAM_PRIOR (steps PRIOR_U_STEP, PRIOR_EPS_STEP): prior.sample(density, u, eps).
+    of STREAM_PRIOR (steps philox.PRIOR_U_STEP, PRIOR_EPS_STEP): prior.sample(density, u, eps).
     `params`: the model's named host parameters (the VampPrior encodes its pseudo-inputs)."""
-    u = philox.uniform(seed, PRIOR_U_STEP, n, 1, philox.STREAM_PRIOR)[:, 0]
-    eps = philox.normal(seed, PRIOR_EPS_STEP, n, spec.latent_dim, philox.STREAM_PRIOR)
+    u = philox.uniform(seed, philox.PRIOR_U_STEP, n, 1, philox.STREAM_PRIOR)[:, 0]
+    eps = philox.normal(seed, philox.PRIOR_EPS_STEP, n, spec.latent_dim, philox.STREAM_PRIOR)
     return spec.prior.sample(prior_state(spec, params).density, u, eps)
 
 
