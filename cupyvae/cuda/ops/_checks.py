@@ -84,9 +84,15 @@ def require_int32_dims(shape) -> None:
 
 
 def float32_scalar(name: str, value) -> np.float32:
+    """`value` as the kernel's float32 parameter; it must be finite as a float32 (a NaN or
+    infinite scale would turn every output into NaN without an error)."""
     if np.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
-    return np.float32(value)
+    with np.errstate(over="ignore"):
+        converted = np.float32(value)
+    if not np.isfinite(converted):
+        raise ValueError(f"{name} must be finite in float32, got {value!r}")
+    return converted
 
 
 def uint32_scalar(name: str, value) -> np.uint32:
