@@ -114,7 +114,8 @@ def linear_backward(x, w, da, activation_x: str, dw, db, dx_pre=None, workspace=
     x (B, I) = act_x(a_prev) is the layer's input, w (I, O) its weight, da (B, O) the
     gradient wrt its pre-activation; dx_pre is the previous layer's pre-activation gradient
     (plain dx for activation_x "identity", where x is not read for it).  w is read only
-    for dx_pre.  splits_w / splits_x override the split-K factors of the two GEMMs.
+    for dx_pre.  splits_w / splits_x override the split-K factors of the two GEMMs (splits_x
+    only with a dx_pre: ValueError otherwise).
     """
     _checks.require_float32_contiguous(x=x, w=w, da=da, dw=dw, db=db)
     _checks.require_same_array_kind(x, w, da, dw, db)
@@ -127,6 +128,9 @@ def linear_backward(x, w, da, activation_x: str, dw, db, dx_pre=None, workspace=
                               workspace, x)
     blocks = splits_w * gemm_tiles(inputs, outputs)
     if dx_pre is None:
+        if splits_x is not None:
+            raise ValueError(f"linear_backward: splits_x={splits_x!r} splits the dx GEMM, but "
+                             "dx_pre is None (no dx is computed)")
         splits_x, stand_in = 1, dw            # never touched with has_dx = 0
     else:
         _checks.require_float32_contiguous(dx_pre=dx_pre)
