@@ -91,6 +91,7 @@ class NumpyExecutor:
         seed, z_dim, batch_size = self.spec.config.seed, self.spec.latent_dim, options.batch_size
         hyper = hyper_array(options, optimizer)
         n_batches = len(perm) // batch_size
+        check_step_counter(optimizer.step_count, n_batches)
         total = 0.0
         # The Adam step count keys each step's noise and schedules, identically on every
         # device; IWAE's k rows per example are rows b*k + i of a step's draw (k = 1: the
@@ -193,6 +194,15 @@ def prior_draws(spec: ModelSpec, params: dict, n: int, seed: int) -> np.ndarray:
     u = philox.uniform(seed, philox.PRIOR_U_STEP, n, 1, philox.STREAM_PRIOR)[:, 0]
     eps = philox.normal(seed, philox.PRIOR_EPS_STEP, n, spec.latent_dim, philox.STREAM_PRIOR)
     return spec.prior.sample(prior_state(spec, params).density, u, eps)
+
+
+def check_step_counter(step_count: int, n_steps: int) -> None:
+    """OverflowError, before an epoch of n_steps starting at Adam step `step_count`, if the
+    step counter would reach 2^32: it keys Philox and the schedules as a uint32 (in device
+    memory on the kernel devices), on every executor alike."""
+    if step_count + n_steps >= 2 ** 32:
+        raise OverflowError(f"the step counter would pass 2^32 ({step_count} + {n_steps} steps; "
+                            "it keys Philox and Adam as a uint32)")
 
 
 def _map_chunks(x: np.ndarray, chunk: int | None, progress: Callable[[int], None] | None,

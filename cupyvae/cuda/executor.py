@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import philox
-from ..executors import EXECUTORS, chunk_slices, prior_draws
+from ..executors import EXECUTORS, check_step_counter, chunk_slices, prior_draws
 from ..objectives import objective_for
 from ..optim import grad_norm_blocks
 from ..schedules import HYPER_SIZE, SCHED_KL_WEIGHT, SCHED_SIZE, hyper_array
@@ -217,9 +217,7 @@ class KernelExecutor:
         self.check_objective(objective)
         data = self._device_data(x)
         n_batches = len(perm) // options.batch_size
-        if optimizer.step_count + n_batches >= 2 ** 32:
-            raise OverflowError("the step counter would pass 2^32 (it keys Philox and Adam in "
-                                "uint32 device memory)")
+        check_step_counter(optimizer.step_count, n_batches)
         hyper = hyper_array(options, optimizer)
         with self._epoch_stream():
             perm_dev = self._perm            # overwritten in place: the plan keeps its address
