@@ -57,8 +57,3 @@ def step_terms(recon: np.ndarray, kl: np.ndarray, counters: np.ndarray,
         terms[1, batch] = kl.astype(np.float64).sum() / kl.shape[0]
     return terms
 
-
-def start_epoch(counters: np.ndarray) -> np.ndarray:
-    """counters[1] = 0 (first batch of an epoch); the global step runs on; in place."""
-    counters[1] = 0
-    return counters

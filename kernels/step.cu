@@ -49,7 +49,7 @@
 //                   two slots written with `=`.  Summed in double (the NumPy path's
 //                   float64 means), then rounded; one block, fixed reduction trees:
 //                   deterministic for a given block size.
-// start_epoch:      counters[1] = 0.  One thread; before an epoch's first step.
+// An epoch starts with counters = [the optimizer's step count, 0], uploaded by the executor.
 // No gradients here: nothing in this file is differentiated.
 // NumPy twins: cupyvae.step_twins (same names, same arguments).
 #include "philox.cuh"
@@ -130,12 +130,5 @@ extern "C" __global__ void step_terms(const float* recon, const float* kl, float
             terms[batch] = (float)(recon_total / (double)R);
             terms[n_batches + batch] = (float)(kl_total / (double)R);
         }
-    }
-}
-
-extern "C" __global__ void start_epoch(unsigned int* counters)
-{
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        counters[1] = 0u;
     }
 }

@@ -1,4 +1,4 @@
-"""kernels/step.cu (gather_rows, end_step, step_terms, start_epoch) against the NumPy twins in
+"""kernels/step.cu (gather_rows, end_step, step_terms) against the NumPy twins in
 cupyvae.step_twins, on every backend, including steps replayed past the epoch's end."""
 import dataclasses
 import functools
@@ -158,9 +158,9 @@ def test_end_step_is_deterministic_across_thread_orders(batch):
 
 
 @pytest.mark.parametrize("start", [(0, 0), (41, 3), (2 ** 32 - 1, 7)])
-def test_end_step_advances_and_start_epoch_resets(backend, start):
+def test_end_step_advances_the_counters(backend, start):
     """end_step: step and batch both +1 (uint32, wrapping like the twin), even past the
-    last slot (where it writes no loss); start_epoch: batch = 0."""
+    last slot (where it writes no loss)."""
     nll, kl = loss_inputs(3)
     losses, got = end_step(backend, nll, kl, start, 2)
     twin_losses, twin = step_twins.end_step(nll, kl, ONE, np.array(start, np.uint32),
@@ -168,11 +168,6 @@ def test_end_step_advances_and_start_epoch_resets(backend, start):
     np.testing.assert_array_equal(got, twin)
     np.testing.assert_array_equal(np.isnan(losses), np.isnan(twin_losses))
     assert int(got[0]) == (start[0] + 1) % 2 ** 32 and int(got[1]) == start[1] + 1
-    device_counters = to_device(got, backend)
-    run(ops.start_epoch(device_counters), backend)
-    np.testing.assert_array_equal(to_host(device_counters),
-                                  step_twins.start_epoch(twin.copy()))
-    assert int(to_host(device_counters)[1]) == 0
 
 
 # ------------------------------------------------------------------ replay past the end
@@ -225,8 +220,8 @@ def test_a_recorded_epoch_replayed_one_step_too_far_stays_in_bounds():
 
 
 def test_two_epochs_of_step_glue_match_the_numpy_executor_loop(backend):
-    """start_epoch, then per batch: gather (binarized), end_step -- all
-    driven by the device counters alone, exactly as NumpyExecutor.train_epoch keys its
+    """Counters [step count, 0] uploaded per epoch (as the kernel executor does), then per
+    batch: gather (binarized), end_step -- all driven by the device counters alone, exactly as NumpyExecutor.train_epoch keys its
     batches (perm slice i) and noise (step = optimizer.step_count before the update)."""
     n, dim, batch = 23, 10, 5
     n_batches = n // batch                      # whole batches only, as train_epoch
@@ -242,7 +237,7 @@ def test_two_epochs_of_step_glue_match_the_numpy_executor_loop(backend):
         perm = rng.permutation(n).astype(np.int32)
         perm_d = to_device(perm, backend)
         losses = to_device(np.full(n_batches, np.nan, np.float32), backend)
-        run(ops.start_epoch(counters), backend)
+        counters[...] = to_device(np.array([step_count, 0], np.uint32), backend)
         expected_losses = []
         for i in range(n_batches):
             run(ops.gather_rows(data_d, perm_d, counters, batch, True, SEED, xb), backend)
@@ -271,8 +266,6 @@ def test_launch_shapes_and_types():
     assert end.args[2] is ONE, "the KL weight is read on the device, never passed by value"
     assert [type(a) for a in end.args[5:]] == [np.int32, np.uint32]
     assert [int(a) for a in end.args[5:]] == [37, 5]
-    assert ops.start_epoch(counters).grid == (1,)
-    assert ops.start_epoch(counters).args == (counters,)
 
 
 @pytest.mark.parametrize("change, message", [
