@@ -580,6 +580,7 @@ def test_a_split_that_overflows_the_workspace_is_refused():
     (dict(db=np.zeros((1, 3), np.float32)), r"db must have shape \(3,\).*\(1, 3\)"),
     (dict(db=np.zeros(3, np.float64)), "db must be float32"),
     (dict(splits_x=2), "linear_backward dx: splits=2 needs a split-K workspace"),
+    (dict(dx_pre=None, splits_x=1), "splits_x=1 splits the dx GEMM, but dx_pre is None"),
 ])
 def test_backward_launch_rejects_bad_arguments(change, message):
     args = dict(x=np.zeros((4, 6), np.float32), w=np.zeros((6, 3), np.float32),
