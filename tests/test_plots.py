@@ -84,7 +84,7 @@ def test_latent_scatter_with_many_classes_uses_a_colour_bar(model, tmp_path):
 
 def test_manifold_grid_is_the_decoded_grid_at_an_integer_zoom(model, tmp_path):
     image = pixels(plots.manifold_grid(model, tmp_path / "manifold.png", n=6))
-    side = mosaic_side_px(6, 8, pad=0)
+    side = mosaic_side_px(6, 8, pad=1)      # a one-pixel gap keeps small images apart
     margins = 2 * plots.MARGIN_PX + plots.LINE_PX       # plus the axis label on each side
     assert image.shape[1] == side + margins
     assert image.shape[0] == side + margins + 2 * plots.LINE_PX    # and a two-line title
@@ -287,7 +287,9 @@ def prior_marks(ax):
 @pytest.mark.parametrize("latent_dim", [2, 4])
 def test_the_latent_scatter_marks_the_mixture_means_projected_like_the_codes(latent_dim, monkeypatch):
     mog = with_prior(hand_built(latent_dim=latent_dim), "mog", 3)
-    means = np.random.default_rng(0).normal(0, 2, (3, latent_dim))
+    # Means among the codes (z1 in [6, 10], z2 in [-8, -4], the rest 3): all drawn as crosses.
+    means = np.full((3, latent_dim), 3.0) + np.random.default_rng(0).uniform(-0.5, 0.5, (3, latent_dim))
+    means[:, :2] += [[5.0, -9.0]]
     mog.params["prior.components"][:, :latent_dim] = means
     mog.params["prior.logits"][:] = [0.0, np.log(4.0), 0.0]      # weights 1/6, 4/6, 1/6
     figures = drawn_figures(monkeypatch)
@@ -303,6 +305,25 @@ def test_the_latent_scatter_marks_the_mixture_means_projected_like_the_codes(lat
     assert "prior component means (K = 3, area ∝ weight)" in [t.get_text() for t in ax.get_legend().get_texts()]
     legend_mark = ax.get_legend().legend_handles[0]
     assert legend_mark.get_sizes()[0] == plots.PRIOR_MARK_AREA     # not the legend's 3x scale
+
+
+def test_prior_means_far_from_the_codes_are_arrows_and_do_not_widen_the_axes(monkeypatch):
+    mog = with_prior(hand_built(), "mog", 3)
+    # The codes span z1 in [6, 10], z2 in [-8, -4]; one mean among them, two far away.
+    means = np.array([[8.0, -6.0], [60.0, -6.0], [8.0, 40.0]])
+    mog.params["prior.components"][:, :2] = means
+    figures = drawn_figures(monkeypatch)
+    x = uniform_images(300)
+    view = plots.latent_view(mog, x)
+    plots.latent_scatter(mog, x, None, "latent.png", view=view)
+    ax = figures[0].axes[0]
+    np.testing.assert_allclose(prior_marks(ax).get_offsets(), means[:1], rtol=1e-5)
+    arrows = {line.get_marker(): len(line.get_xdata()) for line in ax.lines
+              if line.get_marker() in ("<", ">", "^", "v")}
+    assert arrows == {">": 1, "^": 1}          # towards +z1 and +z2
+    assert "2 more beyond the axes (arrows)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    # Equal aspect may widen one axis to the other's span (4 + margins), never to 60 or 40.
+    assert ax.get_xlim()[1] < 12 and ax.get_ylim()[1] < -2
 
 
 def test_vamp_marks_the_posterior_means_of_its_encoded_pseudo_inputs(monkeypatch):
