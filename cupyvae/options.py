@@ -209,13 +209,19 @@ def registered(registry) -> Check:
 class RegisteredName(click.Choice):
     """A command-line choice among a registry's names that also takes its retired aliases
     (Registry.alias; not listed among the choices): an alias becomes the current name, with
-    a note on stderr, so an old command line still runs and the run records the new name."""
+    a note on stderr, so an old command line still runs and the run records the new name.
+    An unknown name gets the registry's message, with its did-you-mean suggestion."""
 
     def __init__(self, registry):
         self.registry = registry
         super().__init__(registry.names())
 
     def convert(self, value, param, ctx):
+        if isinstance(value, str) and value not in self.registry:
+            try:
+                self.registry.get(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
         if isinstance(value, str) and value not in self.choices and value in self.registry:
             current = self.registry.canonical(value)
             named = param.opts[0] if param is not None and param.opts else self.registry.role

@@ -124,6 +124,9 @@ def test_encode_run_encodes_in_batches_with_progress(run_dir, tmp_path, monkeypa
     (["evaluate", "--iw-samples", "2"], ["negative ELBO (30 test examples)",
                                          "importance sampling, K=2 (30 test examples)"]),
     (["encode", "-o", "{tmp}/c.npy"], ["encoding 150 examples"]),
+    (["plot"], ["drawing 5 pictures"]),
+    (["explore", "--save", "{tmp}/e.png"], ["encoding 30 examples"]),   # the test split's codes
+    (["sample", "-o", "{tmp}/s.png"], []),                              # nothing long: --quiet is accepted
 ])
 def test_progress_is_on_stderr_and_quiet_turns_it_off(command, labels, run_dir, tiny_npz, tmp_path):
     def invoke(*extra):
