@@ -153,7 +153,9 @@ def device_notice(show: bool):
         yield
 
 
-quiet_option = click.option("--quiet", "-q", is_flag=True,
+# Eager, so it is parsed first and a note while parsing the others (a renamed choice,
+# options.RegisteredName) can honour it.
+quiet_option = click.option("--quiet", "-q", is_flag=True, is_eager=True,
                             help="No progress bars or notes on stderr (results and errors only).")
 checkpoint_option = click.option(
     "--checkpoint", type=click.Choice(runs.CHECKPOINTS), default="best", show_default=True,

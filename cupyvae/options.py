@@ -225,8 +225,9 @@ class RegisteredName(click.Choice):
         if isinstance(value, str) and value not in self.choices and value in self.registry:
             current = self.registry.canonical(value)
             named = param.opts[0] if param is not None and param.opts else self.registry.role
-            click.echo(f"cupyvae: {named} {value} is now called {current}; using that name",
-                       err=True)
+            if ctx is None or not ctx.params.get("quiet"):   # --quiet is eager: already parsed
+                click.echo(f"cupyvae: {named} {value} is now called {current}; using that name",
+                           err=True)
             value = current
         return super().convert(value, param, ctx)
 

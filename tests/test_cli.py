@@ -346,6 +346,10 @@ def test_the_old_likelihood_name_gaussian_trains_as_gaussian_sigmoid(tiny_npz, t
     assert_ok(result)
     assert "--likelihood gaussian is now called gaussian-sigmoid" in result.stderr
     assert json.loads((run_dir / "config.json").read_text())["model"]["likelihood"] == "gaussian-sigmoid"
+    quiet = run_cli("train", "--data", tiny_npz, "--epochs", 1, *TINY_MODEL, "--likelihood",
+                    "gaussian", "--out", run_dir, "--force", "--quiet")      # --quiet after it
+    assert_ok(quiet)
+    assert quiet.stderr == ""
 
 
 @pytest.mark.parametrize("flags, suggestion", [
