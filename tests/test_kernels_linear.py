@@ -551,7 +551,7 @@ def _forward_args(**change):
     (dict(x=np.zeros((4, 6), np.float64)), "float32"),
     (dict(w=np.zeros((3, 6), np.float32).T), "C-contiguous"),
     (dict(x=np.zeros(24, np.float32)), r"2-D .*\(24,\)"),
-    (dict(activation="gelu"), "unknown activation 'gelu'; available: identity, relu"),
+    (dict(activation="gelu"), r"unknown activation 'gelu' \(did you mean 'relu'\?\); available: identity, relu"),
     (dict(splits=2), r"splits=2 needs a split-K workspace"),
     (dict(splits=0), "splits must be a positive integer"),
     (dict(workspace=np.zeros(10, np.float32)), r"workspace must be a flat float32 buffer"),
