@@ -11,7 +11,7 @@ import numpy as np
 
 from . import philox
 from .arrays import as_float32_examples
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
@@ -108,7 +108,9 @@ class VAE:
         once the validation loss has not improved for that many epochs (counted over the
         whole history, so resuming from a checkpoint stops where an uninterrupted run
         would); with `checkpoint`, the best epoch's model is also written beside it
-        (best_checkpoint_path: model.safetensors -> model.best.safetensors).
+        (best_checkpoint_path: model.safetensors -> model.best.safetensors; see
+        sync_best_checkpoint for a history trained without patience).  Without `checkpoint`
+        the model keeps the last epoch's parameters, not the best's.
 
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
         one epoch.  `verbose`: 0 silent, 1 one line per epoch on stderr, 2 also progress
@@ -135,6 +137,9 @@ class VAE:
         self._ensure_optimizer(options.lr, options.weight_decay)
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
+        keep_best = checkpoint is not None and options.patience is not None
+        if keep_best:
+            self.sync_best_checkpoint(checkpoint)
         first = len(self.history["epoch"])
         last_epoch = first + options.epochs
         with blas_threads(options.threads):
@@ -145,12 +150,36 @@ class VAE:
                 record = self._train_one_epoch(x_train, x_val, options, reporter)
                 if checkpoint is not None:
                     self.save(checkpoint)
-                    if options.patience is not None and best_epoch(self.history)[0] == epoch:
+                    if keep_best and best_epoch(self.history)[0] == epoch:
                         self.save(best_checkpoint_path(checkpoint))
                 reporter.epoch_finished(record)
                 if on_epoch is not None:
                     on_epoch(record)
         return {key: list(values[first:]) for key, values in self.history.items()}
+
+    def sync_best_checkpoint(self, checkpoint: str | Path) -> None:
+        """Make best_checkpoint_path(checkpoint) hold the best epoch of this model's history
+        before fit(patience=...) continues it: a history trained without patience (or a
+        process killed between writing the last and the best checkpoint) may have left it
+        missing or stale.  Where the best epoch is the last one, its model is this one and is
+        written; where it is an earlier epoch whose model was not kept, ValueError (its
+        parameters are gone, so early stopping could not return them)."""
+        best = best_epoch(self.history)
+        if best is None:
+            return
+        path = best_checkpoint_path(checkpoint)
+        kept = kept_epoch(path)
+        if kept == best:
+            return
+        if best[0] == self.history["epoch"][-1]:
+            self.save(path)
+            return
+        held = (f"holds epoch {kept[0]}" if kept else
+                "is unreadable" if path.is_file() else "does not exist")
+        raise ValueError(f"patience: the best epoch so far is epoch {best[0]} (validation loss "
+                         f"{best[1]:.4f}), but its model was not kept ({path} {held}: epochs "
+                         "trained without patience keep no best model), so early stopping could "
+                         "not return it; continue without patience, or train a new model with it")
 
     def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
         """`options` if this model can train with them on its device, else ValueError naming
@@ -457,6 +486,18 @@ def format_epoch(record: dict) -> str:
     val = "" if record["val_loss"] is None else f"  val {record['val_loss']:.3f}"
     return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.3f}{val}  "
             f"({record['seconds']:.1f} s)")
+
+
+def kept_epoch(path: str | Path) -> tuple[int, float] | None:
+    """(epoch, validation loss) of the last epoch a checkpoint file holds; None when the
+    file is missing, damaged or holds no validated epoch."""
+    try:
+        history = load_checkpoint(path).history
+    except CheckpointError:
+        return None
+    if not history["epoch"] or history["val_loss"][-1] is None:
+        return None
+    return history["epoch"][-1], history["val_loss"][-1]
 
 
 def best_checkpoint_path(checkpoint: str | Path) -> Path:

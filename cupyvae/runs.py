@@ -48,7 +48,7 @@ from .csvdata import csv_reference, is_csv_reference, parse_csv_reference
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
 from .files import write_atomic
-from .model import VAE, TrainingDiverged, best_checkpoint_path, load
+from .model import VAE, TrainingDiverged, best_checkpoint_path, kept_epoch, load
 from .progress import Reporter
 from .options import Check, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
 from .threads import default_threads
@@ -195,11 +195,23 @@ def load_run(folder: Path, device: str = "auto", execution: str | None = None,
 
 
 def checkpoint_path(folder: Path, checkpoint: str = "last") -> Path:
-    """The file of checkpoint "last" or "best" (see load_run)."""
+    """The file of checkpoint "last" or "best" (see load_run).  RunError when the best
+    file does not hold the best epoch of the last checkpoint's history (a run resumed
+    without --patience, say, trained past it)."""
     if checkpoint not in CHECKPOINTS:
         raise RunError(f"checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
-    best = Path(folder) / BEST_CHECKPOINT_FILE
-    return best if checkpoint == "best" and best.is_file() else Path(folder) / CHECKPOINT_FILE
+    best, last = Path(folder) / BEST_CHECKPOINT_FILE, Path(folder) / CHECKPOINT_FILE
+    if checkpoint == "last" or not best.is_file():
+        return last
+    history = _checkpoint_history(last)
+    wanted = None if history is None else best_epoch(history)
+    kept = kept_epoch(best)
+    if wanted is not None and kept != wanted:
+        held = f"epoch {kept[0]}" if kept else "no readable epoch"
+        raise RunError(f"{best} holds {held}, but the best validation loss of {last} is at epoch "
+                       f"{wanted[0]} (the run was continued without --patience, which keeps no "
+                       "best model); use --checkpoint last")
+    return best
 
 
 # ---------------------------------------------------------------------- writing
@@ -322,7 +334,9 @@ class Run:
                     self._fit(reporter, done, target)
                 stop = early_stop_message(self.model.history, self.config.training.patience)
                 if stop:
-                    reporter.message(f"{stop}; its model is {self.folder / BEST_CHECKPOINT_FILE}")
+                    best = self.folder / BEST_CHECKPOINT_FILE
+                    kept = f"its model is {best}" if best.is_file() else "its model was not kept"
+                    reporter.message(f"{stop}; {kept}")
                 reporter.message("writing plots ...")
                 write_run_plots(self.folder, self.config, self._plot_model(), self.dataset,
                                 self.model.history)
@@ -429,6 +443,11 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     done = len(model.history["epoch"])
     if done >= training.epochs or stopped_early(model.history, training.patience):
         return None
+    if training.patience is not None:
+        try:    # before loading the data: is the best epoch's model kept (or this one)?
+            model.sync_best_checkpoint(folder / CHECKPOINT_FILE)
+        except ValueError as exc:
+            raise RunError(f"--{exc}") from None
     dataset = load_dataset(run_options.data)
     x_train, x_val, summary = _training_data(model, dataset, training, run_options)
     _refuse_changed_split(folder, config.dataset, summary)

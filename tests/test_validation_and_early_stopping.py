@@ -217,3 +217,54 @@ def test_patience_without_any_validation_set_is_refused_before_writing(tmp_path)
         runs.start_run(tmp_path / "run", {"hidden": (8,)}, TrainingOptions(batch_size=2, patience=2),
                        runs.RunOptions(data=str(path), device="cpu"))
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- the best checkpoint
+def test_patience_added_on_resume_keeps_the_last_epoch_when_it_is_the_best(tmp_path, tiny_npz,
+                                                                           scripted_val_loss):
+    scripted_val_loss.extend([5.0, 4.0, 3.0])          # trained without patience: best = last
+    start(tmp_path, tiny_npz, epochs=3).train(runs.Reporter())
+    folder = tmp_path / "run"
+    assert not (folder / runs.BEST_CHECKPOINT_FILE).exists()
+    scripted_val_loss.extend([3.5, 3.6])
+    messages = []
+
+    class Collect(runs.Reporter):
+        def message(self, text):
+            messages.append(text)
+    runs.resume_run(folder, {"epochs": 10, "patience": 2}).train(Collect())
+    assert cupyvae.load(folder / runs.BEST_CHECKPOINT_FILE).history["epoch"] == [1, 2, 3]
+    assert runs.checkpoint_path(folder, "best").name == runs.BEST_CHECKPOINT_FILE
+    assert any("stopped early at epoch 5" in m and runs.BEST_CHECKPOINT_FILE in m for m in messages)
+
+
+def test_patience_added_on_resume_is_refused_when_the_best_model_was_not_kept(
+        tmp_path, tiny_npz, scripted_val_loss):
+    scripted_val_loss.extend([5.0, 3.0, 4.0])          # best epoch 2, never written
+    start(tmp_path, tiny_npz, epochs=3).train(runs.Reporter())
+    with pytest.raises(runs.RunError, match=r"--patience: the best epoch so far is epoch 2 .*"
+                                            r"does not exist"):
+        runs.resume_run(tmp_path / "run", {"epochs": 10, "patience": 2})
+    with pytest.raises(ValueError, match="patience: the best epoch so far is epoch 2"):
+        cupyvae.load(tmp_path / "run" / runs.CHECKPOINT_FILE).fit(
+            toy_data(20), toy_data(10, 1), epochs=1, batch_size=10, patience=2,
+            checkpoint=tmp_path / "api.safetensors")
+
+
+def test_a_best_checkpoint_lost_to_a_kill_is_rewritten_on_resume(tmp_path, tiny_npz,
+                                                                 scripted_val_loss):
+    scripted_val_loss.extend([5.0, 4.0])
+    start(tmp_path, tiny_npz, epochs=2, patience=2).train(runs.Reporter())
+    folder = tmp_path / "run"
+    # Killed between writing the last checkpoint (epoch 2, the best) and the best one:
+    assert cupyvae.load(folder / runs.CHECKPOINT_FILE).history["epoch"] == [1, 2]
+    last = cupyvae.load(folder / runs.CHECKPOINT_FILE)
+    last.history = {k: v[:1] for k, v in last.history.items()}
+    last.save(folder / runs.BEST_CHECKPOINT_FILE)       # one epoch stale
+    with pytest.raises(runs.RunError, match=r"holds epoch 1, but the best validation loss .* "
+                                            r"is at epoch 2"):
+        runs.load_run(folder, "cpu", checkpoint="best")
+    scripted_val_loss.extend([4.5])
+    runs.resume_run(folder, {"epochs": 3}).train(runs.Reporter())
+    assert cupyvae.load(folder / runs.BEST_CHECKPOINT_FILE).history["epoch"] == [1, 2]
+    assert runs.load_run(folder, "cpu", checkpoint="best")[1].history["epoch"] == [1, 2]
