@@ -52,7 +52,8 @@ from .model import VAE, TrainingDiverged, best_checkpoint_path, kept_epoch, load
 from .progress import Reporter
 from .options import Check, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
 from .threads import default_threads
-from .training import TrainingOptions, best_epoch, split_digest, split_validation, stopped_early
+from .training import (TrainingOptions, best_epoch, data_digest, split_digest, split_validation,
+                       stopped_early)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -450,9 +451,9 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
             raise RunError(f"--{exc}") from None
     dataset = load_dataset(run_options.data)
     x_train, x_val, summary = _training_data(model, dataset, training, run_options)
-    _refuse_changed_split(folder, config.dataset, summary)
+    _refuse_changed_data(folder, run_options.data, config.dataset, summary)
     config = RunConfig(model=config.model, training=training, run=run_options,
-                       dataset=config.dataset)
+                       dataset={**summary, **config.dataset})   # older runs gain the digests
     remove_stale_temporaries(folder)
     config.write(folder)
     return Run(folder, config, model, dataset, x_train, x_val)
@@ -472,13 +473,21 @@ def finished_message(folder: Path, changes: dict) -> str:
             f"(`cupyvae plot {shlex.quote(str(folder))}` rewrites its plots)")
 
 
-def _refuse_changed_split(folder: Path, stored: dict, summary: dict) -> None:
-    """A resumed run must validate on the examples it validated on before."""
-    key = "validation_rows_sha256"
-    if key in stored and stored.get(key) != summary.get(key):
-        raise RunError(f"the training data of {folder} changed since the run started: its "
-                       f"validation split ({CONFIG_FILE}: {stored.get('validation_examples')} "
-                       "examples) is not the one the data give now; start a new run")
+# What a resumed run compares with config.json's dataset section (those it holds: runs
+# started before the digests existed have only the counts).
+DATA_IDENTITY = ("train_examples", "validation_examples", "validation_rows_sha256",
+                 "train_sha256", "validation_sha256")
+
+
+def _refuse_changed_data(folder: Path, data: str, stored: dict, summary: dict) -> None:
+    """A resumed run must train and validate on the examples it started with."""
+    changed = [key for key in DATA_IDENTITY if key in stored and stored[key] != summary.get(key)]
+    if changed:
+        counts = (f"{stored.get('train_examples')} training and "
+                  f"{stored.get('validation_examples')} validation examples")
+        raise RunError(f"the data of {folder} changed since the run started: {data} no longer "
+                       f"gives the examples in {CONFIG_FILE} ({counts}; {', '.join(changed)} "
+                       "differ); restore the data or start a new run")
 
 
 def _refuse_changed_options(stored: RunConfig, changes: dict) -> None:
@@ -527,11 +536,15 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
         summary = {"name": dataset.name, "train_examples": len(train_rows),
                    "validation": f"{training.val_fraction:g} of the train split",
                    "validation_examples": len(val_rows), "split_seed": model.config.seed,
-                   "validation_rows_sha256": split_digest(val_rows)}
+                   "validation_rows_sha256": split_digest(val_rows),
+                   "train_sha256": data_digest(x_train)}
     else:
         x_val = validation_split(model, dataset, training.binarize)
         summary = {"name": dataset.name, "train_examples": len(x_train), "validation": "test split",
-                   "validation_examples": 0 if x_val is None else len(x_val)}
+                   "validation_examples": 0 if x_val is None else len(x_val),
+                   "train_sha256": data_digest(x_train)}
+        if x_val is not None:
+            summary["validation_sha256"] = data_digest(x_val)
     model.spec.prior.check_training_set(summary["train_examples"],
                                         f"the training set ({dataset.name})")
     if training.batch_size > summary["train_examples"]:

@@ -126,6 +126,16 @@ def split_digest(val_rows: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(val_rows, dtype=np.int64).tobytes()).hexdigest()
 
 
+def data_digest(x: np.ndarray) -> str:
+    """SHA-256 of a data set's shape and float32 bytes (C order), recorded in a run's
+    config.json so that a resumed run can check that it trains and validates on the same
+    examples (a replaced data file is refused, not silently trained on)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    digest = hashlib.sha256(repr(x.shape).encode())
+    digest.update(x.tobytes())
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------------- early stopping
 def best_epoch(history: dict) -> tuple[int, float] | None:
     """(epoch, validation loss) of the lowest validation loss so far (the first of equal

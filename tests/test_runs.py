@@ -186,3 +186,23 @@ def test_nan_and_out_of_range_flags_are_refused_by_the_cli(flag, value, tiny_npz
     assert result.exit_code != 0
     assert flag in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()          # refused before anything was written
+
+
+# ---------------------------------------------------------------------- the data of a run
+def test_resume_refuses_data_that_changed_naming_the_file(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "d.npy"
+    x = (rng.random((100, 6)) < 0.4).astype(np.float32)
+    np.save(path, x)
+    run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                         runs.RunOptions(data=str(path), device="cpu", limit=40))
+    run.train(runs.Reporter())
+    x[60:65] = 1 - x[60:65]                    # rows past --limit, none of the test split
+    np.save(path, x)
+    assert runs.resume_run(run.folder, {"epochs": 2}) is not None
+    for changed in (np.concatenate([x, x]),     # more rows: a longer test split
+                    np.where(np.arange(100)[:, None] == 5, 1 - x, x)):   # same size, row 5 flipped
+        np.save(path, changed)
+        with pytest.raises(runs.RunError, match=rf"data of .* changed since the run started: "
+                                                rf"{_escaped(str(path))} no longer gives"):
+            runs.resume_run(run.folder, {"epochs": 2})

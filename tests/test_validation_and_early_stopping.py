@@ -12,8 +12,8 @@ import pytest
 import cupyvae
 from cupyvae import runs
 from cupyvae.model import VAE, best_checkpoint_path
-from cupyvae.training import (TrainingOptions, best_epoch, split_digest, split_validation,
-                              stopped_early)
+from cupyvae.training import (TrainingOptions, best_epoch, data_digest, split_digest,
+                              split_validation, stopped_early)
 
 SHAPE = (4, 5)
 
@@ -144,6 +144,10 @@ def start(tmp_path, tiny_npz, **training) -> runs.Run:
                           runs.RunOptions(data=str(tiny_npz), device="cpu"))
 
 
+def model_rows(run: runs.Run) -> np.ndarray:
+    return run.model.validate_data(run.dataset.x_train)
+
+
 def test_run_records_the_split_and_resume_checks_it(tmp_path, tiny_npz):
     run = start(tmp_path, tiny_npz, epochs=1, val_fraction=0.25)
     run.train(runs.Reporter())
@@ -151,7 +155,8 @@ def test_run_records_the_split_and_resume_checks_it(tmp_path, tiny_npz):
     _, val_rows = split_validation(70, 0.25, 2)
     assert dataset == {"name": "tiny.npz", "train_examples": 52, "validation": "0.25 of the train split",
                        "validation_examples": 18, "split_seed": 2,
-                       "validation_rows_sha256": split_digest(val_rows)}
+                       "validation_rows_sha256": split_digest(val_rows),
+                       "train_sha256": data_digest(model_rows(run))}
     assert runs.resume_run(run.folder, {"epochs": 2}) is not None
     x = toy_data(90, 4)                      # the data change under the run: another split
     np.savez(tiny_npz, x_train=x[:80], x_test=x[80:])
