@@ -50,7 +50,8 @@ from .executors import EXECUTORS, binarize_batch
 from .files import write_atomic
 from .model import VAE, TrainingDiverged, best_checkpoint_path, kept_epoch, load
 from .progress import Reporter
-from .options import Check, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
+from .options import (Check, ValidatedOptions, cli_fields, nonnegative_int, one_of, option,
+                      optional, positive_int)
 from .threads import default_threads
 from .training import (TrainingOptions, best_epoch, data_digest, split_digest, split_validation,
                        stopped_early)
@@ -168,10 +169,44 @@ def _upgrade_format_1(content: dict) -> dict:
     return {**content, "training": training, "run": run}
 
 
+def _text(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _sha256(value) -> str:
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise ValueError("must be a SHA-256 digest (64 lowercase hex digits)")
+    return value
+
+
+# config.json's dataset section: what the run trained and validated on (required keys
+# first; runs started before the digests existed lack the optional ones).
+DATASET_KEYS = {"name": Check("", _text), "train_examples": positive_int,
+                "validation": Check("", _text), "validation_examples": nonnegative_int}
+OPTIONAL_DATASET_KEYS = {"split_seed": nonnegative_int, "validation_rows_sha256": Check("", _sha256),
+                         "train_sha256": Check("", _sha256), "validation_sha256": Check("", _sha256)}
+
+
 def _dataset_section(section) -> dict:
+    """The dataset section, each key checked (ValueError naming the key)."""
     if not isinstance(section, dict):
         raise ValueError(f"dataset must be a JSON object, got {section!r}")
-    return section
+    known = {**DATASET_KEYS, **OPTIONAL_DATASET_KEYS}
+    unknown = sorted(set(section) - set(known))
+    missing = [key for key in DATASET_KEYS if key not in section]
+    if unknown or missing:
+        raise ValueError(f"dataset: {'unknown keys ' + str(unknown) if unknown else ''}"
+                         f"{'; ' if unknown and missing else ''}"
+                         f"{'missing keys ' + str(missing) if missing else ''}")
+    checked = {}
+    for key, value in section.items():
+        try:
+            checked[key] = known[key].accept(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"dataset {key} = {value!r}: {exc}") from None
+    return checked
 
 
 def load_run(folder: Path, device: str = "auto", execution: str | None = None,

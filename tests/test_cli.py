@@ -122,6 +122,8 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2
+    digests = {key: config["dataset"].pop(key) for key in ("train_sha256", "validation_sha256")}
+    assert all(len(digest) == 64 for digest in digests.values()) and len(set(digests.values())) == 2
     assert config["dataset"] == {"name": "tiny.npz", "train_examples": 160,
                                  "validation": "test split", "validation_examples": 40}
     assert config["command"].startswith("cupyvae train --data ")

@@ -59,6 +59,10 @@ def edit_config(folder: Path, section: str, **changes) -> None:
     ("training", {"momentum": 0.9}, "unknown training options ['momentum']"),
     ("model", {"hidden": [8, -1]}, "hidden = [8, -1]"),
     ("run", {"device": "tpu"}, "device = 'tpu'"),
+    ("dataset", {"validation_examples": "lots"}, "dataset validation_examples = 'lots'"),
+    ("dataset", {"train_examples": 0}, "dataset train_examples = 0"),
+    ("dataset", {"train_sha256": "abc"}, "dataset train_sha256 = 'abc'"),
+    ("dataset", {"rows": 5}, "dataset: unknown keys ['rows']"),
 ])
 def test_resume_refuses_an_invalid_stored_config_naming_the_field(trained, section, changes, named):
     edit_config(trained, section, **changes)
