@@ -253,8 +253,9 @@ def evaluate(run_dir: Path, device: str, iw_samples: int, threads: int | None, c
                    f"{result['log_likelihood']:.4f} nats per example, "
                    f"{result['log_likelihood_bits_per_dim']:.4f} bits/dim")
     reporter.message(f"bits/dim: {result['bits_per_dim_basis']}")
-    if "note" in result:
-        click.echo(f"note: {result['note']}")
+    for key in ("note", "selection_note"):
+        if key in result:
+            click.echo(f"note: {result[key]}")
     reporter.message(f"wrote {run_dir / runs.EVALUATION_FILE}")
 
 

@@ -364,6 +364,9 @@ class Run:
                          f"{self.config.dataset['train_examples']} examples, validation on "
                          f"{_validation_words(self.config.dataset)}, epochs {done + 1}-{target}, "
                          f"run folder {self.folder}")
+        bias = selection_bias(self.config)
+        if bias:
+            reporter.message(f"note: {bias}")
         try:
             with _sigterm_as_interrupt():
                 if target > done:
@@ -429,6 +432,16 @@ def early_stop_message(history: dict, patience: int | None) -> str | None:
     epoch, loss = best_epoch(history)
     return (f"stopped early at epoch {history['epoch'][-1]}: the validation loss has not "
             f"improved for {patience} epochs since epoch {epoch} ({loss:.3f})")
+
+
+def selection_bias(config: RunConfig) -> str | None:
+    """Why the test score of the best checkpoint is optimistic, when early stopping chose
+    it on the test split itself (patience without val_fraction); else None."""
+    if config.training.patience is None or config.dataset.get("validation") != "test split":
+        return None
+    return ("early stopping selects the best epoch by its loss on the test split, so the test "
+            "score of the best checkpoint is optimistically biased (--val-fraction selects "
+            "on held-out training examples instead)")
 
 
 def _validation_words(summary: dict) -> str:
@@ -662,6 +675,9 @@ def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
     note = density_note(model)
     if note:
         result["note"] = note
+    bias = selection_bias(config)
+    if bias and result["checkpoint"] == BEST_CHECKPOINT_FILE:
+        result["selection_note"] = bias
     write_json(folder / EVALUATION_FILE, result)
     return result
 

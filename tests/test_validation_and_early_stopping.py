@@ -273,3 +273,24 @@ def test_a_best_checkpoint_lost_to_a_kill_is_rewritten_on_resume(tmp_path, tiny_
     runs.resume_run(folder, {"epochs": 3}).train(runs.Reporter())
     assert cupyvae.load(folder / runs.BEST_CHECKPOINT_FILE).history["epoch"] == [1, 2]
     assert runs.load_run(folder, "cpu", checkpoint="best")[1].history["epoch"] == [1, 2]
+
+
+def test_early_stopping_on_the_test_split_is_said_to_bias_the_test_score(tmp_path, tiny_npz):
+    messages = []
+
+    class Collect(runs.Reporter):
+        def message(self, text):
+            messages.append(text)
+    start(tmp_path, tiny_npz, epochs=2, patience=1).train(Collect())
+    assert any("note: early stopping selects the best epoch by its loss on the test split" in m
+               for m in messages), messages
+    best = runs.evaluate_run(tmp_path / "run", "cpu")
+    assert best["checkpoint"] == runs.BEST_CHECKPOINT_FILE and "optimistically" in best["selection_note"]
+    assert "selection_note" not in runs.evaluate_run(tmp_path / "run", "cpu", checkpoint="last")
+    held_out = runs.start_run(tmp_path / "held-out", {"hidden": (8,), "latent_dim": 2},
+                              TrainingOptions(batch_size=10, epochs=2, patience=1, val_fraction=0.2),
+                              runs.RunOptions(data=str(tiny_npz), device="cpu"))
+    messages.clear()
+    held_out.train(Collect())
+    assert not any("optimistically" in m for m in messages)
+    assert "selection_note" not in runs.evaluate_run(held_out.folder, "cpu")
