@@ -125,6 +125,9 @@ class VAE:
                            None if progress is None else BatchCallback(progress))
         x_train = self.validate_data(x_train, "x_train")
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
+        if options.binarize:
+            check_binarizable(x_train, "x_train")
+            check_binarizable(x_val, "x_val")
         x_train, x_val = self._validation_split(x_train, x_val, options)
         if options.batch_size > len(x_train):
             raise ValueError(f"batch_size {options.batch_size} is larger than the training set "
@@ -480,6 +483,18 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     if checkpoint.moments is not None:
         model._executor.load_moments(*checkpoint.moments)
     return model
+
+
+def check_binarizable(x: np.ndarray | None, what: str) -> None:
+    """ValueError naming `what` unless every value of x (validated data, or None) is in
+    [0, 1]: dynamic binarization draws x ~ Bernoulli(x), a probability."""
+    if x is None or x.size == 0:
+        return
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"binarize: {what} has values in [{low:g}, {high:g}], but dynamic "
+                         "binarization draws x ~ Bernoulli(x) and needs values in [0, 1]; "
+                         "rescale the data or train without binarize")
 
 
 def format_epoch(record: dict) -> str:

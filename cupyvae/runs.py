@@ -48,7 +48,8 @@ from .csvdata import csv_reference, is_csv_reference, parse_csv_reference
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
 from .files import write_atomic
-from .model import VAE, TrainingDiverged, best_checkpoint_path, kept_epoch, load
+from .model import (VAE, TrainingDiverged, best_checkpoint_path, check_binarizable, kept_epoch,
+                    load)
 from .progress import Reporter
 from .options import (Check, ValidatedOptions, cli_fields, nonnegative_int, one_of, option,
                       optional, positive_int)
@@ -574,6 +575,8 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
     (training.split_validation); the summary records that split and its digest."""
     x_train = dataset.x_train[:run_options.limit] if run_options.limit else dataset.x_train
     x_train = model.validate_data(x_train, f"training data ({dataset.name}, train split)")
+    if training.binarize:
+        check_binarizable(x_train, f"the training data ({dataset.name}, train split)")
     if training.val_fraction:
         try:
             train_rows, val_rows = split_validation(len(x_train), training.val_fraction,
@@ -610,7 +613,10 @@ def validation_split(model: VAE, dataset: Dataset, binarize: bool) -> np.ndarray
     if len(dataset.x_test) == 0:
         return None
     x_test = model.validate_data(dataset.x_test, f"validation data ({dataset.name}, test split)")
-    return binarize_batch(x_test, model.config.seed, 0) if binarize else x_test
+    if not binarize:
+        return x_test
+    check_binarizable(x_test, f"the test split of {dataset.name}")
+    return binarize_batch(x_test, model.config.seed, 0)
 
 
 def _checkpoint_history(path: Path) -> dict | None:

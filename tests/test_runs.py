@@ -210,3 +210,22 @@ def test_resume_refuses_data_that_changed_naming_the_file(tmp_path):
         with pytest.raises(runs.RunError, match=rf"data of .* changed since the run started: "
                                                 rf"{_escaped(str(path))} no longer gives"):
             runs.resume_run(run.folder, {"epochs": 2})
+
+
+@pytest.mark.parametrize("train_low,test_high", [(-0.5, 1.0), (0.0, 3.0)])
+def test_binarize_refuses_data_outside_zero_one_before_any_work(tmp_path, train_low, test_high):
+    rng = np.random.default_rng(4)
+    x = rng.random((40, 6)).astype(np.float32)
+    x[3, 2], x[-1, 1] = train_low, test_high           # the last rows are the test split
+    model = cupyvae.VAE((6,), likelihood="gaussian-real", hidden=(4,))
+    with pytest.raises(ValueError, match=r"binarize: x_(train|val) has values in \[.*\].*\[0, 1\]"):
+        model.fit(x[:36], x[36:], epochs=1, batch_size=6, binarize=True)
+    assert model.history["epoch"] == []
+    path = tmp_path / "wide.npy"
+    np.save(path, x)
+    with pytest.raises(ValueError,
+                       match=r"binarize: the (training data|test split) .*wide.npy"):
+        runs.start_run(tmp_path / "run", {"likelihood": "gaussian-real", "hidden": (4,)},
+                       TrainingOptions(epochs=1, batch_size=6, binarize=True),
+                       runs.RunOptions(data=str(path), device="cpu"))
+    assert not (tmp_path / "run").exists()
