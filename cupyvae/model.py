@@ -389,22 +389,28 @@ class VAE:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         return self._executor.log_likelihood(x, int(n_samples), progress=progress)
 
-    def bits_per_dim(self, log_px, x) -> np.ndarray:
+    def bits_per_dim(self, log_px, x, binarized: bool = False) -> np.ndarray:
         """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
         bound) -> bits per dimension, -log2 p(x) / D (cupyvae.distributions.bits_per_dim).
 
         Likelihoods that are mass functions (Likelihood.discrete) report -log2 P(x) / D as
-        is.  Continuous densities on 8-bit images (every value of x is k/255) are first
-        converted to the 0..255 pixel scale, log p(255 x) = log p(x) - D log 255; on other
-        data they report the density of x itself.  log_px: nats, any shape (e.g. (N,));
-        returns float64 bits per dimension of the same shape.  x: the data log_px was
-        computed on (only its values' grid is read).  bits_per_dim_basis(x) says which
-        formula applied."""
-        return self.spec.likelihood.bits_per_dim(log_px, eight_bit_scale(x))
+        is.  Continuous densities on 8-bit images (every value of x is k/255, or x is uint8,
+        which the model reads as k/255) are first converted to the 0..255 pixel scale,
+        log p(255 x) = log p(x) - D log 255; on other data, and on `binarized` data (the
+        {0, 1} outcomes of dynamic binarization are no 8-bit intensities), they report the
+        density of x itself.  log_px: nats, any shape (e.g. (N,)); returns float64 bits per
+        dimension of the same shape.  x: the data log_px was computed on (validated like
+        every input, validate_data; only its values' grid is read).  bits_per_dim_basis(x,
+        binarized) says which formula applied."""
+        return self.spec.likelihood.bits_per_dim(log_px, self._data_scale(x, binarized))
 
-    def bits_per_dim_basis(self, x) -> str:
-        """The formula bits_per_dim(., x) applies, in words (for reports)."""
-        return self.spec.likelihood.bits_per_dim_basis(eight_bit_scale(x))
+    def bits_per_dim_basis(self, x, binarized: bool = False) -> str:
+        """The formula bits_per_dim(., x, binarized) applies, in words (for reports)."""
+        return self.spec.likelihood.bits_per_dim_basis(self._data_scale(x, binarized))
+
+    def _data_scale(self, x, binarized: bool) -> float:
+        x = self.validate_data(x, "x")          # uint8 images become k/255 here, as in loss()
+        return 1.0 if binarized else eight_bit_scale(x)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path) -> None:

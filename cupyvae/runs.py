@@ -669,15 +669,18 @@ def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
     result = {"dataset": dataset.name, "split": "test", "examples": n,
               "binarized": config.training.binarize, "checkpoint": checkpoint_path(folder, checkpoint).name,
               "epochs": len(model.history["epoch"]), "threads": threads,
-              "negative_elbo": negative_elbo, "bits_per_dim_basis": model.bits_per_dim_basis(x_test)}
-    result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-negative_elbo, x_test))
+              "negative_elbo": negative_elbo,
+              "bits_per_dim_basis": model.bits_per_dim_basis(x_test, config.training.binarize)}
+    result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-negative_elbo, x_test,
+                                                                    config.training.binarize))
     if iw_samples:
         with reporter.task(f"importance sampling, K={iw_samples} ({n} test examples)", n) as advance:
             log_px = model.log_likelihood(x_test, n_samples=iw_samples, progress=advance,
                                           threads=threads)
         result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
         result["log_likelihood_bits_per_dim"] = float(model.bits_per_dim(result["log_likelihood"],
-                                                                          x_test))
+                                                                          x_test,
+                                                                          config.training.binarize))
     note = density_note(model)
     if note:
         result["note"] = note
