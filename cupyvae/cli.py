@@ -204,7 +204,6 @@ def train(ctx, out, resume, force, quiet, **values):
                 return
         else:
             model_options = {f.name: values[f.name] for f in cli_fields(VAEConfig)}
-            VAEConfig(data_shape=(1,), **model_options)      # refuse bad flags before loading data
             run = runs.start_run(out, model_options, build_options(TrainingOptions, values),
                                  build_options(runs.RunOptions, values), force=force)
         if not run.validated:

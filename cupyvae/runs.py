@@ -50,9 +50,11 @@ from .executors import EXECUTORS, binarize_batch
 from .files import write_atomic
 from .model import (VAE, TrainingDiverged, best_checkpoint_path, check_binarizable, kept_epoch,
                     load)
+from .objectives import objective_for
 from .progress import Reporter
 from .options import (Check, ValidatedOptions, cli_fields, nonnegative_int, one_of, option,
                       optional, positive_int)
+from .spec import ModelSpec
 from .threads import default_threads
 from .training import (TrainingOptions, best_epoch, data_digest, split_digest, split_validation,
                        stopped_early)
@@ -460,6 +462,7 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
         training = training.replace(threads=default_threads())
     folder = Path(folder) if folder is not None else default_run_folder(run_options.data)
     _refuse_occupied_folder(folder, force)
+    check_before_data(model_options, training)
     dataset = load_dataset(run_options.data)
     model = VAE(dataset.data_shape, **model_options, device=run_options.device,
                 execution=run_options.execution_mode)
@@ -471,6 +474,14 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
     _clear_run_files(folder)
     config.write(folder)
     return Run(folder, config, model, dataset, x_train, x_val)
+
+
+def check_before_data(model_options: dict, training: TrainingOptions) -> None:
+    """Refuse model options, and training options this model cannot train with, before the
+    data are loaded (the data only fix data_shape, which no such rule reads); the device's
+    own rules are checked once the model is built (VAE.validate_training_options)."""
+    spec = ModelSpec(VAEConfig(data_shape=(1,), **model_options))
+    objective_for(training).check_model(spec)
 
 
 def resume_run(folder: Path, changes: dict) -> Run | None:

@@ -229,3 +229,15 @@ def test_binarize_refuses_data_outside_zero_one_before_any_work(tmp_path, train_
                        TrainingOptions(epochs=1, batch_size=6, binarize=True),
                        runs.RunOptions(data=str(path), device="cpu"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("model_options,training,named", [
+    ({"prior": "mog"}, {"free_bits": 0.5}, "free_bits 0.5 needs a KL that factorises"),
+    ({"hidden": (0,)}, {}, "hidden"),
+])
+def test_impossible_options_are_refused_before_the_data_are_loaded(tmp_path, model_options,
+                                                                   training, named):
+    with pytest.raises(ValueError, match=named):      # not "no such file"
+        runs.start_run(tmp_path / "run", model_options, TrainingOptions(**training),
+                       runs.RunOptions(data=str(tmp_path / "nothere.npy"), device="cpu"))
+    assert not (tmp_path / "run").exists()
