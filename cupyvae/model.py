@@ -151,6 +151,7 @@ class VAE:
                     break
                 reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
                 record = self._train_one_epoch(x_train, x_val, options, reporter)
+                record["objective"] = objective_words(options)   # for the epoch line only
                 if checkpoint is not None:
                     self.save(checkpoint)
                     if keep_best and best_epoch(self.history)[0] == epoch:
@@ -503,10 +504,32 @@ def check_binarizable(x: np.ndarray | None, what: str) -> None:
                          "rescale the data or train without binarize")
 
 
+def objective_words(options: TrainingOptions) -> str | None:
+    """How the training objective differs from the negative ELBO, in words (None: it is
+    the negative ELBO), for the epoch lines."""
+    if options.objective != "elbo":
+        return f"{options.objective} k={options.iw_samples}"
+    parts = [f"kl_weight {options.kl_weight:g}" if options.kl_weight != 1 else "",
+             "KL warm-up" if options.kl_warmup_steps else "",
+             f"free bits {options.free_bits:g}" if options.free_bits else ""]
+    return ", ".join(part for part in parts if part) or None
+
+
 def format_epoch(record: dict) -> str:
-    val = "" if record["val_loss"] is None else f"  val {record['val_loss']:.3f}"
-    return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.3f}{val}  "
-            f"({record['seconds']:.1f} s)")
+    """One line per epoch: the training and validation negative ELBO (nats per example),
+    so the two compare; the training objective too, by name, where it is another
+    (record["objective"], objective_words).  Without the training ELBO terms, the
+    objective alone ("train")."""
+    val = "" if record["val_loss"] is None else f"  val -ELBO {record['val_loss']:.3f}"
+    recon, kl = record.get("train_recon"), record.get("train_kl")
+    if recon is None or kl is None:
+        train = f"train {record['train_loss']:.3f}"
+    else:
+        train = f"train -ELBO {recon + kl:.3f}"
+        if record.get("objective"):
+            train += f" (objective {record['train_loss']:.3f}: {record['objective']})"
+    return f"epoch {record['epoch']:3d}  {train}{val}  ({record['seconds']:.1f} s)"
+
 
 
 def kept_epoch(path: str | Path) -> tuple[int, float] | None:
