@@ -23,7 +23,8 @@ from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
 from .threads import blas_threads, with_blas_threads
-from .training import TrainingOptions, best_epoch, split_validation, stopped_early
+from .training import (TrainingOptions, best_epoch, check_data_sizes, split_validation,
+                       stopped_early)
 
 EVAL_CHUNK = 10_000
 # Burda et al. 2016, section 5.2: a latent dimension is active when the variance of its
@@ -129,12 +130,7 @@ class VAE:
             check_binarizable(x_train, "x_train")
             check_binarizable(x_val, "x_val")
         x_train, x_val = self._validation_split(x_train, x_val, options)
-        if options.batch_size > len(x_train):
-            raise ValueError(f"batch_size {options.batch_size} is larger than the training set "
-                             f"({len(x_train)} examples)")
-        if options.patience is not None and x_val is None:
-            raise ValueError("patience (early stopping) needs validation data: pass x_val or "
-                             "set val_fraction")
+        check_data_sizes(options, len(x_train), 0 if x_val is None else len(x_val))
         if self.optimizer is None:   # untrained: a prior initialised from the data is set now
             self._init_prior_from_data(x_train)
         self._ensure_optimizer(options.lr, options.weight_decay)

@@ -56,8 +56,8 @@ from .options import (Check, ValidatedOptions, cli_fields, nonnegative_int, one_
                       optional, positive_int)
 from .spec import ModelSpec
 from .threads import default_threads
-from .training import (TrainingOptions, best_epoch, data_digest, split_digest, split_validation,
-                       stopped_early)
+from .training import (TrainingOptions, best_epoch, check_data_sizes, data_digest, split_digest,
+                       split_validation, stopped_early)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -609,12 +609,8 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
             summary["validation_sha256"] = data_digest(x_val)
     model.spec.prior.check_training_set(summary["train_examples"],
                                         f"the training set ({dataset.name})")
-    if training.batch_size > summary["train_examples"]:
-        raise RunError(f"--batch-size {training.batch_size} is larger than the training set "
-                       f"({summary['train_examples']} examples of {dataset.name})")
-    if training.patience is not None and not summary["validation_examples"]:
-        raise RunError(f"--patience needs a validation set, and {dataset.name} has no test "
-                       "split; add --val-fraction")
+    check_data_sizes(training, summary["train_examples"], summary["validation_examples"],
+                     f"the training set of {dataset.name}")
     return x_train, x_val, summary
 
 

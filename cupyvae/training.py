@@ -18,7 +18,7 @@ import hashlib
 import numpy as np
 
 from .objectives import OBJECTIVES
-from .options import (ValidatedOptions, boolean, nonnegative_float, nonnegative_int, number,
+from .options import (OptionError, ValidatedOptions, boolean, nonnegative_float, nonnegative_int, number,
                       option, optional, positive_float, positive_int, registered)
 from .schedules import LR_SCHEDULES
 
@@ -103,6 +103,20 @@ class TrainingOptions(ValidatedOptions):
         if not isinstance(base, cls):
             raise TypeError(f"options must be a TrainingOptions, got {type(base).__name__}")
         return base.replace(**changes) if changes else base
+
+
+def check_data_sizes(options: TrainingOptions, train_examples: int, validation_examples: int,
+                     what: str = "the training set") -> None:
+    """OptionError naming the field unless `options` can train on this many examples:
+    batch_size at most the training set, patience only with validation examples.  The one
+    check of fit and of a run folder (before it is written)."""
+    if options.batch_size > train_examples:
+        raise OptionError("batch_size", options.batch_size,
+                          f"larger than {what} ({train_examples} examples)", options.owner)
+    if options.patience is not None and not validation_examples:
+        raise OptionError("patience", options.patience,
+                          "early stopping needs a validation set (x_val, or val_fraction / "
+                          "--val-fraction, or a dataset with a test split)", options.owner)
 
 
 # ---------------------------------------------------------------------- validation split

@@ -12,6 +12,7 @@ import pytest
 import cupyvae
 from cupyvae import runs
 from cupyvae.model import VAE, best_checkpoint_path
+from cupyvae.options import OptionError
 from cupyvae.training import (TrainingOptions, best_epoch, data_digest, split_digest,
                               split_validation, stopped_early)
 
@@ -218,7 +219,7 @@ def test_resume_after_early_stopping_matches_an_uninterrupted_run(tmp_path, tiny
 def test_patience_without_any_validation_set_is_refused_before_writing(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, toy_data(8))                 # < 10 rows: no test split
-    with pytest.raises(runs.RunError, match="--patience needs a validation set"):
+    with pytest.raises(OptionError, match="patience = 2: early stopping needs a validation set"):
         runs.start_run(tmp_path / "run", {"hidden": (8,)}, TrainingOptions(batch_size=2, patience=2),
                        runs.RunOptions(data=str(path), device="cpu"))
     assert not (tmp_path / "run").exists()
@@ -294,3 +295,13 @@ def test_early_stopping_on_the_test_split_is_said_to_bias_the_test_score(tmp_pat
     held_out.train(Collect())
     assert not any("optimistically" in m for m in messages)
     assert "selection_note" not in runs.evaluate_run(held_out.folder, "cpu")
+
+
+def test_fit_and_a_run_refuse_a_batch_larger_than_the_training_set_alike(tmp_path, tiny_npz):
+    rule = r"training option batch_size = 71: larger than the training set"
+    with pytest.raises(OptionError, match=rule + r" \(70 examples\)"):
+        small_model().fit(toy_data(70), epochs=1, batch_size=71)
+    with pytest.raises(OptionError, match=rule + r" of tiny.npz \(70 examples\)"):
+        runs.start_run(tmp_path / "run", {"hidden": (8,)}, TrainingOptions(batch_size=71),
+                       runs.RunOptions(data=str(tiny_npz), device="cpu"))
+    assert not (tmp_path / "run").exists()
