@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from .options import OptionError
-from .reference import iwae_loss_and_grads, negative_elbo_and_grads
+from .reference import (iwae_loss_and_grads, kl_per_dimension_for_free_bits,
+                        negative_elbo_and_grads)
 from .registry import Registry
 from .spec import ModelSpec
 
@@ -109,12 +110,8 @@ class Elbo(Objective):
                               "training option")
 
     def check_model(self, spec: ModelSpec) -> None:
-        if self.free_bits > 0 and spec.kl_per_dimension is None:
-            raise ValueError(
-                f"free_bits {self.free_bits:g} needs a KL that factorises per latent dimension; "
-                f"posterior {spec.config.posterior!r} with prior {spec.config.prior!r} has none "
-                "(only closed-form pairs registered with register_kl_per_dimension, e.g. "
-                "gaussian with normal); set free_bits to 0")
+        if self.free_bits > 0:
+            kl_per_dimension_for_free_bits(spec, self.free_bits)
 
     def step(self, spec, params, grads, x, eps, terms, kl_weight) -> float:
         return negative_elbo_and_grads(spec, params, grads, x, eps, kl_weight=kl_weight,

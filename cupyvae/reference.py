@@ -137,7 +137,7 @@ def negative_elbo_and_grads(spec: ModelSpec, params: dict, grads: dict,
     batch = x.shape[0]
     scale = 1.0 / batch
     kl_scale = kl_weight * scale
-    per_dimension = _kl_per_dimension(spec) if free_bits > 0 else None
+    per_dimension = kl_per_dimension_for_free_bits(spec, free_bits) if free_bits > 0 else None
     enc_acts = mlp_forward(spec.encoder, params, x)
     q_raw = enc_acts[-1]
     z = spec.posterior.rsample(q_raw, eps)
@@ -230,14 +230,15 @@ def _monte_carlo_backward(spec, params, grads, enc_acts, q_rows, eps, z, dz, pri
     add_prior_param_grads(spec, params, grads, z, prior_params, g_p)
 
 
-def _kl_per_dimension(spec: ModelSpec):
-    """The pair's per-dimension KL, or ValueError naming the pair (free bits needs it)."""
+def kl_per_dimension_for_free_bits(spec: ModelSpec, free_bits: float):
+    """The pair's per-dimension KL, or ValueError naming the pair (free bits needs it); the
+    one check of the reference and of the ELBO objective (objectives.Elbo.check_model)."""
     if spec.kl_per_dimension is None:
         raise ValueError(
-            f"free bits need a KL that factorises per latent dimension; posterior "
-            f"{spec.config.posterior!r} with prior {spec.config.prior!r} has none registered "
-            "(register_kl_per_dimension); set free_bits to 0 or use a pair that has one, e.g. "
-            "posterior 'gaussian' with prior 'normal'")
+            f"free_bits {free_bits:g} needs a KL that factorises per latent dimension; "
+            f"posterior {spec.config.posterior!r} with prior {spec.config.prior!r} has none "
+            "(only closed-form pairs registered with register_kl_per_dimension, e.g. "
+            "gaussian with normal); set free_bits to 0")
     return spec.kl_per_dimension
 
 
