@@ -19,6 +19,7 @@ from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
+from .options import check_argument, positive_int
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
@@ -352,9 +353,8 @@ class VAE:
         return None if u is None else np.asarray(u, np.float32).reshape(len(u), *self.config.data_shape)
 
     def _sample_args(self, n, seed) -> tuple[int, int]:
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        return int(n), self.config.seed if seed is None else int(seed)
+        n = check_argument("n", n, positive_int)
+        return n, self.config.seed if seed is None else int(seed)
 
     def _likelihood_means(self, raw) -> np.ndarray:
         return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
@@ -381,10 +381,9 @@ class VAE:
         example (KernelExecutor.log_likelihood).  `progress(n)` is called as each group of
         n examples is done (the n sum to len(x), like fit's progress).  ValueError for a
         bad n_samples."""
+        n_samples = check_argument("n_samples", n_samples, positive_int)
         x = self.validate_data(x, "x")
-        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        return self._executor.log_likelihood(x, int(n_samples), progress=progress)
+        return self._executor.log_likelihood(x, n_samples, progress=progress)
 
     def bits_per_dim(self, log_px, x, binarized: bool = False) -> np.ndarray:
         """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
