@@ -88,6 +88,11 @@ def _data_reference(value) -> str:
     return value
 
 
+def device_choices() -> list[str]:
+    """What --device accepts (train's RunOptions.device and the other commands alike)."""
+    return ["auto", *EXECUTORS.names()]
+
+
 @dataclass(frozen=True)
 class RunOptions(ValidatedOptions):
     """Where a run's data come from and where it computes; not part of the model or of
@@ -101,7 +106,7 @@ class RunOptions(ValidatedOptions):
                        "split is the validation set unless --val-fraction is given.")
     limit: int | None = option(None, optional(positive_int),
                                "Use only the first N training examples (for quick runs).")
-    device: str = option("auto", one_of(lambda: ["auto", *EXECUTORS.names()]),
+    device: str = option("auto", one_of(device_choices),
                          "Where to train; auto picks cuda when a GPU is usable, else cpu.")
     execution: str = option("auto", one_of(EXECUTIONS),
                             "Kernel devices only: replay each training step from a CUDA graph, "
@@ -225,8 +230,8 @@ def load_run(folder: Path, device: str = "auto", execution: str | None = None,
     model = load(path, device=device, execution=execution)
     if model.config != config.model:
         stored, saved = config.model.to_dict(), model.config.to_dict()
-        differences = "; ".join(f"{name} {_shown(stored[name])} in {CONFIG_FILE}, "
-                                f"{_shown(saved[name])} in the checkpoint"
+        differences = "; ".join(f"{name} {shown(stored[name])} in {CONFIG_FILE}, "
+                                f"{shown(saved[name])} in the checkpoint"
                                 for name in stored if stored[name] != saved[name])
         raise RunError(f"{path} does not belong to {folder / CONFIG_FILE}: their model configs "
                        f"differ ({differences})")
@@ -559,12 +564,13 @@ def _refuse_changed_options(stored: RunConfig, changes: dict) -> None:
         given = dataset_reference(value) if name == "data" else value
         if json.loads(json.dumps(given)) != current.get(name):
             flag = "--" + name.replace("_", "-")
-            raise RunError(f"{flag} {_shown(value)} differs from the run's {_shown(current.get(name))} "
+            raise RunError(f"{flag} {shown(value)} differs from the run's {shown(current.get(name))} "
                            f"({CONFIG_FILE}); a resumed run keeps its options (only "
                            f"{', '.join('--' + n for n in RESUMABLE_OPTIONS)} may change)")
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
+    """A value as the user typed it (lists comma-separated), for messages."""
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 

@@ -316,6 +316,14 @@ def test_folder_that_is_not_a_run_is_a_one_line_error(tmp_path):
     assert_one_line_error(run_cli("sample", tmp_path, "-o", tmp_path / "s.npy"), "config.json")
 
 
+@pytest.mark.parametrize("command,output,named", [("sample", "s.jpg", ".npy or .png"),
+                                                  ("encode", "codes.txt", ".npy or .csv")])
+def test_an_output_file_type_is_refused_before_the_run_is_read(tmp_path, command, output, named):
+    """The -o check of the run functions (runs.write_samples / encode_run), before any work:
+    the folder is no run, yet the error is the file type."""
+    assert_one_line_error(run_cli(command, tmp_path, "-o", tmp_path / output), output, named)
+
+
 # ---------------------------------------------------------------------- objectives
 def test_metrics_have_the_elbo_terms_and_active_units(trained_run):
     rows = read_metrics(trained_run)
