@@ -130,11 +130,14 @@ class RunConfig:
     run: RunOptions
     dataset: dict
     version: str = __version__
+    device_used: str | None = None     # what run.device ("auto") resolved to, last time
 
     def to_dict(self, folder: Path) -> dict:
         content = {"format": RUN_FORMAT, "cupyvae_version": self.version,
                    "model": self.model.to_dict(), "training": self.training.to_dict(),
                    "run": self.run.to_dict(), "dataset": self.dataset}
+        if self.device_used is not None:
+            content["device_used"] = self.device_used
         content["command"] = rerun_command(self, folder)
         return content
 
@@ -163,7 +166,8 @@ def read_config(folder: Path) -> RunConfig:
                          training=TrainingOptions.from_dict(content.get("training"), "training"),
                          run=RunOptions.from_dict(content.get("run"), "run"),
                          dataset=_dataset_section(content.get("dataset")),
-                         version=str(content.get("cupyvae_version", "unknown")))
+                         version=str(content.get("cupyvae_version", "unknown")),
+                         device_used=_device_used(content.get("device_used")))
     except ValueError as exc:
         raise RunError(f"{path} is invalid: {exc}") from None
 
@@ -195,6 +199,12 @@ DATASET_KEYS = {"name": Check("", _text), "train_examples": positive_int,
                 "validation": Check("", _text), "validation_examples": nonnegative_int}
 OPTIONAL_DATASET_KEYS = {"split_seed": nonnegative_int, "validation_rows_sha256": Check("", _sha256),
                          "train_sha256": Check("", _sha256), "validation_sha256": Check("", _sha256)}
+
+
+def _device_used(value) -> str | None:
+    if value is not None and value not in EXECUTORS.names():
+        raise ValueError(f"device_used = {value!r}: must be one of {', '.join(EXECUTORS.names())}")
+    return value
 
 
 def _dataset_section(section) -> dict:
@@ -293,9 +303,13 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def _clear_run_files(folder: Path) -> None:
-    """Only cupyvae's own files go: a mistyped --out --force must not wipe a directory."""
+    """Only cupyvae's own files go: a mistyped --out --force must not wipe a directory
+    (samples-<n>.png only by that exact pattern, default_samples_path's)."""
     for name in run_files():
         (folder / name).unlink(missing_ok=True)
+    for path in folder.glob("samples-*.png"):
+        if path.name[len("samples-"):-len(".png")].isdigit():
+            path.unlink(missing_ok=True)
 
 
 def rerun_command(config: RunConfig, folder: Path) -> str:
@@ -375,6 +389,10 @@ class Run:
         bias = selection_bias(self.config)
         if bias:
             reporter.message(f"note: {bias}")
+        limit, available = self.config.run.limit, len(self.dataset.x_train)
+        if limit is not None and limit > available:
+            reporter.message(f"note: --limit {limit} caps nothing: the train split of "
+                             f"{self.dataset.name} has {available} examples, all used")
         try:
             with _sigterm_as_interrupt():
                 if target > done:
@@ -473,7 +491,8 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
                 execution=run_options.execution_mode)
     model.validate_training_options(training)      # e.g. free bits this model cannot have
     x_train, x_val, summary = _training_data(model, dataset, training, run_options)
-    config = RunConfig(model=model.config, training=training, run=run_options, dataset=summary)
+    config = RunConfig(model=model.config, training=training, run=run_options, dataset=summary,
+                       device_used=model.device)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
     _clear_run_files(folder)
@@ -518,7 +537,8 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     x_train, x_val, summary = _training_data(model, dataset, training, run_options)
     _refuse_changed_data(folder, run_options.data, config.dataset, summary)
     config = RunConfig(model=config.model, training=training, run=run_options,
-                       dataset={**summary, **config.dataset})   # older runs gain the digests
+                       dataset={**summary, **config.dataset},   # older runs gain the digests
+                       device_used=model.device)
     remove_stale_temporaries(folder)
     config.write(folder)
     return Run(folder, config, model, dataset, x_train, x_val)
@@ -719,7 +739,7 @@ def write_plots(folder: Path, device: str = "auto", checkpoint: str = "best") ->
     """(Re)write every plot of the run into its folder: the pictures of the chosen
     checkpoint's model, the loss curves of the whole run."""
     config, model = load_run(folder, device, checkpoint=checkpoint)
-    history = _checkpoint_history(Path(folder) / CHECKPOINT_FILE) or model.history
+    history = load_checkpoint(Path(folder) / CHECKPOINT_FILE).history   # a damaged one: said
     return write_run_plots(folder, config, model, load_dataset(config.run.data), history)
 
 

@@ -241,3 +241,53 @@ def test_impossible_options_are_refused_before_the_data_are_loaded(tmp_path, mod
         runs.start_run(tmp_path / "run", model_options, TrainingOptions(**training),
                        runs.RunOptions(data=str(tmp_path / "nothere.npy"), device="cpu"))
     assert not (tmp_path / "run").exists()
+
+
+def test_force_removes_an_old_runs_sample_grids_but_nothing_else(trained, tiny_npz):
+    (trained / "samples-64.png").write_bytes(b"old")
+    (trained / "samples-mine.png").write_bytes(b"mine")
+    runs.start_run(trained, TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                   runs.RunOptions(data=str(tiny_npz), device="cpu"), force=True)
+    assert not (trained / "samples-64.png").exists()
+    assert (trained / "samples-mine.png").read_bytes() == b"mine"
+
+
+def test_config_records_the_device_auto_resolved_to(tiny_npz, tmp_path):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the no-GPU notice
+        run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                             runs.RunOptions(data=str(tiny_npz), device="auto"))
+    content = json.loads((run.folder / runs.CONFIG_FILE).read_text())
+    assert content["run"]["device"] == "auto" and content["device_used"] == run.model.device
+    assert runs.read_config(run.folder).device_used == run.model.device
+    content["device_used"] = "tpu"
+    (run.folder / runs.CONFIG_FILE).write_text(json.dumps(content))
+    with pytest.raises(runs.RunError, match="device_used = 'tpu'"):
+        runs.read_config(run.folder)
+
+
+def test_plot_says_that_the_last_checkpoint_is_damaged(tiny_npz, tmp_path):
+    """The best checkpoint is fine, but the loss curves come from the last one: not
+    silently from the best's shorter history."""
+    run = runs.start_run(tmp_path / "run", TINY_MODEL,
+                         TrainingOptions(epochs=2, batch_size=10, patience=5),
+                         runs.RunOptions(data=str(tiny_npz), device="cpu"))
+    run.train(runs.Reporter())
+    assert (run.folder / runs.BEST_CHECKPOINT_FILE).is_file()
+    checkpoint = run.folder / runs.CHECKPOINT_FILE
+    checkpoint.write_bytes(checkpoint.read_bytes()[:300])
+    with pytest.raises(cupyvae.checkpoint.CheckpointError, match=runs.CHECKPOINT_FILE):
+        runs.write_plots(run.folder, "cpu", checkpoint="best")
+
+
+def test_a_limit_above_the_training_set_is_noted(tiny_npz, tmp_path):
+    run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                         runs.RunOptions(data=str(tiny_npz), device="cpu", limit=999))
+    messages = []
+
+    class Collect(runs.Reporter):
+        def message(self, text):
+            messages.append(text)
+    run.train(Collect())
+    assert any("--limit 999 caps nothing" in m and "has 50 examples" in m for m in messages), messages
