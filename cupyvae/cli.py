@@ -372,7 +372,7 @@ def _require_display() -> None:
     else:
         reason = f"no display (DISPLAY is not set and matplotlib's backend is {backend!r})"
     raise CommandError(f"cannot open the explorer window: {reason}; use --save FILE.png to "
-                   "render the explorer to a file instead")
+                       "render the explorer to a file instead")
 
 
 def _non_interactive_backends() -> set[str]:

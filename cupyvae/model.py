@@ -132,14 +132,14 @@ class VAE:
             check_binarizable(x_val, "x_val")
         x_train, x_val = self._validation_split(x_train, x_val, options)
         check_data_sizes(options, len(x_train), 0 if x_val is None else len(x_val))
+        keep_best = checkpoint is not None and options.patience is not None
+        if keep_best:
+            self.sync_best_checkpoint(checkpoint)
         if self.optimizer is None:   # untrained: a prior initialised from the data is set now
             self._init_prior_from_data(x_train)
         self._ensure_optimizer(options.lr, options.weight_decay)
         if options.binarize and x_val is not None:
             x_val = binarize_batch(x_val, self.config.seed, 0)   # fixed, so epochs compare
-        keep_best = checkpoint is not None and options.patience is not None
-        if keep_best:
-            self.sync_best_checkpoint(checkpoint)
         first = len(self.history["epoch"])
         last_epoch = first + options.epochs
         with blas_threads(options.threads):

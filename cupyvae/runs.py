@@ -263,8 +263,8 @@ def checkpoint_path(folder: Path, checkpoint: str = "last") -> Path:
     if wanted is not None and kept != wanted:
         held = f"epoch {kept[0]}" if kept else "no readable epoch"
         raise RunError(f"{best} holds {held}, but the best validation loss of {last} is at epoch "
-                       f"{wanted[0]} (the run was continued without --patience, which keeps no "
-                       "best model); use --checkpoint last")
+                       f"{wanted[0]} (it was not kept up to date: the run was continued without "
+                       "--patience, or stopped between writing the two); use --checkpoint last")
     return best
 
 
