@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__, runs
 from .config import VAEConfig
-from .executors import EXECUTORS, NoGPUWarning
+from .executors import NoGPUWarning
 from .model import TrainingDiverged
 from .options import OptionError, cli_fields
 from .progress import ConsoleReporter
@@ -37,7 +37,7 @@ OPTION_CLASSES = (runs.RunOptions, VAEConfig, TrainingOptions)
 
 
 # ---------------------------------------------------------------------- errors
-class RunError(click.ClickException):
+class CommandError(click.ClickException):
     """A problem the user can fix, shown as one line."""
 
     def __init__(self, message: str):
@@ -62,12 +62,12 @@ def user_errors():
     except (ValueError, TrainingDiverged, OSError) as exc:
         if os.environ.get("CUPYVAE_DEBUG"):
             raise
-        raise RunError(_describe(exc)) from None
+        raise CommandError(_describe(exc)) from None
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, OptionError):
-        return f"{_flag(exc.field)} {_shown(exc.value)}: {exc.rule_text(_flag)}"
+        return f"{_flag(exc.field)} {runs.shown(exc.value)}: {exc.rule_text(_flag)}"
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"
     return str(exc)
@@ -75,10 +75,6 @@ def _describe(exc: Exception) -> str:
 
 def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
-
-
-def _shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # ---------------------------------------------------------------------- generated flags
@@ -128,7 +124,7 @@ def build_options(cls, values: dict):
 
 
 def _device_choice() -> click.Choice:
-    return click.Choice(["auto", *EXECUTORS.names()])
+    return click.Choice(runs.device_choices())
 
 
 # ---------------------------------------------------------------------- progress
@@ -210,7 +206,6 @@ def train(ctx, out, resume, force, quiet, **values):
                 return
         else:
             model_options = {f.name: values[f.name] for f in cli_fields(VAEConfig)}
-            VAEConfig(data_shape=(1,), **model_options)      # refuse bad flags before loading data
             run = runs.start_run(out, model_options, build_options(TrainingOptions, values),
                                  build_options(runs.RunOptions, values), force=force)
         if not run.validated:
@@ -259,8 +254,9 @@ def evaluate(run_dir: Path, device: str, iw_samples: int, threads: int | None, c
                    f"{result['log_likelihood']:.4f} nats per example, "
                    f"{result['log_likelihood_bits_per_dim']:.4f} bits/dim")
     reporter.message(f"bits/dim: {result['bits_per_dim_basis']}")
-    if "note" in result:
-        click.echo(f"note: {result['note']}")
+    for key in ("note", "selection_note"):
+        if key in result:
+            click.echo(f"note: {result[key]}")
     reporter.message(f"wrote {run_dir / runs.EVALUATION_FILE}")
 
 
@@ -283,10 +279,7 @@ def encode(run_dir: Path, output: Path, data, split: str, sample: bool, device: 
            checkpoint: str, quiet: bool):
     """Write the latent codes of a dataset (posterior means, or samples with --sample)
     under a trained run's model."""
-    if output.suffix.lower() not in runs.CODE_WRITERS:
-        raise click.BadParameter(f"{output}: the file must end in "
-                                 f"{' or '.join(runs.CODE_WRITERS)}", param_hint="-o")
-    with user_errors(), device_notice(not quiet):
+    with user_errors(), device_notice(not quiet):      # encode_run checks -o before any work
         result = runs.encode_run(run_dir, output, data=data, split=split, sample=sample,
                                  device=device, checkpoint=checkpoint, reporter=console(quiet))
     labels = " with labels" if result["labels"] else ""
@@ -309,10 +302,7 @@ def encode(run_dir: Path, output: Path, data, split: str, sample: bool, device: 
 def sample(run_dir: Path, n: int, output, seed, device: str, checkpoint: str, quiet: bool):
     """Draw samples from the prior and decode them (likelihood means); a PNG is titled like
     the run's samples.png."""
-    if output is not None and output.suffix.lower() not in runs.SAMPLE_WRITERS:
-        raise click.BadParameter(f"{output}: the file must end in "
-                                 f"{' or '.join(runs.SAMPLE_WRITERS)}", param_hint="-o")
-    with user_errors(), device_notice(False):
+    with user_errors(), device_notice(False):          # write_samples checks -o before any work
         output = runs.write_samples(run_dir, n, output, seed=seed, device=device,
                                     checkpoint=checkpoint)
     click.echo(f"wrote {n} samples to {output}")
@@ -393,8 +383,8 @@ def _require_display() -> None:
                   "(choose one with MPLBACKEND, e.g. MPLBACKEND=TkAgg)")
     else:
         reason = f"no display (DISPLAY is not set and matplotlib's backend is {backend!r})"
-    raise RunError(f"cannot open the explorer window: {reason}; use --save FILE.png to "
-                   "render the explorer to a file instead")
+    raise CommandError(f"cannot open the explorer window: {reason}; use --save FILE.png to "
+                       "render the explorer to a file instead")
 
 
 def _non_interactive_backends() -> set[str]:

@@ -89,8 +89,17 @@ def load_csv(reference: str) -> Dataset:
 
 # ---------------------------------------------------------------------- reading
 def _split_reference(reference: str) -> tuple[str, str]:
-    path_text, _, fragment = os.fspath(reference).partition("#")
-    return path_text, fragment
+    """(path, options): the options follow the last '#' that ends a '.csv' path, so a file
+    name may hold '#' itself (we#ird.csv, we#ird.csv#label=y); an existing file is all path."""
+    reference = os.fspath(reference)
+    if os.path.isfile(os.path.expanduser(reference)):
+        return reference, ""
+    cuts = [k for k, char in enumerate(reference) if char == "#"
+            and reference[:k].lower().endswith(SUFFIX)]
+    if not cuts:
+        path_text, _, fragment = reference.partition("#")
+        return path_text, fragment
+    return reference[:cuts[-1]], reference[cuts[-1] + 1:]
 
 
 def _open(path: pathlib.Path):
@@ -110,8 +119,13 @@ def _rows(path: pathlib.Path):
 
 
 def _first_row(path: pathlib.Path) -> list[str]:
-    for _line, cells in _rows(path):
-        return cells
+    return _first_row_and_line(path)[1]
+
+
+def _first_row_and_line(path: pathlib.Path) -> tuple[int, list[str]]:
+    """(the physical line the first non-blank row ends on, its cells)."""
+    for line, cells in _rows(path):
+        return line, cells
     raise DatasetError(f"{path}: the file is empty")
 
 
@@ -160,7 +174,9 @@ def _loadtxt(path: pathlib.Path, has_header: bool, columns: list[int], dtype, nd
     are not for our users (the Python scan reports real problems)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return np.loadtxt(path, delimiter=",", skiprows=int(has_header), usecols=columns,
+        # skiprows counts physical lines: the header's own, and the blank ones above it
+        skip = _first_row_and_line(path)[0] if has_header else 0
+        return np.loadtxt(path, delimiter=",", skiprows=skip, usecols=columns,
                           dtype=dtype, ndmin=ndmin, comments=None, quotechar='"',
                           encoding="utf-8-sig")
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import philox
 from .arrays import as_float32_examples
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
@@ -19,12 +19,13 @@ from .initialization import DEFAULT_INITIALIZATION
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .options import OptionError
+from .options import check_argument, positive_int
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
 from .threads import blas_threads, with_blas_threads
-from .training import TrainingOptions, best_epoch, split_validation, stopped_early
+from .training import (TrainingOptions, best_epoch, check_data_sizes, split_validation,
+                       stopped_early)
 
 EVAL_CHUNK = 10_000
 # Burda et al. 2016, section 5.2: a latent dimension is active when the variance of its
@@ -109,7 +110,9 @@ class VAE:
         once the validation loss has not improved for that many epochs (counted over the
         whole history, so resuming from a checkpoint stops where an uninterrupted run
         would); with `checkpoint`, the best epoch's model is also written beside it
-        (best_checkpoint_path: model.safetensors -> model.best.safetensors).
+        (best_checkpoint_path: model.safetensors -> model.best.safetensors; see
+        sync_best_checkpoint for a history trained without patience).  Without `checkpoint`
+        the model keeps the last epoch's parameters, not the best's.
 
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
         one epoch.  `verbose`: 0 silent, 1 one line per epoch on stderr, 2 also progress
@@ -124,14 +127,14 @@ class VAE:
                            None if progress is None else BatchCallback(progress))
         x_train = self.validate_data(x_train, "x_train")
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
+        if options.binarize:
+            check_binarizable(x_train, "x_train")
+            check_binarizable(x_val, "x_val")
         x_train, x_val = self._validation_split(x_train, x_val, options)
-        if options.batch_size > len(x_train):
-            raise OptionError("batch_size", options.batch_size,
-                              f"larger than the training set ({len(x_train)} examples)",
-                              options.owner)
-        if options.patience is not None and x_val is None:
-            raise OptionError("patience", options.patience, "early stopping needs validation "
-                              "data: pass x_val or set {val_fraction}", options.owner)
+        check_data_sizes(options, len(x_train), 0 if x_val is None else len(x_val))
+        keep_best = checkpoint is not None and options.patience is not None
+        if keep_best:
+            self.sync_best_checkpoint(checkpoint)
         if self.optimizer is None:   # untrained: a prior initialised from the data is set now
             self._init_prior_from_data(x_train)
         self._ensure_optimizer(options.lr, options.weight_decay)
@@ -145,14 +148,39 @@ class VAE:
                     break
                 reporter.epoch_started(epoch, last_epoch, len(x_train) // options.batch_size)
                 record = self._train_one_epoch(x_train, x_val, options, reporter)
+                record["objective"] = objective_words(options)   # for the epoch line only
                 if checkpoint is not None:
                     self.save(checkpoint)
-                    if options.patience is not None and best_epoch(self.history)[0] == epoch:
+                    if keep_best and best_epoch(self.history)[0] == epoch:
                         self.save(best_checkpoint_path(checkpoint))
                 reporter.epoch_finished(record)
                 if on_epoch is not None:
                     on_epoch(record)
         return {key: list(values[first:]) for key, values in self.history.items()}
+
+    def sync_best_checkpoint(self, checkpoint: str | Path) -> None:
+        """Make best_checkpoint_path(checkpoint) hold the best epoch of this model's history
+        before fit(patience=...) continues it: a history trained without patience (or a
+        process killed between writing the last and the best checkpoint) may have left it
+        missing or stale.  Where the best epoch is the last one, its model is this one and is
+        written; where it is an earlier epoch whose model was not kept, ValueError (its
+        parameters are gone, so early stopping could not return them)."""
+        best = best_epoch(self.history)
+        if best is None:
+            return
+        path = best_checkpoint_path(checkpoint)
+        kept = kept_epoch(path)
+        if kept == best:
+            return
+        if best[0] == self.history["epoch"][-1]:
+            self.save(path)
+            return
+        held = (f"holds epoch {kept[0]}" if kept else
+                "is unreadable" if path.is_file() else "does not exist")
+        raise ValueError(f"patience: the best epoch so far is epoch {best[0]} (validation loss "
+                         f"{best[1]:.4f}), but its model was not kept ({path} {held}: epochs "
+                         "trained without patience keep no best model), so early stopping could "
+                         "not return it; continue without patience, or train a new model with it")
 
     def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
         """`options` if this model can train with them on its device, else ValueError naming
@@ -325,9 +353,8 @@ class VAE:
         return None if u is None else np.asarray(u, np.float32).reshape(len(u), *self.config.data_shape)
 
     def _sample_args(self, n, seed) -> tuple[int, int]:
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        return int(n), self.config.seed if seed is None else int(seed)
+        n = check_argument("n", n, positive_int)
+        return n, self.config.seed if seed is None else int(seed)
 
     def _likelihood_means(self, raw) -> np.ndarray:
         return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
@@ -354,23 +381,24 @@ class VAE:
         example (KernelExecutor.log_likelihood).  `progress(n)` is called as each group of
         n examples is done (the n sum to len(x), like fit's progress).  ValueError for a
         bad n_samples."""
+        n_samples = check_argument("n_samples", n_samples, positive_int)
         x = self.validate_data(x, "x")
-        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        return self._executor.log_likelihood(x, int(n_samples), progress=progress)
+        return self._executor.log_likelihood(x, n_samples, progress=progress)
 
-    def bits_per_dim(self, log_px, x) -> np.ndarray:
+    def bits_per_dim(self, log_px, x, binarized: bool = False) -> np.ndarray:
         """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
         bound) -> bits per dimension, -log2 p(x) / D (cupyvae.distributions.bits_per_dim).
 
         Likelihoods that are mass functions (Likelihood.discrete) report -log2 P(x) / D as
-        is.  Continuous densities on 8-bit images (every value of x is k/255) are first
-        converted to the 0..255 pixel scale, log p(255 x) = log p(x) - D log 255; on other
-        data they report the density of x itself.  log_px: nats, any shape (e.g. (N,));
-        returns float64 bits per dimension of the same shape.  x: the data log_px was
-        computed on (only its values' grid is read).  bits_per_dim_basis(x) says which
-        formula applied."""
-        return self.spec.likelihood.bits_per_dim(log_px, eight_bit_scale(x))
+        is.  Continuous densities on 8-bit images (every value of x is k/255, or x is uint8,
+        which the model reads as k/255) are first converted to the 0..255 pixel scale,
+        log p(255 x) = log p(x) - D log 255; on other data, and on `binarized` data (the
+        {0, 1} outcomes of dynamic binarization are no 8-bit intensities), they report the
+        density of x itself.  log_px: nats, any shape (e.g. (N,)); returns float64 bits per
+        dimension of the same shape.  x: the data log_px was computed on (validated like
+        every input, validate_data; only its values' grid is read).  bits_per_dim_basis(x,
+        binarized) says which formula applied."""
+        return self.spec.likelihood.bits_per_dim(log_px, self._data_scale(x, binarized))
 
     def log_likelihood_note(self, x) -> str | None:
         """What the log-likelihood of data x (N, ...) means when it is not the log-probability
@@ -378,9 +406,13 @@ class VAE:
         see Likelihood.log_likelihood_note.  ValueError for data validate_data refuses."""
         return self.spec.likelihood.log_likelihood_note(self.validate_data(x, "x"))
 
-    def bits_per_dim_basis(self, x) -> str:
-        """The formula bits_per_dim(., x) applies, in words (for reports)."""
-        return self.spec.likelihood.bits_per_dim_basis(eight_bit_scale(x))
+    def bits_per_dim_basis(self, x, binarized: bool = False) -> str:
+        """The formula bits_per_dim(., x, binarized) applies, in words (for reports)."""
+        return self.spec.likelihood.bits_per_dim_basis(self._data_scale(x, binarized))
+
+    def _data_scale(self, x, binarized: bool) -> float:
+        x = self.validate_data(x, "x")          # uint8 images become k/255 here, as in loss()
+        return 1.0 if binarized else eight_bit_scale(x)
 
     # ---------------------------------------------------------------- persistence
     def save(self, path) -> None:
@@ -461,10 +493,56 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     return model
 
 
+def check_binarizable(x: np.ndarray | None, what: str) -> None:
+    """ValueError naming `what` unless every value of x (validated data, or None) is in
+    [0, 1]: dynamic binarization draws x ~ Bernoulli(x), a probability."""
+    if x is None or x.size == 0:
+        return
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"binarize: {what} has values in [{low:g}, {high:g}], but dynamic "
+                         "binarization draws x ~ Bernoulli(x) and needs values in [0, 1]; "
+                         "rescale the data or train without binarize")
+
+
+def objective_words(options: TrainingOptions) -> str | None:
+    """How the training objective differs from the negative ELBO, in words (None: it is
+    the negative ELBO), for the epoch lines."""
+    if options.objective != "elbo":
+        return f"{options.objective} k={options.iw_samples}"
+    parts = [f"kl_weight {options.kl_weight:g}" if options.kl_weight != 1 else "",
+             "KL warm-up" if options.kl_warmup_steps else "",
+             f"free bits {options.free_bits:g}" if options.free_bits else ""]
+    return ", ".join(part for part in parts if part) or None
+
+
 def format_epoch(record: dict) -> str:
-    val = "" if record["val_loss"] is None else f"  val {record['val_loss']:.3f}"
-    return (f"epoch {record['epoch']:3d}  train {record['train_loss']:.3f}{val}  "
-            f"({record['seconds']:.1f} s)")
+    """One line per epoch: the training and validation negative ELBO (nats per example),
+    so the two compare; the training objective too, by name, where it is another
+    (record["objective"], objective_words).  Without the training ELBO terms, the
+    objective alone ("train")."""
+    val = "" if record["val_loss"] is None else f"  val -ELBO {record['val_loss']:.3f}"
+    recon, kl = record.get("train_recon"), record.get("train_kl")
+    if recon is None or kl is None:
+        train = f"train {record['train_loss']:.3f}"
+    else:
+        train = f"train -ELBO {recon + kl:.3f}"
+        if record.get("objective"):
+            train += f" (objective {record['train_loss']:.3f}: {record['objective']})"
+    return f"epoch {record['epoch']:3d}  {train}{val}  ({record['seconds']:.1f} s)"
+
+
+
+def kept_epoch(path: str | Path) -> tuple[int, float] | None:
+    """(epoch, validation loss) of the last epoch a checkpoint file holds; None when the
+    file is missing, damaged or holds no validated epoch."""
+    try:
+        history = load_checkpoint(path).history
+    except CheckpointError:
+        return None
+    if not history["epoch"] or history["val_loss"][-1] is None:
+        return None
+    return history["epoch"][-1], history["val_loss"][-1]
 
 
 def best_checkpoint_path(checkpoint: str | Path) -> Path:

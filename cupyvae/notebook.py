@@ -15,11 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .plots import MAX_SLIDERS, SLIDER_RANGE, as_images, is_image_shape
+from .plots import MAX_SLIDERS, _DatumView, is_image_shape, slider_ranges
 
 IMAGE_PIXELS = 280          # the decoded image is shown about this many pixels wide
 SLIDER_STEP = 0.02
-CODE_SPREAD = 3.0           # with data: each slider spans the codes' mean +- 3 standard deviations
 
 
 class MissingExtra(ImportError):
@@ -31,8 +30,8 @@ def explore(model, x=None, *, names: Sequence[str] | None = None, max_sliders: i
     dimension (the first `max_sliders`; the others stay at their starting value).
 
     With data `x` (N, *data_shape) the sliders start at the mean of the posterior means
-    of x and span that mean +- 3 standard deviations of the codes, so they cover where the
-    model put the data; without, they start at 0 and span +-3 (the N(0, I) prior).
+    of x and span where the codes lie; without, they start at 0 and span +-3 (the N(0, I)
+    prior) -- the spans of the CLI's explorer (cupyvae.plots.slider_ranges).
     `names` labels the sliders (the original notebook's ("pose", "expression")).
 
     The panel has `.sliders`, `.image` (a widgets.Image holding PNG bytes) and `.z` (the
@@ -43,14 +42,13 @@ def explore(model, x=None, *, names: Sequence[str] | None = None, max_sliders: i
     n_sliders = min(latent_dim, int(max_sliders))
     if names is not None and len(names) != n_sliders:
         raise ValueError(f"{len(names)} slider names for {n_sliders} sliders")
-    centre, spread = _slider_ranges(model, x)
-    z = centre.astype(np.float32).copy()
+    z, ranges = _start_and_ranges(model, x)
     image = widgets.Image(value=decoded_png(model, z), format="png",
                           layout=widgets.Layout(width=f"{IMAGE_PIXELS}px"))
     sliders = []
     for i in range(n_sliders):
-        slider = widgets.FloatSlider(value=float(z[i]), min=float(centre[i] - spread[i]),
-                                     max=float(centre[i] + spread[i]), step=SLIDER_STEP,
+        slider = widgets.FloatSlider(value=float(z[i]), min=float(ranges[i, 0]),
+                                     max=float(ranges[i, 1]), step=SLIDER_STEP,
                                      description=names[i] if names else f"z{i + 1}",
                                      continuous_update=True, readout_format="+.2f")
         slider.observe(_updater(model, z, i, image), names="value")
@@ -63,24 +61,20 @@ def explore(model, x=None, *, names: Sequence[str] | None = None, max_sliders: i
 
 
 def decoded_png(model, z: np.ndarray) -> bytes:
-    """The likelihood mean of one latent point as PNG bytes (images in grey or colour,
-    other data as a line plot)."""
+    """The likelihood mean of one latent point as PNG bytes, drawn as the CLI's explorer
+    draws it (images in grey or colour, other data as a line plot)."""
+    from matplotlib.figure import Figure
     datum = model.decode(np.asarray(z, np.float32)[None])[0]
     shape = model.config.data_shape
-    buffer = io.BytesIO()
     if is_image_shape(shape):
-        from matplotlib.image import imsave
-        image = np.clip(as_images(datum[None], shape)[0], 0.0, 1.0)
-        zoom = max(1, IMAGE_PIXELS // max(image.shape[:2]))
-        image = np.repeat(np.repeat(image, zoom, axis=0), zoom, axis=1)
-        imsave(buffer, image, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+        figure = Figure(figsize=(IMAGE_PIXELS / 100, IMAGE_PIXELS / 100), dpi=100)
+        axes = figure.add_axes((0.0, 0.0, 1.0, 1.0))
     else:
-        from matplotlib.figure import Figure
         figure = Figure(figsize=(4, 2.5), dpi=100)
         axes = figure.add_subplot()
-        axes.plot(np.ravel(datum))
-        axes.set_xlabel("component")
-        figure.savefig(buffer, format="png")
+    _DatumView(axes, shape, datum)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
@@ -91,13 +85,13 @@ def _updater(model, z: np.ndarray, index: int, image):
     return update
 
 
-def _slider_ranges(model, x) -> tuple[np.ndarray, np.ndarray]:
-    latent_dim = model.config.latent_dim
-    if x is None:
-        return np.zeros(latent_dim), np.full(latent_dim, SLIDER_RANGE)
-    codes = model.encode(x).astype(np.float64)
-    spread = CODE_SPREAD * codes.std(axis=0)
-    return codes.mean(axis=0), np.where(spread > 0, spread, SLIDER_RANGE)
+def _start_and_ranges(model, x) -> tuple[np.ndarray, np.ndarray]:
+    """(the starting point z, float32 (latent_dim,); the slider spans (latent_dim, 2)):
+    the mean code of x, or 0 without data (a single code at the prior's mean)."""
+    codes = (np.zeros((1, model.config.latent_dim), np.float32) if x is None
+             else model.encode(x))
+    z = codes.mean(axis=0).astype(np.float32)
+    return z, slider_ranges(codes, z)
 
 
 def _ipywidgets():

@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from .options import OptionError
-from .reference import iwae_loss_and_grads, negative_elbo_and_grads
+from .reference import (iwae_loss_and_grads, kl_per_dimension_for_free_bits,
+                        negative_elbo_and_grads)
 from .registry import Registry
 from .spec import ModelSpec
 
@@ -133,13 +134,8 @@ class Elbo(Objective):
                               "training option")
 
     def check_model(self, spec: ModelSpec) -> None:
-        if self.free_bits > 0 and spec.kl_per_dimension is None:
-            raise OptionError(
-                "free_bits", self.free_bits,
-                f"free bits need a KL that factorises per latent dimension; {{posterior}} "
-                f"{spec.config.posterior} with {{prior}} {spec.config.prior} has none (only "
-                "closed-form pairs registered with register_kl_per_dimension, e.g. gaussian "
-                "with normal); leave {free_bits} at 0", "training option")
+        if self.free_bits > 0:
+            kl_per_dimension_for_free_bits(spec, self.free_bits)
 
     def step(self, spec, params, grads, x, eps, terms, kl_weight) -> float:
         return negative_elbo_and_grads(spec, params, grads, x, eps, kl_weight=kl_weight,

@@ -165,6 +165,15 @@ def integer_at_least(minimum: int, maximum: int | None = None) -> Check:
                  lambda: click.IntRange(min=minimum, max=maximum))
 
 
+def check_argument(name: str, value, check: Check):
+    """`value` as `check` accepts it, else OptionError naming the argument: the keyword
+    arguments of API methods (n, n_samples, threads) follow the option fields' rules."""
+    try:
+        return check.accept(value)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(name, value, str(exc) or check.rule, "argument") from None
+
+
 def number(minimum: float = 0.0, *, open_min: bool = False, maximum: float | None = None,
            open_max: bool = False) -> Check:
     """A finite real in the given range (NaN and inf are always refused)."""

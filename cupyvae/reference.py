@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .layers import linear_backward, linear_forward
+from .options import OptionError
 from .objective_twins import free_bits_kl, iwae_weights, repeat_rows, scale_rows, sum_row_groups
 from .spec import LayerSpec, ModelSpec
 
@@ -137,7 +138,7 @@ def negative_elbo_and_grads(spec: ModelSpec, params: dict, grads: dict,
     batch = x.shape[0]
     scale = 1.0 / batch
     kl_scale = kl_weight * scale
-    per_dimension = _kl_per_dimension(spec) if free_bits > 0 else None
+    per_dimension = kl_per_dimension_for_free_bits(spec, free_bits) if free_bits > 0 else None
     enc_acts = mlp_forward(spec.encoder, params, x)
     q_raw = enc_acts[-1]
     z = spec.posterior.rsample(q_raw, eps)
@@ -230,14 +231,17 @@ def _monte_carlo_backward(spec, params, grads, enc_acts, q_rows, eps, z, dz, pri
     add_prior_param_grads(spec, params, grads, z, prior_params, g_p)
 
 
-def _kl_per_dimension(spec: ModelSpec):
-    """The pair's per-dimension KL, or ValueError naming the pair (free bits needs it)."""
+def kl_per_dimension_for_free_bits(spec: ModelSpec, free_bits: float):
+    """The pair's per-dimension KL, or OptionError (a ValueError) naming the pair (free bits
+    needs it); the one check of the reference and of the ELBO objective
+    (objectives.Elbo.check_model)."""
     if spec.kl_per_dimension is None:
-        raise ValueError(
-            f"free bits need a KL that factorises per latent dimension; posterior "
-            f"{spec.config.posterior!r} with prior {spec.config.prior!r} has none registered "
-            "(register_kl_per_dimension); set free_bits to 0 or use a pair that has one, e.g. "
-            "posterior 'gaussian' with prior 'normal'")
+        raise OptionError(
+            "free_bits", free_bits,
+            f"free bits need a KL that factorises per latent dimension; {{posterior}} "
+            f"{spec.config.posterior} with {{prior}} {spec.config.prior} has none (only "
+            "closed-form pairs registered with register_kl_per_dimension, e.g. gaussian "
+            "with normal); leave {free_bits} at 0", "training option")
     return spec.kl_per_dimension
 
 

@@ -48,11 +48,16 @@ from .csvdata import csv_reference, is_csv_reference, parse_csv_reference
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
 from .files import write_atomic
-from .model import VAE, TrainingDiverged, best_checkpoint_path, load
+from .model import (VAE, TrainingDiverged, best_checkpoint_path, check_binarizable, kept_epoch,
+                    load)
+from .objectives import objective_for
 from .progress import Reporter
-from .options import Check, OptionError, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
+from .options import (Check, ValidatedOptions, cli_fields, nonnegative_int, one_of, option,
+                      optional, positive_int)
+from .spec import ModelSpec
 from .threads import default_threads
-from .training import TrainingOptions, best_epoch, split_digest, split_validation, stopped_early
+from .training import (TrainingOptions, best_epoch, check_data_sizes, data_digest, split_digest,
+                       split_validation, stopped_early)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -83,6 +88,11 @@ def _data_reference(value) -> str:
     return value
 
 
+def device_choices() -> list[str]:
+    """What --device accepts (train's RunOptions.device and the other commands alike)."""
+    return ["auto", *EXECUTORS.names()]
+
+
 @dataclass(frozen=True)
 class RunOptions(ValidatedOptions):
     """Where a run's data come from and where it computes; not part of the model or of
@@ -96,7 +106,7 @@ class RunOptions(ValidatedOptions):
                        "split is the validation set unless --val-fraction is given.")
     limit: int | None = option(None, optional(positive_int),
                                "Use only the first N training examples (for quick runs).")
-    device: str = option("auto", one_of(lambda: ["auto", *EXECUTORS.names()]),
+    device: str = option("auto", one_of(device_choices),
                          "Where to train; auto picks cuda when a GPU is usable, else cpu.")
     execution: str = option("auto", one_of(EXECUTIONS),
                             "Kernel devices only: replay each training step from a CUDA graph, "
@@ -120,11 +130,14 @@ class RunConfig:
     run: RunOptions
     dataset: dict
     version: str = __version__
+    device_used: str | None = None     # what run.device ("auto") resolved to, last time
 
     def to_dict(self, folder: Path) -> dict:
         content = {"format": RUN_FORMAT, "cupyvae_version": self.version,
                    "model": self.model.to_dict(), "training": self.training.to_dict(),
                    "run": self.run.to_dict(), "dataset": self.dataset}
+        if self.device_used is not None:
+            content["device_used"] = self.device_used
         content["command"] = rerun_command(self, folder)
         return content
 
@@ -153,7 +166,8 @@ def read_config(folder: Path) -> RunConfig:
                          training=TrainingOptions.from_dict(content.get("training"), "training"),
                          run=RunOptions.from_dict(content.get("run"), "run"),
                          dataset=_dataset_section(content.get("dataset")),
-                         version=str(content.get("cupyvae_version", "unknown")))
+                         version=str(content.get("cupyvae_version", "unknown")),
+                         device_used=_device_used(content.get("device_used")))
     except ValueError as exc:
         raise RunError(f"{path} is invalid: {exc}") from None
 
@@ -167,10 +181,50 @@ def _upgrade_format_1(content: dict) -> dict:
     return {**content, "training": training, "run": run}
 
 
+def _text(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _sha256(value) -> str:
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise ValueError("must be a SHA-256 digest (64 lowercase hex digits)")
+    return value
+
+
+# config.json's dataset section: what the run trained and validated on (required keys
+# first; runs started before the digests existed lack the optional ones).
+DATASET_KEYS = {"name": Check("", _text), "train_examples": positive_int,
+                "validation": Check("", _text), "validation_examples": nonnegative_int}
+OPTIONAL_DATASET_KEYS = {"split_seed": nonnegative_int, "validation_rows_sha256": Check("", _sha256),
+                         "train_sha256": Check("", _sha256), "validation_sha256": Check("", _sha256)}
+
+
+def _device_used(value) -> str | None:
+    if value is not None and value not in EXECUTORS.names():
+        raise ValueError(f"device_used = {value!r}: must be one of {', '.join(EXECUTORS.names())}")
+    return value
+
+
 def _dataset_section(section) -> dict:
+    """The dataset section, each key checked (ValueError naming the key)."""
     if not isinstance(section, dict):
         raise ValueError(f"dataset must be a JSON object, got {section!r}")
-    return section
+    known = {**DATASET_KEYS, **OPTIONAL_DATASET_KEYS}
+    unknown = sorted(set(section) - set(known))
+    missing = [key for key in DATASET_KEYS if key not in section]
+    if unknown or missing:
+        raise ValueError(f"dataset: {'unknown keys ' + str(unknown) if unknown else ''}"
+                         f"{'; ' if unknown and missing else ''}"
+                         f"{'missing keys ' + str(missing) if missing else ''}")
+    checked = {}
+    for key, value in section.items():
+        try:
+            checked[key] = known[key].accept(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"dataset {key} = {value!r}: {exc}") from None
+    return checked
 
 
 def load_run(folder: Path, device: str = "auto", execution: str | None = None,
@@ -186,8 +240,8 @@ def load_run(folder: Path, device: str = "auto", execution: str | None = None,
     model = load(path, device=device, execution=execution)
     if model.config != config.model:
         stored, saved = config.model.to_dict(), model.config.to_dict()
-        differences = "; ".join(f"{name} {_shown(stored[name])} in {CONFIG_FILE}, "
-                                f"{_shown(saved[name])} in the checkpoint"
+        differences = "; ".join(f"{name} {shown(stored[name])} in {CONFIG_FILE}, "
+                                f"{shown(saved[name])} in the checkpoint"
                                 for name in stored if stored[name] != saved[name])
         raise RunError(f"{path} does not belong to {folder / CONFIG_FILE}: their model configs "
                        f"differ ({differences})")
@@ -195,11 +249,23 @@ def load_run(folder: Path, device: str = "auto", execution: str | None = None,
 
 
 def checkpoint_path(folder: Path, checkpoint: str = "last") -> Path:
-    """The file of checkpoint "last" or "best" (see load_run)."""
+    """The file of checkpoint "last" or "best" (see load_run).  RunError when the best
+    file does not hold the best epoch of the last checkpoint's history (a run resumed
+    without --patience, say, trained past it)."""
     if checkpoint not in CHECKPOINTS:
         raise RunError(f"checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
-    best = Path(folder) / BEST_CHECKPOINT_FILE
-    return best if checkpoint == "best" and best.is_file() else Path(folder) / CHECKPOINT_FILE
+    best, last = Path(folder) / BEST_CHECKPOINT_FILE, Path(folder) / CHECKPOINT_FILE
+    if checkpoint == "last" or not best.is_file():
+        return last
+    history = _checkpoint_history(last)
+    wanted = None if history is None else best_epoch(history)
+    kept = kept_epoch(best)
+    if wanted is not None and kept != wanted:
+        held = f"epoch {kept[0]}" if kept else "no readable epoch"
+        raise RunError(f"{best} holds {held}, but the best validation loss of {last} is at epoch "
+                       f"{wanted[0]} (it was not kept up to date: the run was continued without "
+                       "--patience, or stopped between writing the two); use --checkpoint last")
+    return best
 
 
 # ---------------------------------------------------------------------- writing
@@ -237,9 +303,13 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 def _clear_run_files(folder: Path) -> None:
-    """Only cupyvae's own files go: a mistyped --out --force must not wipe a directory."""
+    """Only cupyvae's own files go: a mistyped --out --force must not wipe a directory
+    (samples-<n>.png only by that exact pattern, default_samples_path's)."""
     for name in run_files():
         (folder / name).unlink(missing_ok=True)
+    for path in folder.glob("samples-*.png"):
+        if path.name[len("samples-"):-len(".png")].isdigit():
+            path.unlink(missing_ok=True)
 
 
 def rerun_command(config: RunConfig, folder: Path) -> str:
@@ -316,13 +386,22 @@ class Run:
                          f"{self.config.dataset['train_examples']} examples, validation on "
                          f"{_validation_words(self.config.dataset)}, epochs {done + 1}-{target}, "
                          f"run folder {self.folder}")
+        bias = selection_bias(self.config)
+        if bias:
+            reporter.message(f"note: {bias}")
+        limit, available = self.config.run.limit, len(self.dataset.x_train)
+        if limit is not None and limit > available:
+            reporter.message(f"note: --limit {limit} caps nothing: the train split of "
+                             f"{self.dataset.name} has {available} examples, all used")
         try:
             with _sigterm_as_interrupt():
                 if target > done:
                     self._fit(reporter, done, target)
                 stop = early_stop_message(self.model.history, self.config.training.patience)
                 if stop:
-                    reporter.message(f"{stop}; its model is {self.folder / BEST_CHECKPOINT_FILE}")
+                    best = self.folder / BEST_CHECKPOINT_FILE
+                    kept = f"its model is {best}" if best.is_file() else "its model was not kept"
+                    reporter.message(f"{stop}; {kept}")
                 write_run_plots(self.folder, self.config, self._plot_model(), self.dataset,
                                 self.model.history, reporter)
         except KeyboardInterrupt as exc:
@@ -380,6 +459,16 @@ def early_stop_message(history: dict, patience: int | None) -> str | None:
             f"improved for {patience} epochs since epoch {epoch} ({loss:.3f})")
 
 
+def selection_bias(config: RunConfig) -> str | None:
+    """Why the test score of the best checkpoint is optimistic, when early stopping chose
+    it on the test split itself (patience without val_fraction); else None."""
+    if config.training.patience is None or config.dataset.get("validation") != "test split":
+        return None
+    return ("early stopping selects the best epoch by its loss on the test split, so the test "
+            "score of the best checkpoint is optimistically biased (--val-fraction selects "
+            "on held-out training examples instead)")
+
+
 def _validation_words(summary: dict) -> str:
     if not summary.get("validation_examples"):
         return "nothing (no test split)"
@@ -395,17 +484,27 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
         training = training.replace(threads=default_threads())
     folder = Path(folder) if folder is not None else default_run_folder(run_options.data)
     _refuse_occupied_folder(folder, force)
+    check_before_data(model_options, training)
     dataset = load_dataset(run_options.data)
     model = VAE(dataset.data_shape, **model_options, device=run_options.device,
                 execution=run_options.execution_mode)
     model.validate_training_options(training)      # e.g. free bits this model cannot have
     x_train, x_val, summary = _training_data(model, dataset, training, run_options)
-    config = RunConfig(model=model.config, training=training, run=run_options, dataset=summary)
+    config = RunConfig(model=model.config, training=training, run=run_options, dataset=summary,
+                       device_used=model.device)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
     _clear_run_files(folder)
     config.write(folder)
     return Run(folder, config, model, dataset, x_train, x_val)
+
+
+def check_before_data(model_options: dict, training: TrainingOptions) -> None:
+    """Refuse model options, and training options this model cannot train with, before the
+    data are loaded (the data only fix data_shape, which no such rule reads); the device's
+    own rules are checked once the model is built (VAE.validate_training_options)."""
+    spec = ModelSpec(VAEConfig(data_shape=(1,), **model_options))
+    objective_for(training).check_model(spec)
 
 
 def resume_run(folder: Path, changes: dict) -> Run | None:
@@ -428,11 +527,17 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     done = len(model.history["epoch"])
     if done >= training.epochs or stopped_early(model.history, training.patience):
         return None
+    if training.patience is not None:
+        try:    # before loading the data: is the best epoch's model kept (or this one)?
+            model.sync_best_checkpoint(folder / CHECKPOINT_FILE)
+        except ValueError as exc:
+            raise RunError(f"--{exc}") from None
     dataset = load_dataset(run_options.data)
     x_train, x_val, summary = _training_data(model, dataset, training, run_options)
-    _refuse_changed_split(folder, config.dataset, summary)
+    _refuse_changed_data(folder, run_options.data, config.dataset, summary)
     config = RunConfig(model=config.model, training=training, run=run_options,
-                       dataset=config.dataset)
+                       dataset={**summary, **config.dataset},   # older runs gain the digests
+                       device_used=model.device)
     remove_stale_temporaries(folder)
     config.write(folder)
     return Run(folder, config, model, dataset, x_train, x_val)
@@ -452,13 +557,21 @@ def finished_message(folder: Path, changes: dict) -> str:
             f"(`cupyvae plot {shlex.quote(str(folder))}` rewrites its plots)")
 
 
-def _refuse_changed_split(folder: Path, stored: dict, summary: dict) -> None:
-    """A resumed run must validate on the examples it validated on before."""
-    key = "validation_rows_sha256"
-    if key in stored and stored.get(key) != summary.get(key):
-        raise RunError(f"the training data of {folder} changed since the run started: its "
-                       f"validation split ({CONFIG_FILE}: {stored.get('validation_examples')} "
-                       "examples) is not the one the data give now; start a new run")
+# What a resumed run compares with config.json's dataset section (those it holds: runs
+# started before the digests existed have only the counts).
+DATA_IDENTITY = ("train_examples", "validation_examples", "validation_rows_sha256",
+                 "train_sha256", "validation_sha256")
+
+
+def _refuse_changed_data(folder: Path, data: str, stored: dict, summary: dict) -> None:
+    """A resumed run must train and validate on the examples it started with."""
+    changed = [key for key in DATA_IDENTITY if key in stored and stored[key] != summary.get(key)]
+    if changed:
+        counts = (f"{stored.get('train_examples')} training and "
+                  f"{stored.get('validation_examples')} validation examples")
+        raise RunError(f"the data of {folder} changed since the run started: {data} no longer "
+                       f"gives the examples in {CONFIG_FILE} ({counts}; {', '.join(changed)} "
+                       "differ); restore the data or start a new run")
 
 
 def _refuse_changed_options(stored: RunConfig, changes: dict) -> None:
@@ -470,12 +583,13 @@ def _refuse_changed_options(stored: RunConfig, changes: dict) -> None:
         given = dataset_reference(value) if name == "data" else value
         if json.loads(json.dumps(given)) != current.get(name):
             flag = "--" + name.replace("_", "-")
-            raise RunError(f"{flag} {_shown(value)} differs from the run's {_shown(current.get(name))} "
+            raise RunError(f"{flag} {shown(value)} differs from the run's {shown(current.get(name))} "
                            f"({CONFIG_FILE}); a resumed run keeps its options (only "
                            f"{', '.join('--' + n for n in RESUMABLE_OPTIONS)} may change)")
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
+    """A value as the user typed it (lists comma-separated), for messages."""
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
@@ -497,6 +611,8 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
     (training.split_validation); the summary records that split and its digest."""
     x_train = dataset.x_train[:run_options.limit] if run_options.limit else dataset.x_train
     x_train = model.validate_data(x_train, f"training data ({dataset.name}, train split)")
+    if training.binarize:
+        check_binarizable(x_train, f"the training data ({dataset.name}, train split)")
     if training.val_fraction:
         train_rows, val_rows = split_validation(len(x_train), training.val_fraction,
                                                 model.config.seed)   # OptionError names the field
@@ -504,21 +620,19 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
         summary = {"name": dataset.name, "train_examples": len(train_rows),
                    "validation": f"{training.val_fraction:g} of the train split",
                    "validation_examples": len(val_rows), "split_seed": model.config.seed,
-                   "validation_rows_sha256": split_digest(val_rows)}
+                   "validation_rows_sha256": split_digest(val_rows),
+                   "train_sha256": data_digest(x_train)}
     else:
         x_val = validation_split(model, dataset, training.binarize)
         summary = {"name": dataset.name, "train_examples": len(x_train), "validation": "test split",
-                   "validation_examples": 0 if x_val is None else len(x_val)}
+                   "validation_examples": 0 if x_val is None else len(x_val),
+                   "train_sha256": data_digest(x_train)}
+        if x_val is not None:
+            summary["validation_sha256"] = data_digest(x_val)
     model.spec.prior.check_training_set(summary["train_examples"],
                                         f"the training set ({dataset.name})")
-    if training.batch_size > summary["train_examples"]:
-        raise OptionError("batch_size", training.batch_size,
-                          f"larger than the training set ({summary['train_examples']} examples "
-                          f"of {dataset.name})", training.owner)
-    if training.patience is not None and not summary["validation_examples"]:
-        raise OptionError("patience", training.patience,
-                          f"early stopping needs a validation set, and {dataset.name} has no "
-                          "test split; set {val_fraction}", training.owner)
+    check_data_sizes(training, summary["train_examples"], summary["validation_examples"],
+                     f"the training set of {dataset.name}")
     return x_train, x_val, summary
 
 
@@ -528,7 +642,10 @@ def validation_split(model: VAE, dataset: Dataset, binarize: bool) -> np.ndarray
     if len(dataset.x_test) == 0:
         return None
     x_test = model.validate_data(dataset.x_test, f"validation data ({dataset.name}, test split)")
-    return binarize_batch(x_test, model.config.seed, 0) if binarize else x_test
+    if not binarize:
+        return x_test
+    check_binarizable(x_test, f"the test split of {dataset.name}")
+    return binarize_batch(x_test, model.config.seed, 0)
 
 
 def _checkpoint_history(path: Path) -> dict | None:
@@ -581,18 +698,24 @@ def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
     result = {"dataset": dataset.name, "split": "test", "examples": n,
               "binarized": config.training.binarize, "checkpoint": checkpoint_path(folder, checkpoint).name,
               "epochs": len(model.history["epoch"]), "threads": threads,
-              "negative_elbo": negative_elbo, "bits_per_dim_basis": model.bits_per_dim_basis(x_test)}
-    result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-negative_elbo, x_test))
+              "negative_elbo": negative_elbo,
+              "bits_per_dim_basis": model.bits_per_dim_basis(x_test, config.training.binarize)}
+    result["negative_elbo_bits_per_dim"] = float(model.bits_per_dim(-negative_elbo, x_test,
+                                                                    config.training.binarize))
     if iw_samples:
         with reporter.task(f"importance sampling, K={iw_samples} ({n} test examples)", n) as advance:
             log_px = model.log_likelihood(x_test, n_samples=iw_samples, progress=advance,
                                           threads=threads)
         result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
         result["log_likelihood_bits_per_dim"] = float(model.bits_per_dim(result["log_likelihood"],
-                                                                          x_test))
+                                                                          x_test,
+                                                                          config.training.binarize))
     note = model.log_likelihood_note(x_test)
     if note:
         result["note"] = note
+    bias = selection_bias(config)
+    if bias and result["checkpoint"] == BEST_CHECKPOINT_FILE:
+        result["selection_note"] = bias
     write_json(folder / EVALUATION_FILE, result)
     return result
 
@@ -602,7 +725,7 @@ def write_plots(folder: Path, device: str = "auto", checkpoint: str = "best",
     """(Re)write every plot of the run into its folder: the pictures of the chosen
     checkpoint's model, the loss curves of the whole run; progress goes to `reporter`."""
     config, model = load_run(folder, device, checkpoint=checkpoint)
-    history = _checkpoint_history(Path(folder) / CHECKPOINT_FILE) or model.history
+    history = load_checkpoint(Path(folder) / CHECKPOINT_FILE).history   # a damaged one: said
     return write_run_plots(folder, config, model, load_dataset(config.run.data), history, reporter)
 
 

@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
+from .options import check_argument, positive_int
+
 # The count in force inside blas_threads, so that nested calls with None keep it.
 _ACTIVE: ContextVar[int | None] = ContextVar("cupyvae_blas_threads", default=None)
 
@@ -79,9 +81,7 @@ def blas_threads(threads: int | None) -> Iterator[int]:
 
 
 def check_threads(threads) -> int:
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    return threads
+    return check_argument("threads", threads, positive_int)
 
 
 def with_blas_threads(method):

@@ -105,6 +105,20 @@ class TrainingOptions(ValidatedOptions):
         return base.replace(**changes) if changes else base
 
 
+def check_data_sizes(options: TrainingOptions, train_examples: int, validation_examples: int,
+                     what: str = "the training set") -> None:
+    """OptionError naming the field unless `options` can train on this many examples:
+    batch_size at most the training set, patience only with validation examples.  The one
+    check of fit and of a run folder (before it is written)."""
+    if options.batch_size > train_examples:
+        raise OptionError("batch_size", options.batch_size,
+                          f"larger than {what} ({train_examples} examples)", options.owner)
+    if options.patience is not None and not validation_examples:
+        raise OptionError("patience", options.patience,
+                          "early stopping needs a validation set: pass x_val, set "
+                          "{val_fraction}, or use a dataset with a test split", options.owner)
+
+
 # ---------------------------------------------------------------------- validation split
 def split_validation(n_examples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of a training set of `n_examples`: round(fraction *
@@ -125,6 +139,16 @@ def split_digest(val_rows: np.ndarray) -> str:
     """SHA-256 of the validation rows (int64), recorded in a run's config.json so that a
     resumed run can check that it validates on the same examples."""
     return hashlib.sha256(np.ascontiguousarray(val_rows, dtype=np.int64).tobytes()).hexdigest()
+
+
+def data_digest(x: np.ndarray) -> str:
+    """SHA-256 of a data set's shape and float32 bytes (C order), recorded in a run's
+    config.json so that a resumed run can check that it trains and validates on the same
+    examples (a replaced data file is refused, not silently trained on)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    digest = hashlib.sha256(repr(x.shape).encode())
+    digest.update(x.tobytes())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- early stopping

@@ -122,6 +122,8 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
     assert config["run"] == {"data": str(tiny_npz.resolve()), "limit": None, "device": "cpu",
                              "execution": "auto"}
     assert config["format"] == 2
+    digests = {key: config["dataset"].pop(key) for key in ("train_sha256", "validation_sha256")}
+    assert all(len(digest) == 64 for digest in digests.values()) and len(set(digests.values())) == 2
     assert config["dataset"] == {"name": "tiny.npz", "train_examples": 160,
                                  "validation": "test split", "validation_examples": 40}
     assert config["command"].startswith("cupyvae train --data ")
@@ -312,6 +314,14 @@ def test_truncated_checkpoint_is_a_one_line_error(trained_run, tmp_path):
 
 def test_folder_that_is_not_a_run_is_a_one_line_error(tmp_path):
     assert_one_line_error(run_cli("sample", tmp_path, "-o", tmp_path / "s.npy"), "config.json")
+
+
+@pytest.mark.parametrize("command,output,named", [("sample", "s.jpg", ".npy or .png"),
+                                                  ("encode", "codes.txt", ".npy or .csv")])
+def test_an_output_file_type_is_refused_before_the_run_is_read(tmp_path, command, output, named):
+    """The -o check of the run functions (runs.write_samples / encode_run), before any work:
+    the folder is no run, yet the error is the file type."""
+    assert_one_line_error(run_cli(command, tmp_path, "-o", tmp_path / output), output, named)
 
 
 # ---------------------------------------------------------------------- objectives

@@ -51,6 +51,24 @@ def test_no_header_columns_are_numbered_and_integer_labels_stay_integers(tmp_pat
     assert data.y_train.tolist() == [3, 7, 3] and getattr(data, "label_names", None) is None
 
 
+def test_blank_lines_above_the_header_are_skipped(tmp_path):
+    path = write(tmp_path, "\n  \n" + table(20))
+    data = load_dataset(f"{path}#label=kind")
+    plain = load_dataset(f"{write(tmp_path, table(20), 'plain.csv')}#label=kind")
+    np.testing.assert_array_equal(data.x_train, plain.x_train)
+    np.testing.assert_array_equal(data.y_train, plain.y_train)
+    assert data.label_names == ("cat", "dog")
+
+
+@pytest.mark.parametrize("reference,label", [("we#ird.csv", False), ("we#ird.csv#label=kind", True)])
+def test_a_file_name_may_hold_a_hash(tmp_path, reference, label):
+    write(tmp_path, table(20, label=None), "we#ird.csv")        # integer "kind" column
+    data = load_dataset(str(tmp_path / reference))
+    assert data.x_train.shape == (18, 3 if label else 4)
+    assert (data.y_train is not None) == label
+    assert parse_csv_reference(str(tmp_path / reference))[0] == tmp_path / "we#ird.csv"
+
+
 def test_quotes_bom_and_spaces_are_read(tmp_path):
     path = tmp_path / "q.csv"
     path.write_bytes('\ufeff"p", "q"\n"0.5", 0.75 \n'.encode("utf-8"))

@@ -15,6 +15,7 @@ import pytest
 import cupyvae
 from cupyvae import runs
 from cupyvae.progress import ConsoleReporter, Reporter, reporter_for_level
+from cupyvae.training import TrainingOptions
 
 from test_cli import TINY_MODEL, assert_ok, assert_one_line_error, make_images, run_cli, save_npz
 
@@ -189,6 +190,25 @@ def test_console_reporter_without_bars_prints_only_epoch_lines():
         advance(5)
     reporter.epoch_finished({"epoch": 1, "train_loss": 2.0, "val_loss": None, "seconds": 0.1})
     assert out.getvalue() == "epoch   1  train 2.000  (0.1 s)\n"
+
+
+@pytest.mark.parametrize("changes,objective", [
+    ({}, None), ({"objective": "iwae", "iw_samples": 3}, "iwae k=3"),
+    ({"kl_weight": 0.5, "kl_warmup_steps": 4}, "kl_weight 0.5, KL warm-up"),
+    ({"free_bits": 0.25}, "free bits 0.25")])
+def test_epoch_lines_compare_negative_elbos_and_name_another_objective(changes, objective):
+    """train and val are both the negative ELBO; an objective that is not shows beside it."""
+    from cupyvae.model import format_epoch, objective_words
+    x = (np.random.default_rng(0).random((30, 6)) < 0.4).astype(np.float32)
+    lines = []
+    model = cupyvae.VAE((6,), hidden=(4,))
+    model.fit(x[:20], x[20:], epochs=1, batch_size=10, **changes,
+              on_epoch=lambda record: lines.append(format_epoch(record)))
+    h = model.history
+    elbo = f"train -ELBO {h['train_recon'][0] + h['train_kl'][0]:.3f}"
+    assert objective_words(TrainingOptions(**changes)) == objective
+    tail = f" (objective {h['train_loss'][0]:.3f}: {objective})" if objective else ""
+    assert lines[0].startswith(f"epoch   1  {elbo}{tail}  val -ELBO {h['val_loss'][0]:.3f}  ("), lines
 
 
 # ---------------------------------------------------------------------- the device notice

@@ -440,6 +440,16 @@ def test_model_bits_per_dim_detects_8bit_data():
                                -log_p / (6 * math.log(2)), rtol=1e-14)
     assert "y = 255 x" in model.bits_per_dim_basis(grid)
     assert "of x itself" in model.bits_per_dim_basis(grid * 0.99)
+    # uint8 images are k/255 to the model (validate_data), so the same basis and numbers:
+    pixels = np.round(grid * 255).astype(np.uint8)
+    np.testing.assert_array_equal(model.bits_per_dim(log_p, pixels), model.bits_per_dim(log_p, grid))
+    assert model.bits_per_dim_basis(pixels) == model.bits_per_dim_basis(grid)
+    # Binarized {0, 1} outcomes are no 8-bit intensities: the density of x itself.
+    binary = (grid > 0.5).astype(np.float32)
+    assert "y = 255 x" in model.bits_per_dim_basis(binary)
+    assert "of x itself" in model.bits_per_dim_basis(binary, binarized=True)
+    np.testing.assert_allclose(model.bits_per_dim(log_p, binary, binarized=True),
+                               -log_p / (6 * math.log(2)), rtol=1e-14)
     bern = cupyvae.VAE((2, 3), hidden=(4,))
     assert "mass function" in bern.bits_per_dim_basis(grid)
     np.testing.assert_allclose(bern.bits_per_dim(log_p, grid), -log_p / (6 * math.log(2)), rtol=1e-14)

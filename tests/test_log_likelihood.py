@@ -104,11 +104,17 @@ def test_more_samples_tighten_the_estimate_on_average():
     assert one < many <= 0.0, (one, many)
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+@pytest.mark.parametrize("bad", [0, -3, 2.5, 4.0, True, "8", None])
 def test_bad_sample_counts_are_refused(bad):
+    """Integer arguments follow the option fields' rule (options.positive_int), one wording."""
     model = cupyvae.VAE((6,), latent_dim=2, hidden=())
-    with pytest.raises((ValueError, TypeError), match="n_samples"):
+    rule = r" = .*: must be an integer >= 1"
+    with pytest.raises(ValueError, match="argument n_samples" + rule):
         model.log_likelihood(X6, n_samples=bad)
+    with pytest.raises(ValueError, match="argument n" + rule):
+        model.sample(bad)
+    with pytest.raises(ValueError, match="argument n" + rule):
+        model.sample_latent(bad)
 
 
 def test_emulated_log_likelihood_matches_the_cpu():

@@ -40,13 +40,16 @@ def test_moving_a_slider_decodes_the_new_point():
 
 
 def test_with_data_the_sliders_start_at_the_codes_mean_and_cover_them():
+    from cupyvae.plots import slider_ranges
     model, x = trained_model(2)
     codes = model.encode(x)
     panel = cupyvae.explore(model, x=x)
+    ranges = slider_ranges(codes, codes.mean(axis=0))      # the CLI explorer's spans
     for i, slider in enumerate(panel.sliders):
         assert slider.value == pytest.approx(codes[:, i].mean(), abs=slider.step)
-        assert slider.min <= codes[:, i].min() or slider.min <= codes[:, i].mean() - 2.9 * codes[:, i].std()
-        assert slider.max >= codes[:, i].mean() + 2.9 * codes[:, i].std()
+        assert (slider.min, slider.max) == tuple(ranges[i])
+        assert slider.min <= np.quantile(codes[:, i], 0.005) and slider.max >= np.quantile(codes[:, i], 0.995)
+        assert slider.min <= -3 and slider.max >= 3
 
 
 def test_non_image_data_are_drawn_as_a_line():

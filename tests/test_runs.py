@@ -59,6 +59,10 @@ def edit_config(folder: Path, section: str, **changes) -> None:
     ("training", {"momentum": 0.9}, "unknown training options ['momentum']"),
     ("model", {"hidden": [8, -1]}, "hidden = [8, -1]"),
     ("run", {"device": "tpu"}, "device = 'tpu'"),
+    ("dataset", {"validation_examples": "lots"}, "dataset validation_examples = 'lots'"),
+    ("dataset", {"train_examples": 0}, "dataset train_examples = 0"),
+    ("dataset", {"train_sha256": "abc"}, "dataset train_sha256 = 'abc'"),
+    ("dataset", {"rows": 5}, "dataset: unknown keys ['rows']"),
 ])
 def test_resume_refuses_an_invalid_stored_config_naming_the_field(trained, section, changes, named):
     edit_config(trained, section, **changes)
@@ -186,3 +190,104 @@ def test_nan_and_out_of_range_flags_are_refused_by_the_cli(flag, value, tiny_npz
     assert result.exit_code != 0
     assert flag in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()          # refused before anything was written
+
+
+# ---------------------------------------------------------------------- the data of a run
+def test_resume_refuses_data_that_changed_naming_the_file(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "d.npy"
+    x = (rng.random((100, 6)) < 0.4).astype(np.float32)
+    np.save(path, x)
+    run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                         runs.RunOptions(data=str(path), device="cpu", limit=40))
+    run.train(runs.Reporter())
+    x[60:65] = 1 - x[60:65]                    # rows past --limit, none of the test split
+    np.save(path, x)
+    assert runs.resume_run(run.folder, {"epochs": 2}) is not None
+    for changed in (np.concatenate([x, x]),     # more rows: a longer test split
+                    np.where(np.arange(100)[:, None] == 5, 1 - x, x)):   # same size, row 5 flipped
+        np.save(path, changed)
+        with pytest.raises(runs.RunError, match=rf"data of .* changed since the run started: "
+                                                rf"{_escaped(str(path))} no longer gives"):
+            runs.resume_run(run.folder, {"epochs": 2})
+
+
+@pytest.mark.parametrize("train_low,test_high", [(-0.5, 1.0), (0.0, 3.0)])
+def test_binarize_refuses_data_outside_zero_one_before_any_work(tmp_path, train_low, test_high):
+    rng = np.random.default_rng(4)
+    x = rng.random((40, 6)).astype(np.float32)
+    x[3, 2], x[-1, 1] = train_low, test_high           # the last rows are the test split
+    model = cupyvae.VAE((6,), likelihood="gaussian-real", hidden=(4,))
+    with pytest.raises(ValueError, match=r"binarize: x_(train|val) has values in \[.*\].*\[0, 1\]"):
+        model.fit(x[:36], x[36:], epochs=1, batch_size=6, binarize=True)
+    assert model.history["epoch"] == []
+    path = tmp_path / "wide.npy"
+    np.save(path, x)
+    with pytest.raises(ValueError,
+                       match=r"binarize: the (training data|test split) .*wide.npy"):
+        runs.start_run(tmp_path / "run", {"likelihood": "gaussian-real", "hidden": (4,)},
+                       TrainingOptions(epochs=1, batch_size=6, binarize=True),
+                       runs.RunOptions(data=str(path), device="cpu"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("model_options,training,named", [
+    ({"prior": "mog"}, {"free_bits": 0.5}, "free_bits = 0.5: free bits need a KL that factorises"),
+    ({"hidden": (0,)}, {}, "hidden"),
+])
+def test_impossible_options_are_refused_before_the_data_are_loaded(tmp_path, model_options,
+                                                                   training, named):
+    with pytest.raises(ValueError, match=named):      # not "no such file"
+        runs.start_run(tmp_path / "run", model_options, TrainingOptions(**training),
+                       runs.RunOptions(data=str(tmp_path / "nothere.npy"), device="cpu"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_force_removes_an_old_runs_sample_grids_but_nothing_else(trained, tiny_npz):
+    (trained / "samples-64.png").write_bytes(b"old")
+    (trained / "samples-mine.png").write_bytes(b"mine")
+    runs.start_run(trained, TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                   runs.RunOptions(data=str(tiny_npz), device="cpu"), force=True)
+    assert not (trained / "samples-64.png").exists()
+    assert (trained / "samples-mine.png").read_bytes() == b"mine"
+
+
+def test_config_records_the_device_auto_resolved_to(tiny_npz, tmp_path):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the no-GPU notice
+        run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                             runs.RunOptions(data=str(tiny_npz), device="auto"))
+    content = json.loads((run.folder / runs.CONFIG_FILE).read_text())
+    assert content["run"]["device"] == "auto" and content["device_used"] == run.model.device
+    assert runs.read_config(run.folder).device_used == run.model.device
+    content["device_used"] = "tpu"
+    (run.folder / runs.CONFIG_FILE).write_text(json.dumps(content))
+    with pytest.raises(runs.RunError, match="device_used = 'tpu'"):
+        runs.read_config(run.folder)
+
+
+def test_plot_says_that_the_last_checkpoint_is_damaged(tiny_npz, tmp_path):
+    """The best checkpoint is fine, but the loss curves come from the last one: not
+    silently from the best's shorter history."""
+    run = runs.start_run(tmp_path / "run", TINY_MODEL,
+                         TrainingOptions(epochs=2, batch_size=10, patience=5),
+                         runs.RunOptions(data=str(tiny_npz), device="cpu"))
+    run.train(runs.Reporter())
+    assert (run.folder / runs.BEST_CHECKPOINT_FILE).is_file()
+    checkpoint = run.folder / runs.CHECKPOINT_FILE
+    checkpoint.write_bytes(checkpoint.read_bytes()[:300])
+    with pytest.raises(cupyvae.checkpoint.CheckpointError, match=runs.CHECKPOINT_FILE):
+        runs.write_plots(run.folder, "cpu", checkpoint="best")
+
+
+def test_a_limit_above_the_training_set_is_noted(tiny_npz, tmp_path):
+    run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                         runs.RunOptions(data=str(tiny_npz), device="cpu", limit=999))
+    messages = []
+
+    class Collect(runs.Reporter):
+        def message(self, text):
+            messages.append(text)
+    run.train(Collect())
+    assert any("--limit 999 caps nothing" in m and "has 50 examples" in m for m in messages), messages

@@ -130,7 +130,7 @@ def test_a_bad_thread_count_is_refused_naming_it(value):
     with pytest.raises(OptionError, match="training option threads = "):
         TrainingOptions(threads=value)
     model = cupyvae.VAE((12,), latent_dim=2, hidden=(8,), seed=0)
-    with pytest.raises(ValueError, match="threads must be a positive integer"):
+    with pytest.raises(OptionError, match=r"argument threads = .*: must be an integer >= 1"):
         model.encode(tiny_data(n=2), threads=value)
 
 

@@ -11,10 +11,10 @@ import pytest
 
 import cupyvae
 from cupyvae import runs
-from cupyvae.options import OptionError
 from cupyvae.model import VAE, best_checkpoint_path
-from cupyvae.training import (TrainingOptions, best_epoch, split_digest, split_validation,
-                              stopped_early)
+from cupyvae.options import OptionError
+from cupyvae.training import (TrainingOptions, best_epoch, data_digest, split_digest,
+                              split_validation, stopped_early)
 
 SHAPE = (4, 5)
 
@@ -145,6 +145,10 @@ def start(tmp_path, tiny_npz, **training) -> runs.Run:
                           runs.RunOptions(data=str(tiny_npz), device="cpu"))
 
 
+def model_rows(run: runs.Run) -> np.ndarray:
+    return run.model.validate_data(run.dataset.x_train)
+
+
 def test_run_records_the_split_and_resume_checks_it(tmp_path, tiny_npz):
     run = start(tmp_path, tiny_npz, epochs=1, val_fraction=0.25)
     run.train(runs.Reporter())
@@ -152,7 +156,8 @@ def test_run_records_the_split_and_resume_checks_it(tmp_path, tiny_npz):
     _, val_rows = split_validation(70, 0.25, 2)
     assert dataset == {"name": "tiny.npz", "train_examples": 52, "validation": "0.25 of the train split",
                        "validation_examples": 18, "split_seed": 2,
-                       "validation_rows_sha256": split_digest(val_rows)}
+                       "validation_rows_sha256": split_digest(val_rows),
+                       "train_sha256": data_digest(model_rows(run))}
     assert runs.resume_run(run.folder, {"epochs": 2}) is not None
     x = toy_data(90, 4)                      # the data change under the run: another split
     np.savez(tiny_npz, x_train=x[:80], x_test=x[80:])
@@ -218,4 +223,86 @@ def test_patience_without_any_validation_set_is_refused_before_writing(tmp_path)
                                           "set val_fraction"):
         runs.start_run(tmp_path / "run", {"hidden": (8,)}, TrainingOptions(batch_size=2, patience=2),
                        runs.RunOptions(data=str(path), device="cpu"))
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- the best checkpoint
+def test_patience_added_on_resume_keeps_the_last_epoch_when_it_is_the_best(tmp_path, tiny_npz,
+                                                                           scripted_val_loss):
+    scripted_val_loss.extend([5.0, 4.0, 3.0])          # trained without patience: best = last
+    start(tmp_path, tiny_npz, epochs=3).train(runs.Reporter())
+    folder = tmp_path / "run"
+    assert not (folder / runs.BEST_CHECKPOINT_FILE).exists()
+    scripted_val_loss.extend([3.5, 3.6])
+    messages = []
+
+    class Collect(runs.Reporter):
+        def message(self, text):
+            messages.append(text)
+    runs.resume_run(folder, {"epochs": 10, "patience": 2}).train(Collect())
+    assert cupyvae.load(folder / runs.BEST_CHECKPOINT_FILE).history["epoch"] == [1, 2, 3]
+    assert runs.checkpoint_path(folder, "best").name == runs.BEST_CHECKPOINT_FILE
+    assert any("stopped early at epoch 5" in m and runs.BEST_CHECKPOINT_FILE in m for m in messages)
+
+
+def test_patience_added_on_resume_is_refused_when_the_best_model_was_not_kept(
+        tmp_path, tiny_npz, scripted_val_loss):
+    scripted_val_loss.extend([5.0, 3.0, 4.0])          # best epoch 2, never written
+    start(tmp_path, tiny_npz, epochs=3).train(runs.Reporter())
+    with pytest.raises(runs.RunError, match=r"--patience: the best epoch so far is epoch 2 .*"
+                                            r"does not exist"):
+        runs.resume_run(tmp_path / "run", {"epochs": 10, "patience": 2})
+    with pytest.raises(ValueError, match="patience: the best epoch so far is epoch 2"):
+        cupyvae.load(tmp_path / "run" / runs.CHECKPOINT_FILE).fit(
+            toy_data(20), toy_data(10, 1), epochs=1, batch_size=10, patience=2,
+            checkpoint=tmp_path / "api.safetensors")
+
+
+def test_a_best_checkpoint_lost_to_a_kill_is_rewritten_on_resume(tmp_path, tiny_npz,
+                                                                 scripted_val_loss):
+    scripted_val_loss.extend([5.0, 4.0])
+    start(tmp_path, tiny_npz, epochs=2, patience=2).train(runs.Reporter())
+    folder = tmp_path / "run"
+    # Killed between writing the last checkpoint (epoch 2, the best) and the best one:
+    assert cupyvae.load(folder / runs.CHECKPOINT_FILE).history["epoch"] == [1, 2]
+    last = cupyvae.load(folder / runs.CHECKPOINT_FILE)
+    last.history = {k: v[:1] for k, v in last.history.items()}
+    last.save(folder / runs.BEST_CHECKPOINT_FILE)       # one epoch stale
+    with pytest.raises(runs.RunError, match=r"holds epoch 1, but the best validation loss .* "
+                                            r"is at epoch 2"):
+        runs.load_run(folder, "cpu", checkpoint="best")
+    scripted_val_loss.extend([4.5])
+    runs.resume_run(folder, {"epochs": 3}).train(runs.Reporter())
+    assert cupyvae.load(folder / runs.BEST_CHECKPOINT_FILE).history["epoch"] == [1, 2]
+    assert runs.load_run(folder, "cpu", checkpoint="best")[1].history["epoch"] == [1, 2]
+
+
+def test_early_stopping_on_the_test_split_is_said_to_bias_the_test_score(tmp_path, tiny_npz):
+    messages = []
+
+    class Collect(runs.Reporter):
+        def message(self, text):
+            messages.append(text)
+    start(tmp_path, tiny_npz, epochs=2, patience=1).train(Collect())
+    assert any("note: early stopping selects the best epoch by its loss on the test split" in m
+               for m in messages), messages
+    best = runs.evaluate_run(tmp_path / "run", "cpu")
+    assert best["checkpoint"] == runs.BEST_CHECKPOINT_FILE and "optimistically" in best["selection_note"]
+    assert "selection_note" not in runs.evaluate_run(tmp_path / "run", "cpu", checkpoint="last")
+    held_out = runs.start_run(tmp_path / "held-out", {"hidden": (8,), "latent_dim": 2},
+                              TrainingOptions(batch_size=10, epochs=2, patience=1, val_fraction=0.2),
+                              runs.RunOptions(data=str(tiny_npz), device="cpu"))
+    messages.clear()
+    held_out.train(Collect())
+    assert not any("optimistically" in m for m in messages)
+    assert "selection_note" not in runs.evaluate_run(held_out.folder, "cpu")
+
+
+def test_fit_and_a_run_refuse_a_batch_larger_than_the_training_set_alike(tmp_path, tiny_npz):
+    rule = r"training option batch_size = 71: larger than the training set"
+    with pytest.raises(OptionError, match=rule + r" \(70 examples\)"):
+        small_model().fit(toy_data(70), epochs=1, batch_size=71)
+    with pytest.raises(OptionError, match=rule + r" of tiny.npz \(70 examples\)"):
+        runs.start_run(tmp_path / "run", {"hidden": (8,)}, TrainingOptions(batch_size=71),
+                       runs.RunOptions(data=str(tiny_npz), device="cpu"))
     assert not (tmp_path / "run").exists()

@@ -68,7 +68,8 @@ from fractions import Fraction
 import numpy as np
 
 from .base import Likelihood, ParamSpec, register_likelihood
-from .bernoulli import require_unit_interval
+from .bernoulli import require_unit_interval, sigmoid
+from .stable import softplus
 
 SERIES_BAND = 1.0
 SERIES_TERMS = 12
@@ -122,11 +123,9 @@ def log_normalizer(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def continuous_bernoulli_nll(logits: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
     """nll (B,) = sum_j softplus(l) - x l - log C(l) and
     dlogits (B, D) = scale * (sigmoid(l) - x - D(l)); logits, x: (B, D)."""
-    e = np.exp(-np.abs(logits))
     log_c, d_log_c = log_normalizer(logits)
-    nll = np.maximum(logits, 0) - x * logits + np.log1p(e) - log_c
-    sigmoid = np.where(logits >= 0, 1, e) / (1 + e)
-    dlogits = (sigmoid - x - d_log_c) * scale
+    nll = softplus(logits) - x * logits - log_c
+    dlogits = (sigmoid(logits) - x - d_log_c) * scale
     return nll.sum(axis=1), dlogits.astype(logits.dtype, copy=False)
 
 

@@ -35,6 +35,7 @@ from .base import (LIKELIHOODS, LOG_2PI, Likelihood, ParamSpec, Posterior, Prior
                    register_kl_per_dimension, register_likelihood, register_posterior,
                    register_prior)
 from .bernoulli import require_unit_interval, sigmoid
+from .stable import soft_bound
 
 
 @register_posterior("gaussian")
@@ -103,23 +104,22 @@ class GaussianLikelihood(Likelihood):
     kernel = "gaussian_likelihood"
 
     def _mean_logvar(self, raw):
+        """(mean, log-variance, d logvar / d raw) of the raw decoder output."""
         a, r = self.split(raw)
-        t = np.tanh(r / self.LOGVAR_BOUND)
-        return sigmoid(a), self.LOGVAR_BOUND * t, t
+        return (sigmoid(a), *soft_bound(r, self.LOGVAR_BOUND))
 
     def nll(self, raw, x, scale):
-        a, r = self.split(raw)
-        m, s, _ = self._mean_logvar(raw)
+        a, _r = self.split(raw)
+        m, s, ds = self._mean_logvar(raw)
         inv_var = np.exp(-s)
         diff = x - m
         sq = diff * diff * inv_var
         nll = 0.5 * (LOG_2PI + s + sq).sum(axis=1)
-        # m(1-m) = e/(1+e)^2 with e = exp(-|a|), and 1 - tanh(y)^2 = 4 e2/(1+e2)^2 with
-        # e2 = exp(-2|y|): the naive 1-m and 1-t^2 cancel to 0 in float32 for |a| > 17.
+        # m(1-m) = e/(1+e)^2 with e = exp(-|a|): the naive 1-m cancels to 0 in float32 for
+        # |a| > 17 (ds is soft_bound's cancellation-free derivative).
         e = np.exp(-np.abs(a))
-        e2 = np.exp(-2 * np.abs(r / self.LOGVAR_BOUND))
         da = -diff * inv_var * (e / ((1 + e) * (1 + e)))
-        dr = 0.5 * (1 - sq) * (4 * e2 / ((1 + e2) * (1 + e2)))
+        dr = 0.5 * (1 - sq) * ds
         return nll, scale * np.concatenate([da, dr], axis=1)
 
     def mean(self, raw):
