@@ -119,7 +119,7 @@ class BusyCore:
 # ---------------------------------------------------------------------------- PyTorch
 def torch_trainer(case: Case, params: dict[str, np.ndarray], x: np.ndarray, threads: int | None):
     """run_epoch(perm) -> mean training loss, for the same VAE in PyTorch CPU eager: the
-    same layers and init (cupyvae's Glorot weights copied), the same batch order, Adam
+    same layers and init (cupyvae's initial weights copied), the same batch order, Adam
     with torch's defaults; its own noise (torch.randn).  `threads`: torch.set_num_threads
     before each epoch (None: torch's default, as it was when this process started)."""
     import torch

@@ -3,8 +3,8 @@ Gaussians (`mog`, K = 10) and the VampPrior (`vamp`, K = 500 pseudo-inputs as in
 Welling 2018).  Not a test: it writes JSON.
 
 The same model for every prior: 784-200-20 (ReLU), Gaussian posterior, Bernoulli likelihood,
-Glorot initialisation, seed 0, Adam 1e-3, batch 100, trained on Fashion-MNIST dynamically
-binarized (a fresh Bernoulli draw of every image at every step, `binarize=True`).  The test
+the library's default initialisation, seed 0, Adam 1e-3, batch 100, trained on Fashion-MNIST
+dynamically binarized (a fresh Bernoulli draw of every image at every step, `binarize=True`).  The test
 set is binarized once with a fixed draw.  After training, for each prior and device:
 
   * the test log-likelihood, importance sampled with --iw-samples draws from q(z|x) per
@@ -55,6 +55,7 @@ import cupyvae
 from cupyvae.datasets import load_dataset
 from cupyvae.executors import binarize_batch, cuda_available
 from cupyvae.files import write_atomic
+from cupyvae.initialization import DEFAULT_INITIALIZATION
 from cupyvae.training import TrainingOptions
 
 HIDDEN, LATENT, BATCH, LR, SEED = 200, 20, 100, 1e-3, 0
@@ -239,7 +240,8 @@ def main(argv=None) -> int:
               "cupyvae": cupyvae.__version__, "devices": args.devices,
               "dataset": f"fashion-mnist, dynamically binarized ({len(x_train)} train, "
                          f"{len(x_test)} test images binarized once)",
-              "model": f"784-{HIDDEN}-{LATENT} relu, gaussian posterior, bernoulli likelihood",
+              "model": f"784-{HIDDEN}-{LATENT} relu, gaussian posterior, bernoulli likelihood, "
+                       f"{DEFAULT_INITIALIZATION} initialisation",
               "batch": BATCH, "lr": LR, "epochs": args.epochs, "iw_samples": args.iw_samples,
               "command": " ".join(["python benchmarks/bench_priors.py",
                                   *(sys.argv[1:] if argv is None else argv)]),

@@ -3,7 +3,7 @@ epoch by epoch in one process.
 
 Same models (784-200-2 and 784-200-20 at batch 100, 784-200-20 at batch 1000,
 784-1024-1024-64 at batch 1024; ReLU, Gaussian posterior, Bernoulli likelihood), same
-init (cupyvae's Glorot weights copied into PyTorch), same data (Fashion-MNIST's 60000
+init (cupyvae's initial weights copied into PyTorch), same data (Fashion-MNIST's 60000
 training images), same batch orders, batch size and Adam settings; each side draws its
 noise its own way.  cupyvae trains through the public API, one `VAE.fit` call with
 `threads=T`; after each of its epochs the `on_epoch` callback runs one epoch of each

@@ -3,7 +3,7 @@
 in modes "reduce-overhead" and "max-autotune"), all in one run on the same GPU.
 
 Same models (784-200-2 and 784-200-20 at batch 100, 784-1024-1024-64 at batch 1024; ReLU,
-Bernoulli likelihood, Gaussian posterior, cupyvae's Glorot init copied into PyTorch), same
+Bernoulli likelihood, Gaussian posterior, cupyvae's initial weights copied into PyTorch), same
 data (Fashion-MNIST's 60000 training images, or a synthetic [0, 1] set of the same shape
 when the dataset is not available offline -- the JSON says which), same batch orders,
 batch size and Adam settings; the data sit on the GPU on both sides and each side reads

@@ -77,9 +77,17 @@ class VAEConfig(ValidatedOptions):
         "How the prior's parameters start: random, or data (vamp: pseudo-inputs copied from K "
         "training examples by the first fit).")
     init: str = option(DEFAULT_INITIALIZATION, registered(INITIALIZATIONS),
-                       "Layer initialization: glorot (Keras: Glorot-uniform weights, zero "
-                       "biases) or pytorch (torch.nn.Linear: U(+-1/sqrt(fan_in)) weights and "
-                       "biases).")
+                       "Layer initialization: pytorch (torch.nn.Linear: U(+-1/sqrt(fan_in)) "
+                       "weights and biases; measured better, see cupyvae.initialization) or "
+                       "glorot (Keras: Glorot-uniform weights, zero biases).")
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = ""):
+        """As ValidatedOptions.from_dict; a config saved before `init` existed was initialised
+        with glorot, the default then, so it reads as glorot (cupyvae.initialization)."""
+        if isinstance(values, dict) and "init" not in values:
+            values = {**values, "init": "glorot"}
+        return super().from_dict(values, where)
 
     def __post_init__(self):
         super().__post_init__()

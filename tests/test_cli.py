@@ -111,7 +111,7 @@ def test_train_writes_config_with_every_option(trained_run, tiny_npz):
     assert config["model"] == {"data_shape": list(SHAPE), "latent_dim": 2, "hidden": [16],
                                "activation": "relu", "posterior": "gaussian",
                                "likelihood": "bernoulli", "prior": "normal", "seed": 3,
-                               "prior_components": None, "prior_init": "random", "init": "glorot"}
+                               "prior_components": None, "prior_init": "random", "init": "pytorch"}
     assert config["training"] == {"batch_size": 20, "lr": 1e-3, "weight_decay": 0.0,
                                   "binarize": False, "epochs": 2, "objective": "elbo",
                                   "iw_samples": 1, "free_bits": 0.0, "lr_schedule": "constant",

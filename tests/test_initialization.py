@@ -8,8 +8,13 @@ from cupyvae.initialization import INITIALIZATIONS
 from cupyvae.options import OptionError
 
 
-def test_glorot_is_the_default_and_draws_what_it_always_drew():
-    model = cupyvae.VAE((28, 28), latent_dim=2, hidden=(200,), seed=11)
+def test_pytorch_is_the_default():
+    assert cupyvae.VAE((6,), latent_dim=2, hidden=(5,)).config.init == "pytorch"
+    assert VAEConfig(data_shape=(6,)).init == "pytorch"
+
+
+def test_glorot_draws_what_it_always_drew():
+    model = cupyvae.VAE((28, 28), latent_dim=2, hidden=(200,), seed=11, init="glorot")
     assert model.config.init == "glorot"
     rng = np.random.default_rng(11)
     for name, (n_in, n_out) in (("encoder.0", (784, 200)), ("encoder.1", (200, 4)),
@@ -34,7 +39,7 @@ def test_pytorch_scheme_bounds_weights_and_biases_by_one_over_sqrt_fan_in():
 
 
 def test_schemes_differ_and_are_saved_in_the_config_and_the_checkpoint(tmp_path):
-    glorot = cupyvae.VAE((6,), latent_dim=2, hidden=(5,), seed=1)
+    glorot = cupyvae.VAE((6,), latent_dim=2, hidden=(5,), seed=1, init="glorot")
     torch_like = cupyvae.VAE((6,), latent_dim=2, hidden=(5,), seed=1, init="pytorch")
     assert not np.array_equal(glorot.flat_params, torch_like.flat_params)
     assert VAEConfig.from_json(torch_like.config.to_json()).init == "pytorch"
@@ -44,7 +49,7 @@ def test_schemes_differ_and_are_saved_in_the_config_and_the_checkpoint(tmp_path)
     np.testing.assert_array_equal(again.flat_params, torch_like.flat_params)
 
 
-def test_a_config_without_init_reads_as_glorot():
+def test_a_config_saved_before_init_existed_reads_as_glorot():
     content = VAEConfig(data_shape=(6,)).to_dict()
     del content["init"]
     assert VAEConfig.from_dict(content).init == "glorot"
