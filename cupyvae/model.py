@@ -16,9 +16,11 @@ from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
+from .memory import require_memory
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
+from .options import Check, integer_at_least, positive_int
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
@@ -26,6 +28,10 @@ from .threads import blas_threads, with_blas_threads
 from .training import TrainingOptions, best_epoch, split_validation, stopped_early
 
 EVAL_CHUNK = 10_000
+# Float32 buffers of the parameter layout that every device keeps for a trained model:
+# parameters, gradients and Adam's two moments (on cuda, the host copies a checkpoint is
+# written from: parameters and moments, plus the initial parameters).
+PARAMETER_BUFFERS = 4
 # Burda et al. 2016, section 5.2: a latent dimension is active when the variance of its
 # posterior mean across the data exceeds this.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -52,6 +58,7 @@ class VAE:
                                 likelihood=likelihood, prior=prior, seed=seed,
                                 prior_components=prior_components, prior_init=prior_init, init=init)
         self.spec = ModelSpec(self.config)
+        self._require_parameter_memory()
         self.device = resolve_device(device)
         # execution: "eager" or "graph" (a CUDA graph per chunk of steps); None is the
         # device's default (graph on cuda).  A run-time choice, so not part of the config.
@@ -65,6 +72,16 @@ class VAE:
         self.history: dict[str, list] = {key: [] for key in (
             "epoch", "train_loss", "val_loss", "seconds", "train_recon", "train_kl",
             "val_recon", "val_kl", "active_units")}
+
+    def _require_parameter_memory(self) -> None:
+        """Refuse, before anything is allocated, a model whose buffers cannot fit
+        (cupyvae.memory): PARAMETER_BUFFERS float32 buffers of the layout."""
+        c, size = self.config, self.spec.layout.size
+        require_memory(size * 4 * PARAMETER_BUFFERS,
+                       f"the model's {size:,} parameters (data_dim={c.data_dim}, hidden={c.hidden}, "
+                       f"latent_dim={c.latent_dim}, prior {c.prior!r} with prior_components="
+                       f"{c.prior_components}) with their gradients and Adam moments",
+                       "hidden, latent_dim or prior_components")
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -287,6 +304,7 @@ class VAE:
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
         z = self._as_latent(z, "z")
+        self._require_rows_memory(len(z), f"decode(z) with z of shape {z.shape}", "the rows of z")
         return self._likelihood_means(self._executor.decode_raw(z, EVAL_CHUNK))
 
     @with_blas_threads
@@ -323,9 +341,15 @@ class VAE:
         return None if u is None else np.asarray(u, np.float32).reshape(len(u), *self.config.data_shape)
 
     def _sample_args(self, n, seed) -> tuple[int, int]:
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
-        return int(n), self.config.seed if seed is None else int(seed)
+        n = integer_argument("n", n, positive_int)
+        self._require_rows_memory(n, f"sample(n={n})", "n")
+        return n, self.config.seed if seed is None else integer_argument("seed", seed, _seed_check)
+
+    def _require_rows_memory(self, rows: int, what: str, fields: str) -> None:
+        """Refuse `rows` decoded rows (the likelihood's raw outputs and their means, float32)
+        that cannot fit in memory, before any work (cupyvae.memory)."""
+        row_bytes = 4 * (self.spec.likelihood.raw_width + self.config.data_dim)
+        require_memory(rows * row_bytes, f"the {rows:,} decoded rows of {what}", fields)
 
     def _likelihood_means(self, raw) -> np.ndarray:
         return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
@@ -353,9 +377,8 @@ class VAE:
         n examples is done (the n sum to len(x), like fit's progress).  ValueError for a
         bad n_samples."""
         x = self.validate_data(x, "x")
-        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        return self._executor.log_likelihood(x, int(n_samples), progress=progress)
+        n_samples = integer_argument("n_samples", n_samples, positive_int)
+        return self._executor.log_likelihood(x, n_samples, progress=progress)
 
     def bits_per_dim(self, log_px, x) -> np.ndarray:
         """Log-likelihoods in nats per example (e.g. log_likelihood(x), or -loss(x) for a
@@ -451,6 +474,19 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
     if checkpoint.moments is not None:
         model._executor.load_moments(*checkpoint.moments)
     return model
+
+
+_seed_check = integer_at_least(0, 2 ** 64 - 1)
+
+
+def integer_argument(name: str, value, check: Check) -> int:
+    """`value` as an int if `check` (cupyvae.options) accepts it, else ValueError naming the
+    argument: the same strict rule as the options (2.5, "3", True, None, NaN and inf are not
+    counts), so every count or seed a method takes fails the same way, before any work."""
+    try:
+        return check.accept(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} = {value!r}: {exc or check.rule}") from None
 
 
 def format_epoch(record: dict) -> str:

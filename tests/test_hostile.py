@@ -1,0 +1,100 @@
+"""Hostile input, as a careless or malicious user gives it: every case must end in a clear
+error naming the field (or argument, or file) before any work, or succeed -- never a hang,
+tens of GB allocated, or a traceback from deep inside NumPy.
+
+Each test holds the input that showed a fault, rebuilt small; the fix sits at the boundary
+that catches the whole class (named in each section).
+"""
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import cupyvae
+from cupyvae import memory
+
+from test_cli import assert_one_line_error, run_cli
+
+X = np.random.default_rng(0).random((20, 4)).astype(np.float32)
+
+
+# ----------------------------------------------------- sizes the machine cannot hold
+# Boundary: ModelSpec (every model: API, CLI, checkpoint) and the decoded rows of
+# sample/decode, checked by cupyvae.memory before anything is allocated.
+def test_a_model_too_large_for_any_machine_is_refused_at_once_naming_the_fields():
+    start = time.perf_counter()
+    with pytest.raises(memory.MemoryLimitError, match=r"hidden=\(1000000000000,\).*reduce hidden"):
+        cupyvae.VAE((784,), hidden=(10 ** 12,))
+    with pytest.raises(memory.MemoryLimitError, match="latent_dim=10000000000"):
+        cupyvae.VAE((4,), hidden=(), latent_dim=10 ** 10)
+    assert time.perf_counter() - start < 5   # nothing was allocated
+
+
+def test_the_model_size_is_checked_against_the_memory_limit(monkeypatch):
+    monkeypatch.setattr(memory, "memory_limit", lambda: 1 << 20)   # 1 MiB
+    cupyvae.VAE((16,), hidden=(8,))             # ~300 parameters: fits
+    # 784*200 weights alone are 0.6 MB; with gradients and Adam moments 2.5 MB > 1 MiB.
+    with pytest.raises(memory.MemoryLimitError, match=r"need 2\.\d GiB|need 0\.\d GiB"):
+        cupyvae.VAE((784,), hidden=(200,))
+
+
+def test_the_memory_limit_follows_ulimit_v():
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from cupyvae import memory; print(memory.memory_limit())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert int(out.stdout) <= 3 << 30, out.stderr
+
+
+def test_sampling_more_rows_than_memory_holds_is_refused_naming_n():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with pytest.raises(memory.MemoryLimitError, match=r"sample\(n=10000000000000\).*reduce n"):
+        model.sample(10 ** 13)
+    with pytest.raises(memory.MemoryLimitError, match="reduce n"):
+        model.sample(10 ** 13, seed=1)
+
+
+def test_decoding_more_rows_than_memory_holds_is_refused(monkeypatch):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    monkeypatch.setattr(memory, "memory_limit", lambda: 1000)   # bytes: 31 rows of 4 + 4 floats
+    assert model.decode(np.zeros((31, 2), np.float32)).shape == (31, 4)
+    with pytest.raises(memory.MemoryLimitError, match="rows of z"):
+        model.decode(np.zeros((32, 2), np.float32))
+
+
+def test_cli_train_with_a_huge_hidden_layer_fails_in_one_line(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).random((30, 4, 4)).astype(np.float32))
+    result = run_cli("train", "--data", tmp_path / "x.npy", "--hidden", "1000000000000",
+                     "--out", tmp_path / "run", "--device", "cpu", "-q", timeout=60)
+    assert_one_line_error(result, "hidden", "GiB")
+    assert not (tmp_path / "run").exists()      # refused before the run folder was made
+
+
+# ----------------------------------------------------- counts and seeds of the methods
+# Boundary: cupyvae.model.integer_argument, the options' strict integer rule for every
+# count or seed a method takes.
+@pytest.mark.parametrize("bad", [0, -1, 2.5, 3.0, "3", True, None, float("nan"), float("inf")])
+def test_bad_sample_counts_fail_naming_n(bad):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    for method in (model.sample, model.sample_latent):
+        with pytest.raises(ValueError, match=r"^n = .*must be an integer >= 1"):
+            method(bad)
+
+
+@pytest.mark.parametrize("bad", [None, float("inf"), float("nan"), 4.0])
+def test_bad_importance_sample_counts_fail_naming_n_samples(bad):
+    with pytest.raises(ValueError, match=r"^n_samples = .*must be an integer >= 1"):
+        cupyvae.VAE((4,), hidden=(3,)).log_likelihood(X, bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "a", 2 ** 64])
+def test_bad_sampling_seeds_fail_naming_seed(bad):
+    with pytest.raises(ValueError, match=r"^seed = "):
+        cupyvae.VAE((4,), hidden=(3,)).sample(2, seed=bad)
+
+
+def test_numpy_integer_counts_and_seeds_are_accepted():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    assert model.sample(np.int64(3), seed=np.uint64(5)).shape == (3, 4)
+    assert model.log_likelihood(X[:2], np.int32(2)).shape == (2,)
