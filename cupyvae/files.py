@@ -21,7 +21,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     target is never written.  The file gets mode 0o666 less the process umask, applied by
     the kernel when the file is created.  The temporary name is chosen before the file is
     created, inside the clean-up's reach, so an exception at any moment (an error,
-    Ctrl-C, SIGTERM) removes the temporary file and leaves `path` untouched.
+    Ctrl-C, SIGTERM) removes the temporary file and leaves `path` untouched.  An OSError
+    (a directory at `path`, a full disk, a read-only folder) names `path`, not the
+    temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,10 +34,19 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _naming(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error about `path`, the file the caller asked for: the temporary name in
+    `exc` (a directory at `path`, a full disk, a read-only folder) means nothing to a user."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def _temporary_name(path: Path) -> Path:

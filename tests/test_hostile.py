@@ -98,3 +98,37 @@ def test_numpy_integer_counts_and_seeds_are_accepted():
     model = cupyvae.VAE((4,), hidden=(3,))
     assert model.sample(np.int64(3), seed=np.uint64(5)).shape == (3, 4)
     assert model.log_likelihood(X[:2], np.int32(2)).shape == (2,)
+
+
+# ----------------------------------------------------- errors writing a file
+# Boundary: cupyvae.files.write_atomic, which every writer uses: an OSError names the file
+# the user asked for, never the temporary file beside it.
+def test_a_write_error_names_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    from cupyvae.files import write_atomic
+    (tmp_path / "out.npy").mkdir()
+    with pytest.raises(IsADirectoryError) as error:
+        write_atomic(tmp_path / "out.npy", b"x")
+    assert error.value.filename == str(tmp_path / "out.npy") and ".tmp" not in str(error.value)
+
+    import errno
+    import os
+
+    def disk_full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left") as error:
+        write_atomic(tmp_path / "full.bin", b"x")
+    assert error.value.filename == str(tmp_path / "full.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]   # no temporary left
+
+
+def test_cli_sample_to_a_directory_names_it(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).random((30, 4)).astype(np.float32))
+    run = tmp_path / "run"
+    train = run_cli("train", "--data", tmp_path / "x.npy", "--hidden", "3", "--epochs", "1",
+                    "--batch-size", "10", "--out", run, "--device", "cpu", "-q")
+    assert train.returncode == 0, train.stderr
+    (tmp_path / "taken.npy").mkdir()
+    line = assert_one_line_error(run_cli("sample", run, "-o", tmp_path / "taken.npy"),
+                                 "taken.npy", "Is a directory")
+    assert ".tmp" not in line
