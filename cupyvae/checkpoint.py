@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import VAEConfig
-from .files import write_atomic
+from .files import JSONError, parse_json, write_atomic
 from .numbers import exact
 from .optim import Adam
 from .spec import ModelSpec
@@ -120,8 +120,8 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     if fmt == FORMAT:
         _verify_digests(path, tensors, raw_meta)
     try:
-        meta = {k: json.loads(v) for k, v in raw_meta.items() if k != "format"}
-    except json.JSONDecodeError as exc:
+        meta = {k: parse_json(v) for k, v in raw_meta.items() if k != "format"}
+    except JSONError as exc:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata ({exc})") from None
     return tensors, meta
 
@@ -131,8 +131,8 @@ def _verify_digests(path: Path, tensors: dict[str, np.ndarray], raw_meta: dict[s
         raise CheckpointError(f"checkpoint {path} is corrupt: its metadata does not match its "
                               f"SHA-256 digest ({METADATA_DIGEST})")
     try:
-        digests = json.loads(raw_meta[TENSOR_DIGESTS])
-    except (KeyError, json.JSONDecodeError):
+        digests = parse_json(raw_meta[TENSOR_DIGESTS])
+    except (KeyError, JSONError):
         digests = None
     if not isinstance(digests, dict) or set(digests) != set(tensors):
         raise CheckpointError(f"checkpoint {path} is corrupt: {TENSOR_DIGESTS} does not list "

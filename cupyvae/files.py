@@ -1,6 +1,7 @@
 """Files that are either wholly old or wholly new: every file cupyvae writes goes through here."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -75,3 +76,20 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class JSONError(ValueError):
+    """Text that is not usable JSON, for any reason (see parse_json)."""
+
+
+def parse_json(text: str | bytes):
+    """json.loads, with every way hostile text can fail it as one JSONError: bad syntax or
+    UTF-8, NaN-free numbers aside, an integer of more digits than Python converts (4300), and
+    nesting deep enough to exhaust the recursion limit ('[' * 100000), which json raises as
+    RecursionError.  Callers add the file name."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JSONError("nested too deeply") from None
+    except ValueError as exc:     # JSONDecodeError, UnicodeDecodeError, the int digit limit
+        raise JSONError(f"{type(exc).__name__}: {exc}") from None

@@ -47,10 +47,11 @@ from .config import VAEConfig
 from .csvdata import csv_reference, is_csv_reference, parse_csv_reference
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
-from .files import write_atomic
+from .files import JSONError, parse_json, write_atomic
 from .model import VAE, TrainingDiverged, best_checkpoint_path, load
 from .progress import Reporter
-from .options import Check, ValidatedOptions, cli_fields, one_of, option, optional, positive_int
+from .options import (Check, ValidatedOptions, cli_fields, integer_at_least, nonnegative_int, one_of,
+                      option, optional, positive_int)
 from .threads import default_threads
 from .training import TrainingOptions, best_epoch, split_digest, split_validation, stopped_early
 
@@ -142,11 +143,14 @@ def read_config(folder: Path) -> RunConfig:
     if not path.is_file():
         raise RunError(f"{folder} is not a cupyvae run folder (no {CONFIG_FILE})")
     try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        content = parse_json(path.read_bytes())
+    except OSError as exc:
         raise RunError(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
+    except JSONError as exc:
+        raise RunError(f"{path} is damaged ({exc})") from None
     if not isinstance(content, dict):
         raise RunError(f"{path} is damaged: not a JSON object")
+    _refuse_unknown_format(path, content.get("format", 1))
     content = _upgrade_format_1(content)
     try:
         return RunConfig(model=VAEConfig.from_dict(content.get("model"), "model"),
@@ -167,9 +171,40 @@ def _upgrade_format_1(content: dict) -> dict:
     return {**content, "training": training, "run": run}
 
 
+def _refuse_unknown_format(path: Path, fmt) -> None:
+    """Format 1 wrote no "format" key; a format this version does not know is refused
+    rather than misread."""
+    if type(fmt) is not int or not 1 <= fmt <= RUN_FORMAT:
+        raise RunError(f"{path} has format {fmt!r}; this cupyvae ({__version__}) reads run "
+                       f"folders of format 1 to {RUN_FORMAT} (a newer cupyvae wrote it?)")
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+# The dataset section of config.json: what the run was trained on, read back by resume and
+# the commands; each key by the same strict checks as the options.
+_DATASET_KEYS = {"name": _text, "train_examples": positive_int.accept,
+                 "validation": _text, "validation_examples": nonnegative_int.accept}
+_OPTIONAL_DATASET_KEYS = {"split_seed": integer_at_least(0, 2 ** 64 - 1).accept,
+                          "validation_rows_sha256": _text}
+
+
 def _dataset_section(section) -> dict:
     if not isinstance(section, dict):
         raise ValueError(f"dataset must be a JSON object, got {section!r}")
+    for key, accept in {**_DATASET_KEYS, **_OPTIONAL_DATASET_KEYS}.items():
+        if key not in section:
+            if key in _DATASET_KEYS:
+                raise ValueError(f"dataset has no {key!r}")
+            continue
+        try:
+            accept(section[key])
+        except ValueError as exc:
+            raise ValueError(f"dataset {key} = {section[key]!r}: {exc}") from None
     return section
 
 

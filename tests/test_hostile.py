@@ -132,3 +132,82 @@ def test_cli_sample_to_a_directory_names_it(tmp_path):
     line = assert_one_line_error(run_cli("sample", run, "-o", tmp_path / "taken.npy"),
                                  "taken.npy", "Is a directory")
     assert ".tmp" not in line
+
+
+# ----------------------------------------------------- config.json edited by hand
+# Boundaries: cupyvae.files.parse_json (every JSON cupyvae reads: config.json, checkpoint
+# metadata, the emulator cache's manifests) and runs.read_config (format, dataset section).
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile-run")
+    np.save(folder / "x.npy", np.random.default_rng(1).random((40, 4)).astype(np.float32))
+    result = run_cli("train", "--data", folder / "x.npy", "--hidden", "3", "--epochs", "1",
+                     "--batch-size", "10", "--out", folder / "run", "--device", "cpu", "-q")
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def edited_copy(run, tmp_path, text: str):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.json").write_text(text)
+    return copy
+
+
+def edit_json(run, edit):
+    import json
+    content = json.loads((run / "config.json").read_text())
+    edit(content)
+    return json.dumps(content)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c.update(format=99), "format 99; this cupyvae"),
+    (lambda c: c.update(format="2"), "format '2'"),
+    (lambda c: c.update(format=True), "format True"),
+    (lambda c: c["dataset"].update(validation_examples="6"), "validation_examples = '6': must be an integer"),
+    (lambda c: c["dataset"].update(train_examples=-5), "train_examples = -5"),
+    (lambda c: c["dataset"].pop("train_examples"), "dataset has no 'train_examples'"),
+    (lambda c: c["dataset"].update(name=7), "dataset name = 7: must be a string"),
+])
+def test_a_hand_edited_config_is_refused_naming_the_field(trained_run, tmp_path, edit, fragment):
+    from cupyvae import runs
+    folder = edited_copy(trained_run, tmp_path, edit_json(trained_run, edit))
+    with pytest.raises(runs.RunError, match="config.json") as error:
+        runs.read_config(folder)
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"format": 2, "model": 1' + "0" * 5000 + "}", "4300 digits"),
+    ("\xff\xfe garbage", "damaged"),
+], ids=["deep", "long-int", "garbage"])   # short ids: pytest passes the id to children in env
+def test_config_json_that_json_cannot_parse_is_refused_naming_the_file(trained_run, tmp_path,
+                                                                        text, fragment):
+    folder = edited_copy(trained_run, tmp_path, text)
+    for command in (("evaluate", folder, "-q"), ("train", "--resume", "--out", folder, "-q")):
+        assert_one_line_error(run_cli(*command), "config.json", fragment)
+
+
+def test_a_config_written_before_format_numbers_still_reads(trained_run, tmp_path):
+    from cupyvae import runs
+    folder = edited_copy(trained_run, tmp_path, edit_json(trained_run, lambda c: c.pop("format")))
+    assert runs.read_config(folder).dataset["train_examples"] == 36   # 40 rows, 10% test
+
+
+def test_checkpoint_metadata_nested_too_deeply_is_a_checkpoint_error(tmp_path):
+    """The digests are no signature: whoever edits the file can recompute them."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+    from cupyvae import checkpoint
+    path = tmp_path / "m.safetensors"
+    cupyvae.VAE((4,), hidden=(3,)).save(path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata())
+    meta["history"] = "[" * 100_000 + "]" * 100_000
+    meta[checkpoint.METADATA_DIGEST] = '"' + checkpoint._metadata_digest(meta) + '"'
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(checkpoint.CheckpointError, match="nested too deeply"):
+        cupyvae.load(path)
