@@ -54,7 +54,7 @@ class VAE:
                  prior_components: int | None = None, prior_init: str = "random",
                  init: str = DEFAULT_INITIALIZATION):
         self.config = VAEConfig(data_shape=tuple(np.atleast_1d(data_shape).tolist()), latent_dim=latent_dim,
-                                hidden=tuple(hidden), activation=activation, posterior=posterior,
+                                hidden=hidden, activation=activation, posterior=posterior,
                                 likelihood=likelihood, prior=prior, seed=seed,
                                 prior_components=prior_components, prior_init=prior_init, init=init)
         self.spec = ModelSpec(self.config)
@@ -414,7 +414,7 @@ class VAE:
         non-empty, of this model's shape, finite and inside the likelihood's support.
         Element types follow cupyvae.arrays: floats as given, bool as 0/1, uint8 images
         divided by 255, other types refused -- the rule the dataset files follow too."""
-        x = np.asarray(x)
+        x = as_array(x, what)
         shape = self.config.data_shape
         try:
             x = as_float32_examples(x)       # the same rule as the dataset loaders
@@ -433,16 +433,17 @@ class VAE:
         return x
 
     def _as_latent(self, z, what: str, rows: int | None = None) -> np.ndarray:
-        z = np.asarray(z)
+        z = as_array(z, what)
         z_dim = self.config.latent_dim
         if z.ndim != 2 or z.shape[1] != z_dim or z.shape[0] == 0 or (rows is not None and len(z) != rows):
             want = f"({rows if rows is not None else 'N'}, {z_dim})"
             raise ValueError(f"{what} has shape {z.shape}; expected {want}")
         if z.dtype.kind not in "fiu":
             raise ValueError(f"{what} has dtype {z.dtype}; expected floating point")
-        z = np.ascontiguousarray(z, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):   # refused just below
+            z = np.ascontiguousarray(z, dtype=np.float32)
         if not np.isfinite(z).all():
-            raise ValueError(f"{what} has NaN/inf values")
+            raise ValueError(f"{what} has NaN/inf values (or values beyond float32's range)")
         return z
 
     def _host_params(self) -> dict[str, np.ndarray]:
@@ -477,6 +478,20 @@ def load(path, device: str = "cpu", execution: str | None = None) -> VAE:
 
 
 _seed_check = integer_at_least(0, 2 ** 64 - 1)
+
+
+def as_array(values, what: str) -> np.ndarray:
+    """np.asarray(values) for the methods' array arguments, refusing what NumPy would turn
+    into something else: ragged nested lists (NumPy's own error, named), and masked arrays
+    with masked values, whose mask np.asarray drops silently (the hidden values would be
+    trained on)."""
+    if isinstance(values, np.ma.MaskedArray) and np.ma.is_masked(values):
+        raise ValueError(f"{what} is a masked array with {int(np.ma.count_masked(values))} "
+                         "masked values; fill or drop them first (e.g. x.filled(0))")
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as exc:   # ragged lists, objects NumPy cannot convert
+        raise ValueError(f"{what} is not an array of numbers ({exc})") from None
 
 
 def integer_argument(name: str, value, check: Check) -> int:

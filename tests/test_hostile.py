@@ -211,3 +211,43 @@ def test_checkpoint_metadata_nested_too_deeply_is_a_checkpoint_error(tmp_path):
     save_file(load_file(str(path)), str(path), metadata=meta)
     with pytest.raises(checkpoint.CheckpointError, match="nested too deeply"):
         cupyvae.load(path)
+
+
+# ----------------------------------------------------- array arguments of the API
+# Boundary: cupyvae.model.as_array, the one conversion of every array argument (the data
+# of fit/encode/loss/..., the codes of decode, the noise of loss_and_grads).
+def test_ragged_lists_are_refused_naming_the_argument():
+    model = cupyvae.VAE((2,), hidden=(3,))
+    with pytest.raises(ValueError, match="^x_train is not an array of numbers"):
+        model.fit([[0.1, 0.2], [0.3]], epochs=1, batch_size=1)
+    with pytest.raises(ValueError, match="^z is not an array of numbers"):
+        model.decode([[0.1, 0.2], [0.3]])
+
+
+def test_masked_values_are_refused_not_silently_unmasked():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    masked = np.ma.masked_array(X, mask=X > 0.9)
+    with pytest.raises(ValueError, match=r"x_train is a masked array with \d+ masked values"):
+        model.fit(masked, epochs=1, batch_size=5)
+    # A masked array without masked values is just an array.
+    assert model.encode(np.ma.masked_array(X)).shape == (20, 2)
+
+
+def test_codes_beyond_float32_are_refused_without_an_overflow_warning():
+    import warnings
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            model.decode(np.full((1, 2), 1e300))
+
+
+@pytest.mark.parametrize("hidden", [5, None, "5", 2.5])
+def test_a_hidden_that_is_no_list_is_an_option_error(hidden):
+    with pytest.raises(ValueError, match="hidden = .*must be a list of positive integers"):
+        cupyvae.VAE((4,), hidden=hidden)
+
+
+def test_hidden_as_any_iterable_of_integers_still_works():
+    assert cupyvae.VAE((4,), hidden=np.array([5, 3])).config.hidden == (5, 3)
+    assert cupyvae.VAE((4,), hidden=[]).config.hidden == ()
