@@ -213,6 +213,10 @@ def _read_labels(path: pathlib.Path, column: int, name: str, has_header: bool
         return np.array([int(cell) for cell in cells], dtype=np.int64), None
     except ValueError:
         pass
+    except OverflowError:     # integer labels beyond int64 would wrap or crash downstream
+        big = next(cell for cell in cells if not -2 ** 63 <= int(cell) < 2 ** 63)
+        raise DatasetError(f"{path}: label column {name!r}: {str(big)!r} does not fit a 64-bit "
+                           "integer label") from None
     names, labels = np.unique(cells, return_inverse=True)
     return labels.astype(np.int64), tuple(str(name) for name in names)
 

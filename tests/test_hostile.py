@@ -251,3 +251,23 @@ def test_a_hidden_that_is_no_list_is_an_option_error(hidden):
 def test_hidden_as_any_iterable_of_integers_still_works():
     assert cupyvae.VAE((4,), hidden=np.array([5, 3])).config.hidden == (5, 3)
     assert cupyvae.VAE((4,), hidden=[]).config.hidden == ()
+
+
+# ----------------------------------------------------- labels beyond int64
+# Boundaries: the two label readers (datasets._as_labels for .npz, csvdata._read_labels).
+def test_csv_integer_labels_beyond_int64_are_refused_naming_the_column(tmp_path):
+    from cupyvae.datasets import DatasetError, load_dataset
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,kind\n" + "".join(f"0.1,0.2,{n}\n" for n in (1, 2, 10 ** 23)))
+    with pytest.raises(DatasetError, match=r"label column 'kind': '100000000000000000000000' does not fit"):
+        load_dataset(f"{path}#label=kind")
+
+
+def test_npz_uint64_labels_that_would_wrap_are_refused(tmp_path):
+    from cupyvae.datasets import DatasetError, load_dataset
+    x = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    np.savez(tmp_path / "ok.npz", x=x, y=np.arange(4, dtype=np.uint64))
+    assert load_dataset(str(tmp_path / "ok.npz")).y_train.dtype == np.int64
+    np.savez(tmp_path / "d.npz", x=x, y=np.full(4, 2 ** 63 + 5, np.uint64))
+    with pytest.raises(DatasetError, match="y holds 9223372036854775813, which does not fit"):
+        load_dataset(str(tmp_path / "d.npz"))
