@@ -106,7 +106,7 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {_not_a_file(path)}")
     try:
         with safe_open(str(path), framework="numpy") as f:
             raw_meta = f.metadata() or {}
@@ -124,6 +124,15 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     except JSONError as exc:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata ({exc})") from None
     return tensors, meta
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a file, in words."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.is_symlink():
+        return "is a symbolic link to nothing readable (dangling or a loop)"
+    return "does not exist"
 
 
 def _verify_digests(path: Path, tensors: dict[str, np.ndarray], raw_meta: dict[str, str]) -> None:

@@ -31,6 +31,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shlex
 import signal
 import time
@@ -453,7 +454,7 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     folder = Path(folder)
     stored = read_config(folder)
     _refuse_changed_options(stored, changes)
-    if not (folder / CHECKPOINT_FILE).is_file():
+    if not os.path.lexists(folder / CHECKPOINT_FILE):   # anything else there: load_run says what
         raise RunError(f"{folder} has no {CHECKPOINT_FILE}: no epoch was completed; "
                        "start it again with --force")
     run_options = stored.run.replace(**{k: v for k, v in changes.items() if k in ("device", "execution")})

@@ -14,6 +14,7 @@ import pytest
 
 import cupyvae
 from cupyvae import memory
+from cupyvae.checkpoint import CheckpointError
 
 from test_cli import assert_one_line_error, run_cli
 
@@ -271,3 +272,22 @@ def test_npz_uint64_labels_that_would_wrap_are_refused(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, y=np.full(4, 2 ** 63 + 5, np.uint64))
     with pytest.raises(DatasetError, match="y holds 9223372036854775813, which does not fit"):
         load_dataset(str(tmp_path / "d.npz"))
+
+
+# ----------------------------------------------------- a checkpoint that is no file
+# Boundary: checkpoint.read_checkpoint (every load), which resume now reaches too.
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+    (lambda p: p.symlink_to(p.name), "symbolic link to nothing readable"),   # a loop
+    (lambda p: p.symlink_to("gone.safetensors"), "symbolic link to nothing readable"),
+], ids=["folder", "link-loop", "dangling-link"])
+def test_a_checkpoint_that_is_no_file_is_named_as_such(trained_run, tmp_path, make, fragment):
+    import shutil
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run, folder)
+    (folder / "checkpoint.safetensors").unlink()
+    make(folder / "checkpoint.safetensors")
+    with pytest.raises(CheckpointError, match=fragment):
+        cupyvae.load(folder / "checkpoint.safetensors")
+    assert_one_line_error(run_cli("train", "--resume", "--out", folder, "--epochs", "3", "-q"),
+                          "checkpoint.safetensors", fragment)
