@@ -208,7 +208,7 @@ class VAE:
             self.optimizer.step_count = saved_step
             raise TrainingDiverged(f"epoch {epoch}: the loss became {train_loss} (train) / "
                                    f"{val_loss} (val); parameters restored to epoch {epoch - 1}. "
-                                   "Try a smaller learning rate.")
+                                   f"{divergence_advice(options)}")
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                   "seconds": time.perf_counter() - start, **train_terms,
                   "val_recon": None if val is None else val["reconstruction"],
@@ -502,6 +502,22 @@ def integer_argument(name: str, value, check: Check) -> int:
         return check.accept(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} = {value!r}: {exc or check.rule}") from None
+
+
+# Options that scale the loss or the step: when training diverges with one of them far from
+# its default, the advice names it rather than blaming the learning rate alone.
+LOSS_SCALING_OPTIONS = ("kl_weight", "free_bits", "weight_decay", "lr_min")
+
+
+def divergence_advice(options: TrainingOptions) -> str:
+    """What to try after the loss became NaN/inf: a smaller learning rate, and the
+    options that scale the loss that were set away from their defaults."""
+    defaults = TrainingOptions()
+    changed = [f"{name}={getattr(options, name):g}" for name in LOSS_SCALING_OPTIONS
+               if getattr(options, name) != getattr(defaults, name)]
+    if not changed:
+        return "Try a smaller learning rate."
+    return f"Try a smaller learning rate, or check {', '.join(changed)}."
 
 
 def format_epoch(record: dict) -> str:

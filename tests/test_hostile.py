@@ -291,3 +291,38 @@ def test_a_checkpoint_that_is_no_file_is_named_as_such(trained_run, tmp_path, ma
         cupyvae.load(folder / "checkpoint.safetensors")
     assert_one_line_error(run_cli("train", "--resume", "--out", folder, "--epochs", "3", "-q"),
                           "checkpoint.safetensors", fragment)
+
+
+# ----------------------------------------------------- finite options that overflow the loss
+# Boundary: model.divergence_advice, the one message of TrainingDiverged.
+def test_divergence_from_a_huge_loss_option_names_that_option():
+    # free bits 3e38 nats on each of 2 latent dimensions: the loss overflows to inf.
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with pytest.raises(cupyvae.model.TrainingDiverged, match=r"check free_bits=3e\+38\.$"):
+        model.fit(X, epochs=1, batch_size=5, free_bits=3e38)
+    advice = cupyvae.model.divergence_advice(
+        cupyvae.training.TrainingOptions(kl_weight=1e30, weight_decay=0.5))
+    assert advice.endswith("check kl_weight=1e+30, weight_decay=0.5."), advice
+
+
+def test_divergence_with_default_options_blames_only_the_learning_rate():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with pytest.raises(cupyvae.model.TrainingDiverged, match=r"smaller learning rate\.$"):
+        model.fit(X, epochs=1, batch_size=5, lr=1e30)
+
+
+# Boundary: options.number, every float option (the kernels keep them in float32).
+@pytest.mark.parametrize("option", ["lr", "kl_weight", "free_bits", "weight_decay", "lr_min",
+                                    "clip_norm"])
+def test_float_options_beyond_float32_are_refused_naming_the_field(option):
+    from cupyvae.options import OptionError
+    from cupyvae.training import TrainingOptions
+    with pytest.raises(OptionError, match=f"{option} = 1e\\+39: .*float32's largest"):
+        TrainingOptions(**{option: 1e39})
+    if option != "lr_min":   # lr_min needs the cosine schedule; its bound is the same check
+        TrainingOptions(**{option: 3e38})
+
+
+def test_cli_refuses_a_kl_weight_beyond_float32():
+    assert_one_line_error(run_cli("train", "--kl-weight", "1e308", "--epochs", "1"),
+                          "--kl-weight", "float32")
