@@ -88,8 +88,16 @@ def load_csv(reference: str) -> Dataset:
 
 # ---------------------------------------------------------------------- reading
 def _split_reference(reference: str) -> tuple[str, str]:
-    path_text, _, fragment = os.fspath(reference).partition("#")
-    return path_text, fragment
+    """(path, options) of 'path' or 'path#options'.  The options start after the last
+    '.csv#', so a '#' inside a file or folder name ('run#3/data.csv') stays in the path."""
+    text = os.fspath(reference)
+    if text.lower().endswith(SUFFIX):
+        return text, ""
+    cut = text.lower().rfind(SUFFIX + "#")
+    if cut < 0:
+        path_text, _, fragment = text.partition("#")
+        return path_text, fragment
+    return text[:cut + len(SUFFIX)], text[cut + len(SUFFIX) + 1:]
 
 
 def _open(path: pathlib.Path):

@@ -326,3 +326,18 @@ def test_float_options_beyond_float32_are_refused_naming_the_field(option):
 def test_cli_refuses_a_kl_weight_beyond_float32():
     assert_one_line_error(run_cli("train", "--kl-weight", "1e308", "--epochs", "1"),
                           "--kl-weight", "float32")
+
+
+# ----------------------------------------------------- a '#' in a CSV file's name
+# Boundary: csvdata._split_reference, which every CSV reference goes through.
+@pytest.mark.parametrize("name", ["we#ird.csv", "run#3.csv#x.csv"])
+def test_a_hash_in_a_csv_file_name_stays_in_the_path(tmp_path, name):
+    from cupyvae.csvdata import csv_reference, parse_csv_reference
+    from cupyvae.datasets import load_dataset
+    path = tmp_path / name
+    path.write_text("a,b,kind\n" + "".join(f"0.{i},0.5,{'xy'[i % 2]}\n" for i in range(6)))
+    with pytest.raises(ValueError, match="'x' is not a number"):   # read as the file it is
+        load_dataset(str(path))
+    labelled = load_dataset(f"{path}#label=kind")
+    assert labelled.x_train.shape[1] == 2 and labelled.label_names == ("x", "y")
+    assert parse_csv_reference(csv_reference(path, {"label": "kind"})) == (path, {"label": "kind"})
