@@ -295,6 +295,7 @@ def test_a_checkpoint_that_is_no_file_is_named_as_such(trained_run, tmp_path, ma
 
 # ----------------------------------------------------- finite options that overflow the loss
 # Boundary: model.divergence_advice, the one message of TrainingDiverged.
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the input
 def test_divergence_from_a_huge_loss_option_names_that_option():
     # free bits 3e38 nats on each of 2 latent dimensions: the loss overflows to inf.
     model = cupyvae.VAE((4,), hidden=(3,))
@@ -305,6 +306,7 @@ def test_divergence_from_a_huge_loss_option_names_that_option():
     assert advice.endswith("check kl_weight=1e+30, weight_decay=0.5."), advice
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_divergence_with_default_options_blames_only_the_learning_rate():
     model = cupyvae.VAE((4,), hidden=(3,))
     with pytest.raises(cupyvae.model.TrainingDiverged, match=r"smaller learning rate\.$"):
