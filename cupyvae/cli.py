@@ -9,8 +9,8 @@ the field's help and validation, so the CLI, the API and config.json accept the 
 Every user mistake ends in a one-line message and a non-zero exit status, never a
 traceback; set CUPYVAE_DEBUG=1 to see the traceback anyway.
 
-Results go to stdout; progress bars and notes go to stderr, and `--quiet` turns them off
-(train, evaluate, encode).  The "no usable CUDA GPU" notice appears once, for the commands
+Results go to stdout; progress bars and notes go to stderr, and `--quiet` (every command,
+one shared option) turns them off.  The "no usable CUDA GPU" notice appears once, for the commands
 that choose a device for real work (train, evaluate, encode).
 """
 from __future__ import annotations
@@ -67,10 +67,14 @@ def user_errors():
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, OptionError):
-        return f"--{exc.field.replace('_', '-')} {_shown(exc.value)}: {exc.rule}"
+        return f"{_flag(exc.field)} {_shown(exc.value)}: {exc.rule_text(_flag)}"
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.filename}: {exc.strerror or exc}"
     return str(exc)
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def _shown(value) -> str:
@@ -149,7 +153,9 @@ def device_notice(show: bool):
         yield
 
 
-quiet_option = click.option("--quiet", "-q", is_flag=True,
+# Eager, so it is parsed first and a note while parsing the others (a renamed choice,
+# options.RegisteredName) can honour it.
+quiet_option = click.option("--quiet", "-q", is_flag=True, is_eager=True,
                             help="No progress bars or notes on stderr (results and errors only).")
 checkpoint_option = click.option(
     "--checkpoint", type=click.Choice(runs.CHECKPOINTS), default="best", show_default=True,
@@ -163,7 +169,7 @@ checkpoint_option = click.option(
 def main():
     """Train and inspect variational autoencoders (cupyvae).
 
-    Quick start:  cupyvae train --limit 6000 --epochs 5 --out runs/quick
+    Quick start:  cupyvae train --limit 6000 --epochs 5 --out runs/first-try
 
     Set CUPYVAE_DEBUG=1 to see Python tracebacks behind error messages.
     """
@@ -299,8 +305,10 @@ def encode(run_dir: Path, output: Path, data, split: str, sample: bool, device: 
               help="Sampling seed [default: the model's seed].")
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
 @checkpoint_option
-def sample(run_dir: Path, n: int, output, seed, device: str, checkpoint: str):
-    """Draw samples from the prior and decode them (likelihood means)."""
+@quiet_option
+def sample(run_dir: Path, n: int, output, seed, device: str, checkpoint: str, quiet: bool):
+    """Draw samples from the prior and decode them (likelihood means); a PNG is titled like
+    the run's samples.png."""
     if output is not None and output.suffix.lower() not in runs.SAMPLE_WRITERS:
         raise click.BadParameter(f"{output}: the file must end in "
                                  f"{' or '.join(runs.SAMPLE_WRITERS)}", param_hint="-o")
@@ -314,10 +322,12 @@ def sample(run_dir: Path, n: int, output, seed, device: str, checkpoint: str):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
 @checkpoint_option
-def plot(run_dir: Path, device: str, checkpoint: str):
+@quiet_option
+def plot(run_dir: Path, device: str, checkpoint: str, quiet: bool):
     """(Re)write all plots of a run into its folder."""
     with user_errors(), device_notice(False):
-        for path in runs.write_plots(run_dir, device, checkpoint=checkpoint):
+        for path in runs.write_plots(run_dir, device, checkpoint=checkpoint,
+                                     reporter=console(quiet)):
             click.echo(f"wrote {path}")
 
 
@@ -331,24 +341,26 @@ def plot(run_dir: Path, device: str, checkpoint: str):
                    "test set, a code that decodes to a typical example].")
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
 @checkpoint_option
-def explore(run_dir: Path, save, at, device: str, checkpoint: str):
+@quiet_option
+def explore(run_dir: Path, save, at, device: str, checkpoint: str, quiet: bool):
     """Interactive window: one slider per latent dimension (at most 10; the others stay
     fixed) and the decoded image, updated live.  The sliders start at the mean code of
     the run's test set and span where its codes lie (at least +-3)."""
     from . import plots
+    reporter = console(quiet)
     with user_errors(), device_notice(False):
         if save is None:
             _require_display()   # before loading anything: fail fast
         config, model = runs.load_run(run_dir, device, checkpoint=checkpoint)
         z = _parse_latent_point(at, model.config.latent_dim)
-        codes = runs.data_codes(config, model)
+        codes = runs.data_codes(config, model, reporter=reporter)
         start = "their --at values" if at else "the data's mean code"
         if z is None:
             z = codes.mean(axis=0)
         ranges = plots.slider_ranges(codes, z)
         if model.config.latent_dim > plots.MAX_SLIDERS:
-            click.echo(f"note: {model.config.latent_dim} latent dimensions; sliders for the first "
-                       f"{plots.MAX_SLIDERS} only, the others stay at {start}", err=True)
+            reporter.message(f"note: {model.config.latent_dim} latent dimensions; sliders for the "
+                             f"first {plots.MAX_SLIDERS} only, the others stay at {start}")
         if save is not None:
             click.echo(f"wrote {plots.save_explorer(model, save, z=z, ranges=ranges, start=start)}")
         else:

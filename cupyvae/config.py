@@ -13,7 +13,7 @@ from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
 from .files import parse_json
 from .initialization import DEFAULT_INITIALIZATION, INITIALIZATIONS
 from .layers import ACTIVATIONS
-from .options import (Check, CommaList, ValidatedOptions, integer_at_least, one_of, option, optional,
+from .options import (Check, CommaList, OptionError, ValidatedOptions, integer_at_least, one_of, option, optional,
                       positive_int, registered)
 
 
@@ -91,13 +91,14 @@ class VAEConfig(ValidatedOptions):
         """Resolve prior_components to the prior's default and refuse what the prior cannot take."""
         k = self.prior_components
         if k is not None and prior_cls.default_components is None:
-            raise ValueError(f"prior {self.prior!r} has no components; prior_components must be "
-                             f"left unset (None), got {k!r}")
+            raise OptionError("prior_components", k, f"{{prior}} {self.prior} has no components; "
+                              "leave {prior_components} unset", self.owner)
         if k is None:
             object.__setattr__(self, "prior_components", prior_cls.default_components)
         if self.prior_init not in prior_cls.init_schemes:
-            raise ValueError(f"prior_init {self.prior_init!r} is not available for prior "
-                             f"{self.prior!r}; available: {', '.join(prior_cls.init_schemes)}")
+            raise OptionError("prior_init", self.prior_init,
+                              f"not available for {{prior}} {self.prior}; available: "
+                              f"{', '.join(prior_cls.init_schemes)}", self.owner)
 
     @property
     def data_dim(self) -> int:
@@ -112,8 +113,10 @@ class VAEConfig(ValidatedOptions):
         if isinstance(self.activation, str):
             return (self.activation,) * len(self.hidden)
         if len(self.activation) != len(self.hidden):
-            raise ValueError(f"{len(self.activation)} activations given for "
-                             f"{len(self.hidden)} hidden layers {self.hidden}")
+            raise OptionError("activation", self.activation,
+                              f"{len(self.activation)} activations for {len(self.hidden)} hidden "
+                              f"layers ({{hidden}} {','.join(map(str, self.hidden)) or 'none'}); "
+                              "give one for all, or one per hidden layer", self.owner)
         return self.activation
 
     def to_json(self) -> str:

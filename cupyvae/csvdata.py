@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .datasets import Dataset, DatasetError, _split_off_test
+from .registry import did_you_mean
 
 SUFFIX = ".csv"
 OPTIONS = ("label",)
@@ -145,7 +146,8 @@ def _label_column(path: pathlib.Path, names: list[str], label: str | None,
         return names.index(label)
     known = f"the header's columns are {', '.join(names)}" if has_header else (
         f"the file has no header row, so columns are named 1 to {len(names)}")
-    raise DatasetError(f"{path}: no column {label!r} for the labels; {known}")
+    raise DatasetError(f"{path}: no column {label!r} for the labels{did_you_mean(label, names)}; "
+                       f"{known}")
 
 
 def _read_features(path: pathlib.Path, columns: list[int], names: list[str],
@@ -186,11 +188,25 @@ def _raise_first_bad_cell(path: pathlib.Path, columns: list[int], names: list[st
             problem = _cell_problem(cells[k])
             if problem:
                 raise DatasetError(f"{path}: line {line}, column {names[k]!r} "
-                                   f"(column {k + 1}): {problem}")
+                                   f"(column {k + 1}): {problem}"
+                                   f"{_label_hint(path, k, names[k], has_header)}")
     if count == 0:
         raise DatasetError(f"{path}: no data rows{' below the header' if has_header else ''}")
     raise DatasetError(f"{path}: NumPy could not parse the file, but every cell is a number; "
                        "is it comma-separated?")
+
+
+def _label_hint(path: pathlib.Path, column: int, name: str, has_header: bool) -> str:
+    """'; ... name it: table.csv#label=species' when every cell of the column is text (a
+    label column that was not declared), else ''."""
+    rows = _rows(path)
+    if has_header:
+        next(rows)
+    if any(column >= len(cells) or _is_number(cells[column]) or not cells[column]
+           for _line, cells in rows):
+        return ""
+    return (f"; every cell of column {name!r} is text: if it holds the labels, name it "
+            f"with {csv_reference(path.name, {'label': name})}")
 
 
 def _cell_problem(cell: str) -> str | None:

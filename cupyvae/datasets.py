@@ -39,7 +39,6 @@ names the file and what is wrong.
 """
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import http.client
@@ -62,7 +61,7 @@ import numpy as np
 from .arrays import as_float32_examples
 from .files import fsync_directory, write_atomic
 from .numbers import nonfinite_problem
-from .registry import Registry
+from .registry import Registry, did_you_mean
 
 __all__ = [
     "Dataset",
@@ -288,13 +287,8 @@ def load_dataset(name_or_path: str | os.PathLike, *, cache_dir: str | os.PathLik
 
 def _did_you_mean(key: str) -> str:
     """' (did you mean 'fashion-mnist'?)' for a near miss of a registered name: case and
-    '_' for '-' are forgiven first, then difflib's closest match."""
-    names = available_datasets()
-    normalised = {name.lower().replace("_", "-"): name for name in names}
-    exact = normalised.get(key.strip().lower().replace("_", "-"))
-    close = [exact] if exact else difflib.get_close_matches(
-        key.lower().replace("_", "-"), list(normalised), n=1, cutoff=0.6)
-    return f" (did you mean {normalised.get(close[0], close[0])!r}?)" if close else ""
+    '_' for '-' are forgiven first, then difflib's closest match (registry.did_you_mean)."""
+    return did_you_mean(key, available_datasets())
 
 
 # --------------------------------------------------------------------------

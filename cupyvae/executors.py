@@ -91,6 +91,7 @@ class NumpyExecutor:
         seed, z_dim, batch_size = self.spec.config.seed, self.spec.latent_dim, options.batch_size
         hyper = hyper_array(options, optimizer)
         n_batches = len(perm) // batch_size
+        check_step_counter(optimizer.step_count, n_batches)
         total = 0.0
         # The Adam step count keys each step's noise and schedules, identically on every
         # device; IWAE's k rows per example are rows b*k + i of a step's draw (k = 1: the
@@ -186,35 +187,47 @@ class NumpyExecutor:
         return nll, log_p, log_q
 
 
-# Prior draws (VAE.sample): the Philox steps of STREAM_PRIOR giving u and eps.
-PRIOR_U_STEP, PRIOR_EPS_STEP = 0, 1
-
-
 def prior_draws(spec: ModelSpec, params: dict, n: int, seed: int) -> np.ndarray:
     """n draws z (n, Z) of the prior, from uniforms u (n,) and standard normals eps (n, Z)
-    of STREAM_PRIOR (steps PRIOR_U_STEP, PRIOR_EPS_STEP): prior.sample(density, u, eps).
+    of STREAM_PRIOR (steps philox.PRIOR_U_STEP, PRIOR_EPS_STEP): prior.sample(density, u, eps).
     `params`: the model's named host parameters (the VampPrior encodes its pseudo-inputs)."""
-    u = philox.uniform(seed, PRIOR_U_STEP, n, 1, philox.STREAM_PRIOR)[:, 0]
-    eps = philox.normal(seed, PRIOR_EPS_STEP, n, spec.latent_dim, philox.STREAM_PRIOR)
+    u = philox.uniform(seed, philox.PRIOR_U_STEP, n, 1, philox.STREAM_PRIOR)[:, 0]
+    eps = philox.normal(seed, philox.PRIOR_EPS_STEP, n, spec.latent_dim, philox.STREAM_PRIOR)
     return spec.prior.sample(prior_state(spec, params).density, u, eps)
+
+
+def check_step_counter(step_count: int, n_steps: int) -> None:
+    """OverflowError, before an epoch of n_steps starting at Adam step `step_count`, if the
+    step counter would reach 2^32: it keys Philox and the schedules as a uint32 (in device
+    memory on the kernel devices), on every executor alike."""
+    if step_count + n_steps >= 2 ** 32:
+        raise OverflowError(f"the step counter would pass 2^32 ({step_count} + {n_steps} steps; "
+                            "it keys Philox and Adam as a uint32)")
 
 
 def _map_chunks(x: np.ndarray, chunk: int | None, progress: Callable[[int], None] | None,
                 compute: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
     """compute(c, part) for every chunk c of x, concatenated; progress(len(part)) after each."""
     results = []
-    for c, part in _chunked(x, chunk):
-        results.append(compute(c, part))
+    for c, rows in chunk_slices(len(x), chunk):
+        results.append(compute(c, x[rows]))
         if progress is not None:
-            progress(len(part))
+            progress(rows.stop - rows.start)
     return np.concatenate(results)
 
 
-def _chunked(x: np.ndarray, chunk: int | None):
-    """(chunk index, rows) of x in chunks of `chunk` rows (None: all rows at once)."""
-    size = len(x) if chunk is None else chunk
-    for c, start in enumerate(range(0, len(x), max(size, 1))):
-        yield c, x[start:start + size]
+def chunk_slices(n: int, chunk: int | None):
+    """(chunk index c, row slice) for n rows in chunks of `chunk` rows (None: one chunk),
+    in order; every executor's inference calls chunk (and key their noise by c) with it.
+    Raises ValueError, before any work, for no rows or a chunk that is not a positive int."""
+    if n < 1:
+        raise ValueError(f"inference needs at least one row, got {n}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer))
+                              or chunk < 1):
+        raise ValueError(f"chunk must be a positive number of rows or None, got {chunk!r}")
+    size = n if chunk is None else min(int(chunk), n)
+    for index, start in enumerate(range(0, n, size)):
+        yield index, slice(start, min(start + size, n))
 
 
 # Noise drawn ahead per call of philox.normal_steps: about 1 MiB of float32.  Small draws

@@ -84,7 +84,7 @@ class JSONError(ValueError):
 
 def parse_json(text: str | bytes):
     """json.loads, with every way hostile text can fail it as one JSONError: bad syntax or
-    UTF-8, NaN-free numbers aside, an integer of more digits than Python converts (4300), and
+    UTF-8, an integer of more digits than Python converts (4300), and
     nesting deep enough to exhaust the recursion limit ('[' * 100000), which json raises as
     RecursionError.  Callers add the file name."""
     try:

@@ -20,7 +20,7 @@ from .memory import require_memory
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .options import Check, integer_at_least, positive_int
+from .options import Check, OptionError, integer_at_least, positive_int
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
@@ -142,11 +142,12 @@ class VAE:
         x_val = None if x_val is None else self.validate_data(x_val, "x_val")
         x_train, x_val = self._validation_split(x_train, x_val, options)
         if options.batch_size > len(x_train):
-            raise ValueError(f"batch_size {options.batch_size} is larger than the training set "
-                             f"({len(x_train)} examples)")
+            raise OptionError("batch_size", options.batch_size,
+                              f"larger than the training set ({len(x_train)} examples)",
+                              options.owner)
         if options.patience is not None and x_val is None:
-            raise ValueError("patience (early stopping) needs validation data: pass x_val or "
-                             "set val_fraction")
+            raise OptionError("patience", options.patience, "early stopping needs validation "
+                              "data: pass x_val or set {val_fraction}", options.owner)
         if self.optimizer is None:   # untrained: a prior initialised from the data is set now
             self._init_prior_from_data(x_train)
         self._ensure_optimizer(options.lr, options.weight_decay)
@@ -392,6 +393,12 @@ class VAE:
         computed on (only its values' grid is read).  bits_per_dim_basis(x) says which
         formula applied."""
         return self.spec.likelihood.bits_per_dim(log_px, eight_bit_scale(x))
+
+    def log_likelihood_note(self, x) -> str | None:
+        """What the log-likelihood of data x (N, ...) means when it is not the log-probability
+        of x (a density's log-density, bernoulli's cross-entropy on grey levels), else None;
+        see Likelihood.log_likelihood_note.  ValueError for data validate_data refuses."""
+        return self.spec.likelihood.log_likelihood_note(self.validate_data(x, "x"))
 
     def bits_per_dim_basis(self, x) -> str:
         """The formula bits_per_dim(., x) applies, in words (for reports)."""

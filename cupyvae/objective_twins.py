@@ -138,7 +138,10 @@ def free_bits_kl(kl_dim: np.ndarray, free_bits) -> tuple[np.ndarray, np.ndarray,
         kl_mean (Z,):  (1/B) sum_b kl[b, j].
     """
     dtype = kl_dim.dtype.type
-    kl_mean = kl_dim.sum(axis=0) / dtype(kl_dim.shape[0])   # rows added in order, like the kernel
+    # Rows added in order b = 0, 1, ... like the kernel: accumulate is sequential, whereas
+    # sum(axis=0) sums pairwise whenever the column is contiguous (Z = 1), which changes
+    # the last bit and can flip active[j] at the floor.
+    kl_mean = np.add.accumulate(kl_dim, axis=0)[-1] / dtype(kl_dim.shape[0])
     active = (kl_mean > dtype(free_bits)).astype(kl_dim.dtype)
     floored = np.where(active > 0, kl_dim, dtype(free_bits))
     kl_rows = floored[:, 0].copy()

@@ -31,6 +31,12 @@ def objective_for(options) -> "Objective":
     return OBJECTIVES.get(options.objective).from_options(options)
 
 
+def loss_name(options) -> str:
+    """What a history's train_loss is under the TrainingOptions `options`, in words (for the
+    loss plot's legend): e.g. "negative ELBO", "negative IWAE bound (k = 5)"."""
+    return OBJECTIVES.get(options.objective).loss_name(options)
+
+
 class Objective:
     """One training objective; subclasses register with @OBJECTIVES.register(name)."""
     name: ClassVar[str] = ""
@@ -47,6 +53,11 @@ class Objective:
     def check_options(cls, options) -> None:
         """Raise OptionError naming the field of an option that makes no sense with this
         objective."""
+
+    @classmethod
+    def loss_name(cls, options) -> str:
+        """What the training loss is under `options`, in words (see loss_name)."""
+        return f"the {cls.name} objective"
 
     def check_model(self, spec: ModelSpec) -> None:
         """Raise ValueError naming the distributions if this model cannot train with it."""
@@ -101,20 +112,34 @@ class Elbo(Objective):
         return cls(free_bits=options.free_bits)
 
     @classmethod
+    def loss_name(cls, options) -> str:
+        weighted = options.kl_weight != 1 or options.kl_warmup_steps
+        name = "reconstruction + β KL" if weighted else "negative ELBO"
+        details = []
+        if options.kl_weight != 1:
+            details.append(f"β = {options.kl_weight:g}")
+        if options.kl_warmup_steps:
+            details.append(f"β rising from 0 over {options.kl_warmup_steps} steps")
+        if options.free_bits:
+            details.append(f"free bits {options.free_bits:g} nats per dimension")
+        return name + (f" ({', '.join(details)})" if details else "")
+
+    @classmethod
     def check_options(cls, options) -> None:
         if options.iw_samples != 1:
             raise OptionError("iw_samples", options.iw_samples,
-                              "importance samples are for objective 'iwae'; objective 'elbo' "
-                              "draws one sample per example (leave iw_samples at 1)",
+                              "importance samples are for {objective} iwae; {objective} elbo "
+                              "draws one sample per example (leave {iw_samples} at 1)",
                               "training option")
 
     def check_model(self, spec: ModelSpec) -> None:
         if self.free_bits > 0 and spec.kl_per_dimension is None:
-            raise ValueError(
-                f"free_bits {self.free_bits:g} needs a KL that factorises per latent dimension; "
-                f"posterior {spec.config.posterior!r} with prior {spec.config.prior!r} has none "
-                "(only closed-form pairs registered with register_kl_per_dimension, e.g. "
-                "gaussian with normal); set free_bits to 0")
+            raise OptionError(
+                "free_bits", self.free_bits,
+                f"free bits need a KL that factorises per latent dimension; {{posterior}} "
+                f"{spec.config.posterior} with {{prior}} {spec.config.prior} has none (only "
+                "closed-form pairs registered with register_kl_per_dimension, e.g. gaussian "
+                "with normal); leave {free_bits} at 0", "training option")
 
     def step(self, spec, params, grads, x, eps, terms, kl_weight) -> float:
         return negative_elbo_and_grads(spec, params, grads, x, eps, kl_weight=kl_weight,
@@ -135,27 +160,32 @@ class Iwae(Objective):
         return cls(samples=options.iw_samples)
 
     @classmethod
+    def loss_name(cls, options) -> str:
+        return f"negative IWAE bound (k = {options.iw_samples})"
+
+    @classmethod
     def check_options(cls, options) -> None:
         if options.free_bits != 0:
             raise OptionError("free_bits", options.free_bits,
                               "free bits floor the ELBO's KL term, which the IWAE bound does not "
-                              "have; use objective 'elbo' for free bits", "training option")
+                              "have; use {objective} elbo for free bits", "training option")
         # The KL weight and its warm-up are the ELBO's too.
         if options.kl_weight != 1:
             raise OptionError("kl_weight", options.kl_weight,
                               "a KL weight applies to the ELBO's KL term, which the IWAE bound "
-                              "does not have; leave kl_weight at 1 with objective 'iwae'",
+                              "does not have; leave {kl_weight} at 1 with {objective} iwae",
                               "training option")
         if options.kl_warmup_steps != 0:
             raise OptionError("kl_warmup_steps", options.kl_warmup_steps,
                               "a KL warm-up applies to the ELBO's KL term, which the IWAE bound "
-                              "does not have; leave kl_warmup_steps at 0 with objective 'iwae'",
+                              "does not have; leave {kl_warmup_steps} at 0 with {objective} iwae",
                               "training option")
 
     def check_model(self, spec: ModelSpec) -> None:
         if not spec.posterior.reparameterizable:
-            raise ValueError(f"objective 'iwae' needs a reparameterizable posterior; "
-                             f"{spec.config.posterior!r} is not")
+            raise OptionError("objective", "iwae",
+                              f"needs a reparameterizable {{posterior}}; "
+                              f"{spec.config.posterior} is not", "training option")
 
     def noise_rows(self, batch: int) -> int:
         return batch * self.samples

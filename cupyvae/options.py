@@ -21,18 +21,33 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import click
 
 
+# Another field named in a rule, as {name}: shown as the keyword `name` by the API and as
+# the flag `--name` by the command line (cupyvae.cli), so one rule reads well in both.
+FIELD_REFERENCE = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
 class OptionError(ValueError):
-    """An option value that is refused; names the field, the value and the rule."""
+    """An option value that is refused; names the field, the value and the rule.
+
+    A rule about how options combine names the other fields as {field}, e.g.
+    "importance samples are for {objective} iwae (leave {iw_samples} at 1)":
+    str(error) shows them as keywords (objective iwae), `rule_text(flag_name)` as the
+    caller names them (the CLI: --objective iwae)."""
 
     def __init__(self, field: str, value: Any, rule: str, owner: str = "option"):
         self.field, self.value, self.rule = field, value, rule
-        super().__init__(f"{owner} {field} = {value!r}: {rule}")
+        super().__init__(f"{owner} {field} = {value!r}: {self.rule_text()}")
+
+    def rule_text(self, name: Callable[[str], str] = str) -> str:
+        """The rule with every {field} written as name(field)."""
+        return FIELD_REFERENCE.sub(lambda match: name(match[1]), self.rule)
 
 
 @dataclass(frozen=True)
@@ -193,7 +208,33 @@ def registered(registry) -> Check:
         return value
 
     return Check(f"must be a registered {registry.role}", accept,
-                 lambda: click.Choice(registry.names()))
+                 lambda: RegisteredName(registry))
+
+
+class RegisteredName(click.Choice):
+    """A command-line choice among a registry's names that also takes its retired aliases
+    (Registry.alias; not listed among the choices): an alias becomes the current name, with
+    a note on stderr, so an old command line still runs and the run records the new name.
+    An unknown name gets the registry's message, with its did-you-mean suggestion."""
+
+    def __init__(self, registry):
+        self.registry = registry
+        super().__init__(registry.names())
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value not in self.registry:
+            try:
+                self.registry.get(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        if isinstance(value, str) and value not in self.choices and value in self.registry:
+            current = self.registry.canonical(value)
+            named = param.opts[0] if param is not None and param.opts else self.registry.role
+            if ctx is None or not ctx.params.get("quiet"):   # --quiet is eager: already parsed
+                click.echo(f"cupyvae: {named} {value} is now called {current}; using that name",
+                           err=True)
+            value = current
+        return super().convert(value, param, ctx)
 
 
 class CommaList(click.ParamType):

@@ -42,6 +42,9 @@ STREAM_PRIOR = 1      # samples z ~ N(0, I) for generation
 STREAM_BINARIZE = 2   # dynamic binarization of [0, 1] data: x = (u < p)
 STREAM_EVAL = 3       # the one posterior draw per example of VAE.loss (repeatable values)
 STREAM_IMPORTANCE = 4 # the K posterior draws per example of VAE.log_likelihood
+# Prior draws (VAE.sample, executors.prior_draws): the steps of STREAM_PRIOR giving the
+# component choices u and the normals eps.
+PRIOR_U_STEP, PRIOR_EPS_STEP = 0, 1
 
 # Philox4x32 round multipliers and Weyl key increments (Salmon et al., SC'11).
 PHILOX_M0 = 0xD2511F53

@@ -44,14 +44,17 @@ draws the VampPrior's pseudo-inputs as images (pseudo_inputs.png).
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator
 
 from .files import write_atomic
@@ -70,6 +73,7 @@ MAX_ZOOM = 32
 MARGIN_PX = 10
 LINE_PX = 24                # one line of title or label text, with its padding
 CHAR_PX = 8                 # a generous width of one title character
+MOSAIC_TITLE_SIZE = 11      # points
 ROW_LABEL_PX = 120          # room for "reconstruction" left of a mosaic row
 PRIOR_MARK_AREA = 60        # points^2 of a prior component's marker at equal weights (1/K)
 PRIOR_MARK_AREA_MANY = 14   # ... for more than MANY_COMPONENTS (VampPrior's 500), not to hide the codes
@@ -111,22 +115,25 @@ def latent_scatter(model, x, y, path, label_names: Sequence[str] | None = None,
     latent_dim = view.codes.shape[1]
     subject = f"posterior means of {len(view.codes)} {description}"
     components = model.prior_components()
+    bounds = code_bounds(view.points)
     if latent_dim == 1:
         _draw_1d_latent(ax, view.points[:, 0], labels, label_names)
-        mark_prior_components(ax, view, components)
+        mark_prior_components(ax, view, components, bounds)
         if components is not None:
             ax.legend(loc="upper right")
-        ax.set_title(f"{subject.capitalize()} (1-D latent)")
+        ax.set_xlim(*bounds[:, 0])
+        _fit_text(ax.set_title(f"{subject.capitalize()} (1-D latent)"), fig)
     else:
-        mark_prior_components(ax, view, components)   # before the legend is drawn, so it lists them
+        mark_prior_components(ax, view, components, bounds)   # before the legend, so it lists them
         _scatter_by_label(fig, ax, view.points, labels, label_names)
         if components is not None:
             _legend_mark_size(ax.get_legend() or ax.legend(loc="best"))
         _frame_grid(ax, view)
         ax.set_xlabel(view.axis_names[0])
         ax.set_ylabel(view.axis_names[1])
-        ax.set_title(subject.capitalize() if latent_dim == 2
-                     else f"PCA projection to 2-D of the {latent_dim}-D\n{subject}")
+        _fit_text(ax.set_title(subject.capitalize() if latent_dim == 2
+                               else f"PCA projection to 2-D of the {latent_dim}-D\n{subject}"), fig)
+        _limit_to(ax, bounds)          # the codes fill the axes (marks beyond: arrows)
         if latent_dim == 2:   # equal units keep the latent geometry undistorted
             ax.set_aspect("equal", adjustable="datalim")
     return _save(fig, path)
@@ -139,26 +146,32 @@ def manifold_grid(model, path, n: int = 20, x=None, view: "LatentView | None" = 
     range of x's codes.  Without x (and view) the grid is the prior's quantiles over z1
     and z2 with the other dimensions at 0, and the title says it was not checked.
 
-    The first axis grows left to right, the second bottom to top.  With one latent
-    dimension, or non-image data (one heat strip per value), only the first axis varies.
+    The first axis grows left to right, the second bottom to top.  Non-image data are
+    drawn as heat strips: an n x n grid of cells, each the decoded vector's values left to
+    right (one strip per step, top to bottom, with one latent dimension).
     """
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     if view is None:
         view = latent_view(model, x) if x is not None else prior_view(model)
     config = model.config
-    image_data = is_image_shape(config.data_shape)
-    two_axes = config.latent_dim >= 2 and image_data
+    two_axes = config.latent_dim >= 2
     axes = view.grid_values(int(n))
     decoded = model.decode(view.grid_latents(axes, two_axes))
     title = _manifold_title(view, two_axes, int(n))
     spans = [f"{name.split(' (')[0]}: {values[0]:.2f} … {values[-1]:.2f}"
              for name, values in zip(view.axis_names, axes)]
-    if not image_data:
-        fig = _strip_figure([(decoded, f"{spans[0]}, top to bottom")], title)
+    if not is_image_shape(config.data_shape):
+        if not two_axes:
+            return _save(_strip_figure([(decoded, f"{spans[0]}, top to bottom")], title), path)
+        fig = _strip_grid_figure(decoded.reshape(len(axes[1]), len(axes[0]), -1), title,
+                                 xlabel=f"{spans[0]}  →   (each cell: the {config.data_dim} "
+                                        "decoded values, left to right)",
+                                 ylabel=f"{spans[1]}  →")
         return _save(fig, path)
-    # No gaps between the images: the manifold reads as one continuous surface.
-    mosaic = tile(as_images(decoded, config.data_shape), len(axes[0]), pad=0)
+    # A one-pixel gap between the images at every size: without it small images run
+    # together into stripes.
+    mosaic = tile(as_images(decoded, config.data_shape), len(axes[0]), pad=1)
     fig = _mosaic_figure(mosaic, *_value_range(decoded), title=title, xlabel=f"{spans[0]}  →",
                          ylabel=f"{spans[1]}  →" if two_axes else None)
     return _save(fig, path)
@@ -190,61 +203,94 @@ def samples(model, path, n: int = 64, seed: int | None = None,
     """n draws from the prior, decoded to the likelihood mean, as a grid.  With the
     `view` of the data, the title warns when the data's codes lie elsewhere than the
     prior (then many samples look unlike the data)."""
-    drawn = model.sample(n, seed=seed)
+    return sample_grid(model, model.sample(n, seed=seed), path, view)
+
+
+def sample_grid(model, drawn, path, view: "LatentView | None" = None) -> Path:
+    """Prior samples `drawn` (n, *data_shape) of `model` as a grid, titled by samples_title."""
+    return image_grid(drawn, path, data_shape=model.config.data_shape,
+                      title=samples_title(len(drawn), view))
+
+
+def samples_title(n: int, view: "LatentView | None" = None) -> str:
+    """The title of every picture of prior samples (samples.png, `cupyvae sample`): with the
+    `view` of the data, a warning when their codes are not distributed like the prior."""
     title = f"{n} samples from the prior (likelihood means)"
     if view is not None and not view.matches_prior:
         title += (f"\nthe data's codes are not distributed like the prior (KS {view.prior_ks:.2f} > "
                   f"{PRIOR_MATCH_KS:g}): some samples may look unlike the data")
-    return image_grid(drawn, path, data_shape=model.config.data_shape, title=title)
+    return title
 
 
-def loss_curves(history: dict, path, validation: str = "test split") -> Path:
-    """Training and validation loss (mean negative ELBO) per epoch; `validation` says
-    what the validation set is (the legend reads "validation (<validation>)")."""
+def loss_curves(history: dict, path, validation: str = "test split",
+                objective: str = "the training objective") -> Path:
+    """Training loss and validation loss per epoch, in nats per example.  The training
+    curve is what training minimised, named by `objective` (e.g. "negative IWAE bound
+    (k = 5)"; cupyvae.objectives.loss_name); the validation curve is the negative ELBO,
+    on the set `validation` names (the legend reads "validation (<validation>): ...")."""
     epochs = list(history.get("epoch", []))
     if not epochs:
         raise ValueError("the training history has no epochs to plot")
     fig = Figure(figsize=(7.0, 4.5), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     marker = "o" if len(epochs) <= 30 else None   # single epochs would be invisible otherwise
-    ax.plot(epochs, history["train_loss"], marker=marker, label="train")
+    ax.plot(epochs, history["train_loss"], marker=marker, label=f"train: {objective}")
     validated = [(e, v) for e, v in zip(epochs, history.get("val_loss", [])) if v is not None]
     if validated:
-        ax.plot(*zip(*validated), marker=marker, label=f"validation ({validation})")
+        ax.plot(*zip(*validated), marker=marker, label=f"validation ({validation}): negative ELBO")
         best_epoch, best = min(validated, key=lambda pair: pair[1])
-        ax.set_title(f"Loss per epoch (best validation {best:.2f} at epoch {best_epoch})")
+        title = f"Loss per epoch (best validation {best:.2f} at epoch {best_epoch})"
     else:
-        ax.set_title("Loss per epoch")
+        title = "Loss per epoch"
+    _fit_text(ax.set_title(title), fig)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("negative ELBO (nats per example)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("nats per example")
+    # Whole epochs only, and room around the first and last (one epoch is one tick, not
+    # 0.945 ... 1.050).
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
 
 
 def write_all(model, data, history: dict | None, run_dir,
-              validation: str = "test split") -> list[Path]:
+              validation: str = "test split", training=None,
+              progress: Callable[[int], None] | None = None) -> list[Path]:
     """Every plot into run_dir (file names in PLOT_FILES); returns the paths written.
 
     `data`: a datasets.Dataset (its test split is drawn, or the training split when the
-    test split is empty), an (x, y) pair, or x alone.  The latent scatter and the manifold
-    share one LatentView of it.  No loss plot without history; `validation` names the
-    validation set in its legend.
+    test split is empty), an (x, y) pair, or x alone.  The latent scatter, the manifold
+    and the samples share one LatentView of it.  No loss plot without history;
+    `validation` names the validation set in its legend, and `training` (the
+    TrainingOptions the history was trained with) its training curve.  `progress(1)` is
+    called after each picture.
     """
+    from .objectives import loss_name
     x, y, label_names, description = _plot_data(data)
     run_dir = Path(run_dir)
     view = latent_view(model, x)
+    objective = "the training objective" if training is None else loss_name(training)
     draw = {
         "latent": lambda path: latent_scatter(model, x, y, path, label_names=label_names,
                                               description=description, view=view),
         "manifold": lambda path: manifold_grid(model, path, view=view),
         "reconstructions": lambda path: reconstructions(model, x, path),
         "samples": lambda path: samples(model, path, view=view),
-        "loss": lambda path: loss_curves(history, path, validation),
+        "loss": lambda path: loss_curves(history, path, validation, objective),
         "pseudo_inputs": lambda path: pseudo_inputs(model, path),
     }
-    return [draw[name](run_dir / file) for name, file in plot_files(model, history).items()]
+    written = []
+    for name, file in plot_files(model, history).items():
+        written.append(draw[name](run_dir / file))
+        if progress is not None:
+            progress(1)
+    return written
+
+
+def data_view(model, data) -> "LatentView":
+    """The LatentView write_all draws `data` (a Dataset, an (x, y) pair or x) in."""
+    return latent_view(model, _plot_data(data)[0])
 
 
 def plot_files(model, history: dict | None = None) -> dict[str, str]:
@@ -328,7 +374,8 @@ def explorer_figure(model, figure: Figure | None = None, z=None, ranges=None,
                                 (image_in - 0.6 - below) / height))
     view = _DatumView(image_ax, config.data_shape, model.decode(z[None])[0])
     where = start or ("0" if not z[n_sliders:].any() else "their given values")
-    figure.suptitle(_explorer_title(config.latent_dim, n_sliders, where), fontsize=10)
+    _fit_text(figure.suptitle(_explorer_title(config.latent_dim, n_sliders, where), fontsize=10),
+              figure)
     sliders = []
     for i in range(n_sliders):
         bottom = (slider_in - 0.32 * (i + 1)) / height
@@ -383,16 +430,30 @@ class _DatumView:
             _no_ticks(ax)
         else:
             flat = np.ravel(datum)
-            (self.artist,) = ax.plot(np.arange(len(flat)), flat)
-            lo, hi = _value_range(flat)
-            ax.set_ylim(lo, hi)
+            (self.artist,) = ax.plot(np.arange(len(flat)), flat,
+                                     marker="o" if len(flat) <= 30 else None, markersize=4)
+            self.ax = ax
+            ax.set_ylim(*self._with_margin(*_value_range(flat)))
+            ax.set_xlim(-0.5, len(flat) - 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))   # components are whole
             ax.set_xlabel("component")
+
+    @staticmethod
+    def _with_margin(lo: float, hi: float, margin: float = 0.05) -> tuple[float, float]:
+        return lo - margin * (hi - lo), hi + margin * (hi - lo)
 
     def update(self, datum):
         if is_image_shape(self.data_shape):
             self.artist.set_data(as_images(datum[None], self.data_shape)[0])
-        else:
-            self.artist.set_ydata(np.ravel(datum))
+            return
+        flat = np.ravel(datum)
+        self.artist.set_ydata(flat)
+        # Widen (never narrow) the value axis to what the sliders reach, so the line does
+        # not leave it and the axis does not jump back and forth.
+        lo, hi = self.ax.get_ylim()
+        if flat.min() < lo or flat.max() > hi:
+            self.ax.set_ylim(*self._with_margin(min(lo, float(flat.min())),
+                                                max(hi, float(flat.max()))))
 
 
 # ---------------------------------------------------------------------- images
@@ -443,9 +504,13 @@ def _mosaic_figure(mosaic, vmin, vmax, *, title=None, xlabel=None, ylabel=None,
     left = MARGIN_PX + (LINE_PX if ylabel else 0) + (ROW_LABEL_PX if row_labels else 0)
     bottom = MARGIN_PX + (LINE_PX if xlabel else 0)
     top = MARGIN_PX + LINE_PX * title_lines
-    longest_line = max((len(line) for line in (title or "").splitlines()), default=0)
-    width = max(left + w * zoom + MARGIN_PX, longest_line * CHAR_PX + 2 * MARGIN_PX)
-    left += (width - (left + w * zoom + MARGIN_PX)) // 2    # centre a narrow mosaic under its title
+    # The title is centred over the mosaic: the figure is as wide as both need, with the
+    # title measured in its font (plus a character's slack).
+    half_title = math.ceil(max((_text_width(line, FontProperties(size=MOSAIC_TITLE_SIZE))
+                                for line in (title or "").splitlines()), default=0) + CHAR_PX) // 2
+    width = max(left + w * zoom + MARGIN_PX, 2 * (half_title + MARGIN_PX))
+    left = max(left, (width - w * zoom) // 2)            # centre a narrow mosaic under its title
+    width = max(width, left + w * zoom // 2 + half_title + MARGIN_PX)   # labels pushed it right
     height = bottom + h * zoom + top
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     ax = fig.add_axes((left / width, bottom / height, w * zoom / width, h * zoom / height))
@@ -453,7 +518,7 @@ def _mosaic_figure(mosaic, vmin, vmax, *, title=None, xlabel=None, ylabel=None,
     _no_ticks(ax)
     ax.set_frame_on(False)   # the gaps separate the images; a frame would box in empty cells
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(title, fontsize=MOSAIC_TITLE_SIZE)
     if xlabel:
         ax.set_xlabel(xlabel)
     if ylabel:
@@ -476,10 +541,69 @@ def _strip_figure(panels, title: str | None) -> Figure:
         ax.set_yticks([])
         ax.set_ylabel(name)
     axes[-1].set_xlabel("component")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))   # components are whole
     fig.colorbar(shown, ax=list(axes), label="value")
     if title:
-        fig.suptitle(title, fontsize=11)
+        _fit_text(fig.suptitle(title, fontsize=MOSAIC_TITLE_SIZE), fig)
     return fig
+
+
+def _strip_grid_figure(grid: np.ndarray, title: str, xlabel: str, ylabel: str) -> Figure:
+    """Non-image data decoded on a 2-D grid, (rows, cols, D): one cell per grid point, its
+    D values as a heat strip left to right, white lines between the cells (so cells stay
+    apart whatever D is)."""
+    rows, cols, d = grid.shape
+    fig = Figure(figsize=(7.5, min(1.8 + 0.3 * rows, 10.0)), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    vmin, vmax = _value_range(grid)
+    shown = ax.imshow(grid.reshape(rows, cols * d), cmap="viridis", vmin=vmin, vmax=vmax,
+                      interpolation="nearest", aspect="auto", extent=(0, cols, rows, 0))
+    for x in range(1, cols):
+        ax.axvline(x, color="white", linewidth=1.5)
+    for y in range(1, rows):
+        ax.axhline(y, color="white", linewidth=1.5)
+    _no_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(shown, ax=ax, label="decoded value")
+    _fit_text(fig.suptitle(title, fontsize=MOSAIC_TITLE_SIZE), fig)
+    _fit_text(ax.xaxis.label, fig)
+    return fig
+
+
+def _fit_text(text, fig: Figure):
+    """Wrap the lines of a title or label (a matplotlib Text) at spaces so that each is at
+    most the figure's width less its margins, measured in the text's own font; returns it."""
+    width = fig.get_figwidth() * fig.dpi - 2 * MARGIN_PX
+    font = text.get_fontproperties()
+    lines = [piece for line in text.get_text().split("\n")
+             for piece in _wrap_to_width(line, font, width)]
+    text.set_text("\n".join(lines))
+    return text
+
+
+def _wrap_to_width(line: str, font, width: float) -> list[str]:
+    measured = _text_width(line, font)
+    if measured <= width:
+        return [line]
+    chars = max(8, int(len(line) * width / measured))
+    while chars > 8:
+        pieces = textwrap.wrap(line, chars)
+        if all(_text_width(piece, font) <= width for piece in pieces):
+            return pieces
+        chars -= 1
+    return textwrap.wrap(line, chars)
+
+
+def _text_width(text: str, font) -> float:
+    """Pixels (at DPI) that `text` takes in FontProperties `font`."""
+    return _measuring_renderer().get_text_width_height_descent(text, font, ismath=False)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _measuring_renderer():
+    from matplotlib.backends.backend_agg import RendererAgg
+    return RendererAgg(1, 1, DPI)
 
 
 def _no_ticks(ax) -> None:
@@ -613,33 +737,98 @@ def _frame_grid(ax, view: LatentView, n: int = 20) -> None:
                            label="manifold grid"))
 
 
-def mark_prior_components(ax, view: LatentView, components: dict | None) -> None:
+def mark_prior_components(ax, view: LatentView, components: dict | None,
+                          bounds: np.ndarray | None = None) -> None:
     """Black crosses at the prior's component means (model.prior_components()), projected
     like the codes; marker area PRIOR_MARK_AREA at equal weights 1/K, proportional to the
     weight (clipped to 0.1-10x), so a component training has starved shows small.  On a
-    1-D view: ticks along the bottom edge.  Nothing for a prior without components."""
+    1-D view: ticks along the bottom edge.  Nothing for a prior without components.
+
+    `bounds` (2, k): the axes' limits (code_bounds).  A mean beyond them is drawn as a grey
+    arrowhead on the edge, pointing towards it (legend: how many lie beyond), so the axes
+    stay on the codes."""
     if components is None:
         return
     weights, points = components["weights"], view.project(components["means"])
     count = len(weights)
     label = f"prior component means (K = {count}" + (
         ")" if np.allclose(weights, 1 / count) else ", area ∝ weight)")
+    inside = (np.ones(count, bool) if bounds is None
+              else ((points >= bounds[0]) & (points <= bounds[1])).all(axis=1))
     if view.basis.shape[0] == 1:
-        ax.plot(points[:, 0], np.full(count, 0.02), "|", color="black", markersize=12,
-                transform=ax.get_xaxis_transform(), label=label, zorder=3)
-        return
-    area = PRIOR_MARK_AREA if count <= MANY_COMPONENTS else PRIOR_MARK_AREA_MANY
-    sizes = area * np.clip(np.asarray(weights) * count, 0.1, 10.0)
-    ax.scatter(points[:, 0], points[:, 1], s=sizes, marker="X", color="black",
-               edgecolors="white", linewidths=0.6, label=label, zorder=3)
+        ax.plot(points[inside, 0], np.full(int(inside.sum()), 0.02), "|", color="black",
+                markersize=12, transform=ax.get_xaxis_transform(), label=label, zorder=3)
+    else:
+        area = PRIOR_MARK_AREA if count <= MANY_COMPONENTS else PRIOR_MARK_AREA_MANY
+        sizes = area * np.clip(np.asarray(weights) * count, 0.1, 10.0)
+        ax.scatter(points[inside, 0], points[inside, 1], s=sizes[inside], marker="X",
+                   color="black", edgecolors="white", linewidths=0.6, label=label, zorder=3)
+    if not inside.all():
+        _mark_beyond_the_axes(ax, points[~inside], bounds)
+
+
+BEYOND_THE_AXES = "beyond the axes (arrows)"    # the arrowheads' legend entry ends so
+# The arrowhead that points from an edge of the axes towards a mark beyond it, by
+# (axis, beyond the high end).
+_EDGE_ARROWS = {(0, True): ">", (0, False): "<", (1, True): "^", (1, False): "v"}
+
+
+def _mark_beyond_the_axes(ax, points: np.ndarray, bounds: np.ndarray) -> None:
+    """Arrowheads on the edge of the axes towards `points` (M, k) outside `bounds` (2, k),
+    on the edge of the axis each overshoots most (relative to the span), at its other
+    coordinate clipped to the bounds.  The edge is placed in axes coordinates, so it
+    stays on the edge however the limits end up (equal aspect widens one axis)."""
+    from matplotlib.transforms import blended_transform_factory
+    span = bounds[1] - bounds[0]
+    overshoot = np.maximum(points - bounds[1], bounds[0] - points) / span
+    axis = np.argmax(overshoot, axis=1)
+    high = points[np.arange(len(points)), axis] > bounds[1][axis]
+    edge = np.clip(points, bounds[0], bounds[1])
+    label = f"{len(points)} more {BEYOND_THE_AXES}"
+    for (a, h), marker in _EDGE_ARROWS.items():
+        chosen = (axis == a) & (high == h)
+        if not chosen.any():
+            continue
+        at_edge = np.full(int(chosen.sum()), 1.0 if h else 0.0)
+        if points.shape[1] == 1:          # ticks along the bottom: axes coordinates throughout
+            xy, transform = (at_edge, np.full_like(at_edge, 0.02)), ax.transAxes
+        elif a == 0:
+            xy = (at_edge, edge[chosen, 1])
+            transform = blended_transform_factory(ax.transAxes, ax.transData)
+        else:
+            xy = (edge[chosen, 0], at_edge)
+            transform = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.plot(*xy, marker, color="0.35", markeredgecolor="white", markersize=9,
+                linestyle="none", transform=transform, clip_on=False, label=label, zorder=3)
+        label = None      # one legend entry for all the arrows
+
+
+def _limit_to(ax, bounds: np.ndarray) -> None:
+    """Autoscale the axes to `bounds` (2, 2) alone: the grid frame (which may reach past
+    the codes) and the prior's marks do not widen them, and an equal aspect may still."""
+    ax.ignore_existing_data_limits = True
+    ax.update_datalim(bounds)
+    ax.margins(0)
+    ax.autoscale_view()
+
+
+def code_bounds(points: np.ndarray, margin: float = 0.05) -> np.ndarray:
+    """(2, k) axis limits around points (N, k): their range widened by `margin` of its span
+    on each side (a zero span by 1)."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return np.stack([lo - margin * span, hi + margin * span])
 
 
 def _legend_mark_size(legend) -> None:
-    """The legend's cross at the equal-weight size: the legend scales markers up (so that
-    tiny data points show), which would make a heavy component's cross cover its text."""
+    """The legend's cross (and arrowhead) at the equal-weight size: the legend scales
+    markers up (so that tiny data points show), which would make a heavy component's
+    cross cover its text."""
     for handle, text in zip(legend.legend_handles, legend.get_texts()):
         if text.get_text().startswith("prior component means"):
             handle.set_sizes([PRIOR_MARK_AREA])
+        elif text.get_text().endswith(BEYOND_THE_AXES):
+            handle.set_markersize(9)
 
 
 def _point_style(count: int) -> dict:

@@ -6,7 +6,8 @@ name both raise, the latter listing what exists.
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import difflib
+from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
 
@@ -41,12 +42,31 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._entries[self._aliases.get(name, name)]
-        except KeyError:
-            raise ValueError(f"unknown {self.role} {name!r}; available: "
-                             f"{', '.join(sorted(self._entries)) or '(none)'}") from None
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown {self.role} {name!r}{did_you_mean(name, self._entries)}; "
+                             f"available: {', '.join(sorted(self._entries)) or '(none)'}") from None
+
+    def canonical(self, name: str) -> str:
+        """The registered name `name` stands for: itself, or what the alias `name` resolves
+        to; ValueError (listing the registered names) when it is neither."""
+        self.get(name)
+        return self._aliases.get(name, name)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries or name in self._aliases
+
+
+def did_you_mean(key, names: Iterable[str]) -> str:
+    """' (did you mean 'species'?)' for a near miss of one of `names`, else '': case and
+    '_' for '-' are forgiven first, then difflib's closest match (ratio >= 0.6)."""
+    if not isinstance(key, str):
+        return ""
+    normalised = {name.lower().replace("_", "-"): name for name in names}
+    wanted = key.strip().lower().replace("_", "-")
+    exact = normalised.get(wanted)
+    close = [exact] if exact else [normalised[match] for match in difflib.get_close_matches(
+        wanted, list(normalised), n=1, cutoff=0.6)]
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -51,8 +51,8 @@ from .executors import EXECUTORS, binarize_batch
 from .files import JSONError, parse_json, write_atomic
 from .model import VAE, TrainingDiverged, best_checkpoint_path, load
 from .progress import Reporter
-from .options import (Check, ValidatedOptions, cli_fields, integer_at_least, nonnegative_int, one_of,
-                      option, optional, positive_int)
+from .options import (Check, OptionError, ValidatedOptions, cli_fields, integer_at_least, nonnegative_int,
+                      one_of, option, optional, positive_int)
 from .threads import default_threads
 from .training import TrainingOptions, best_epoch, split_digest, split_validation, stopped_early
 
@@ -359,9 +359,8 @@ class Run:
                 stop = early_stop_message(self.model.history, self.config.training.patience)
                 if stop:
                     reporter.message(f"{stop}; its model is {self.folder / BEST_CHECKPOINT_FILE}")
-                reporter.message("writing plots ...")
                 write_run_plots(self.folder, self.config, self._plot_model(), self.dataset,
-                                self.model.history)
+                                self.model.history, reporter)
         except KeyboardInterrupt as exc:
             raise RunInterrupted(self._interrupted_message(),
                                  143 if isinstance(exc, Terminated) else 130) from None
@@ -535,11 +534,8 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
     x_train = dataset.x_train[:run_options.limit] if run_options.limit else dataset.x_train
     x_train = model.validate_data(x_train, f"training data ({dataset.name}, train split)")
     if training.val_fraction:
-        try:
-            train_rows, val_rows = split_validation(len(x_train), training.val_fraction,
-                                                    model.config.seed)
-        except ValueError as exc:
-            raise RunError(f"--val-fraction: {exc}") from None
+        train_rows, val_rows = split_validation(len(x_train), training.val_fraction,
+                                                model.config.seed)   # OptionError names the field
         x_val = None
         summary = {"name": dataset.name, "train_examples": len(train_rows),
                    "validation": f"{training.val_fraction:g} of the train split",
@@ -552,11 +548,13 @@ def _training_data(model: VAE, dataset: Dataset, training: TrainingOptions,
     model.spec.prior.check_training_set(summary["train_examples"],
                                         f"the training set ({dataset.name})")
     if training.batch_size > summary["train_examples"]:
-        raise RunError(f"--batch-size {training.batch_size} is larger than the training set "
-                       f"({summary['train_examples']} examples of {dataset.name})")
+        raise OptionError("batch_size", training.batch_size,
+                          f"larger than the training set ({summary['train_examples']} examples "
+                          f"of {dataset.name})", training.owner)
     if training.patience is not None and not summary["validation_examples"]:
-        raise RunError(f"--patience needs a validation set, and {dataset.name} has no test "
-                       "split; add --val-fraction")
+        raise OptionError("patience", training.patience,
+                          f"early stopping needs a validation set, and {dataset.name} has no "
+                          "test split; set {val_fraction}", training.owner)
     return x_train, x_val, summary
 
 
@@ -628,46 +626,43 @@ def evaluate_run(folder: Path, device: str = "auto", iw_samples: int = 0,
         result.update(iw_samples=iw_samples, log_likelihood=float(np.mean(log_px)))
         result["log_likelihood_bits_per_dim"] = float(model.bits_per_dim(result["log_likelihood"],
                                                                           x_test))
-    note = density_note(model)
+    note = model.log_likelihood_note(x_test)
     if note:
         result["note"] = note
     write_json(folder / EVALUATION_FILE, result)
     return result
 
 
-def density_note(model: VAE) -> str | None:
-    """What a log-likelihood means for a likelihood that is a density (e.g. gaussian)."""
-    if model.spec.likelihood.discrete:
-        return None
-    likelihood = model.spec.likelihood
-    return (f"the {model.config.likelihood} likelihood is a density: log p(x) is a log-density of "
-            f"continuous x in {likelihood.support}^{model.config.data_dim}, not the "
-            "log-probability of a discrete image, so it can be positive and is not comparable "
-            "with a discrete likelihood's (e.g. bernoulli's)")
-
-
-def write_plots(folder: Path, device: str = "auto", checkpoint: str = "best") -> list[Path]:
+def write_plots(folder: Path, device: str = "auto", checkpoint: str = "best",
+                reporter: Reporter | None = None) -> list[Path]:
     """(Re)write every plot of the run into its folder: the pictures of the chosen
-    checkpoint's model, the loss curves of the whole run."""
+    checkpoint's model, the loss curves of the whole run; progress goes to `reporter`."""
     config, model = load_run(folder, device, checkpoint=checkpoint)
     history = _checkpoint_history(Path(folder) / CHECKPOINT_FILE) or model.history
-    return write_run_plots(folder, config, model, load_dataset(config.run.data), history)
+    return write_run_plots(folder, config, model, load_dataset(config.run.data), history, reporter)
 
 
 def write_run_plots(folder: Path, config: RunConfig, model: VAE, dataset: Dataset,
-                    history: dict | None = None) -> list[Path]:
-    from .plots import write_all
-    return write_all(model, dataset, model.history if history is None else history, folder,
-                     validation=config.dataset.get("validation", "test split"))
+                    history: dict | None = None, reporter: Reporter | None = None) -> list[Path]:
+    from .plots import plot_files, write_all
+    history = model.history if history is None else history
+    pictures = len(plot_files(model, history))
+    with (reporter or Reporter()).task(f"drawing {pictures} pictures", pictures) as advance:
+        return write_all(model, dataset, history, folder,
+                         validation=config.dataset.get("validation", "test split"),
+                         training=config.training, progress=advance)
 
 
-def data_codes(config: RunConfig, model: VAE, most: int = 5000) -> np.ndarray:
+def data_codes(config: RunConfig, model: VAE, most: int = 5000,
+               reporter: Reporter | None = None) -> np.ndarray:
     """Posterior means of at most `most` evenly spaced test examples (training examples
-    where there is no test split): where the run's data lie in the latent space."""
+    where there is no test split): where the run's data lie in the latent space.  The
+    encoding reports its progress to `reporter`."""
     dataset = load_dataset(config.run.data)
     x = dataset.x_test if len(dataset.x_test) else dataset.x_train
     keep = np.unique(np.linspace(0, len(x) - 1, min(len(x), most)).astype(np.int64))
-    return model.encode(x[keep])
+    with (reporter or Reporter()).task(f"encoding {len(keep)} examples", len(keep)) as advance:
+        return model.encode(x[keep], progress=advance)
 
 
 # ---------------------------------------------------------------------- encode
@@ -770,17 +765,19 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_sample_array(drawn: np.ndarray, output: Path, _model) -> None:
+def _write_sample_array(drawn: np.ndarray, output: Path, _model, _view) -> None:
     write_atomic(output, _npy_bytes(drawn))
 
 
-def _write_sample_grid(drawn: np.ndarray, output: Path, model) -> None:
-    from .plots import image_grid
-    image_grid(drawn, output, data_shape=model.config.data_shape,
-               title=f"{len(drawn)} samples from the prior")
+def _write_sample_grid(drawn: np.ndarray, output: Path, model, view) -> None:
+    """The picture samples.png is, titled by the same rule (plots.samples_title: with the
+    warning when the data's codes are not distributed like the prior)."""
+    from .plots import sample_grid
+    sample_grid(model, drawn, output, view())
 
 
-SAMPLE_WRITERS: dict[str, Callable[[np.ndarray, Path, VAE], None]] = {
+# suffix -> writer(drawn, output, model, view), view() the LatentView of the run's data.
+SAMPLE_WRITERS: dict[str, Callable[[np.ndarray, Path, VAE, Callable], None]] = {
     ".npy": _write_sample_array, ".png": _write_sample_grid}
 
 
@@ -797,6 +794,11 @@ def write_samples(folder: Path, n: int, output: Path | None = None, seed: int | 
     writer = SAMPLE_WRITERS.get(output.suffix.lower())
     if writer is None:
         raise RunError(f"{output}: the file must end in {' or '.join(SAMPLE_WRITERS)}")
-    _config, model = load_run(folder, device, checkpoint=checkpoint)
-    writer(model.sample(n, seed=seed), output, model)
+    config, model = load_run(folder, device, checkpoint=checkpoint)
+
+    def view():
+        from .plots import data_view
+        return data_view(model, load_dataset(config.run.data))
+
+    writer(model.sample(n, seed=seed), output, model, view)
     return output

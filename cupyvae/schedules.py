@@ -79,7 +79,7 @@ def constant_lr(options) -> tuple[float, int]:
     for name in ("lr_decay_steps", "lr_min"):
         if getattr(options, name):
             raise OptionError(name, getattr(options, name),
-                              "applies to lr_schedule 'cosine' only (lr_schedule is 'constant')",
+                              "applies to {lr_schedule} cosine only ({lr_schedule} is constant)",
                               OWNER)
     return 0.0, 0
 
@@ -94,8 +94,8 @@ def cosine_lr(options) -> tuple[float, int]:
                           OWNER)
     if options.lr_min > options.lr:
         raise OptionError("lr_min", options.lr_min,
-                          f"must not exceed lr = {options.lr!r} (the cosine schedule decays "
-                          "from lr to lr_min)", OWNER)
+                          f"must not exceed {{lr}} {options.lr!r} (the cosine schedule decays "
+                          "from {lr} to {lr_min})", OWNER)
     return options.lr_min, options.lr_decay_steps
 
 

@@ -33,13 +33,14 @@ def gather_rows(data: np.ndarray, perm: np.ndarray, counters: np.ndarray, batch_
 def end_step(nll: np.ndarray, kl: np.ndarray, kl_weight: np.ndarray, counters: np.ndarray,
              losses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """In place: losses[counters[1]] = (1/B) sum_b (nll[b] + beta kl[b]) with
-    beta = kl_weight[0] (the float32 products, then a float64 sum, rounded; skipped when
-    counters[1] >= len(losses)), then counters[0] += 1 (next global step) and
-    counters[1] += 1 (next batch).  Returns (losses, counters)."""
+    beta = kl_weight[0] (the float32 products beta kl[b], each added to nll[b] and summed in
+    float64 like the kernel -- in another order, so within a float32 ulp of it -- then
+    rounded; skipped when counters[1] >= len(losses)), then counters[0] += 1 (next global
+    step) and counters[1] += 1 (next batch).  Returns (losses, counters)."""
     batch = int(counters[1])
     if batch < len(losses):
         weighted = np.float32(kl_weight[0]) * kl
-        total = nll.astype(np.float64).sum() + weighted.astype(np.float64).sum()
+        total = (nll.astype(np.float64) + weighted.astype(np.float64)).sum()
         losses[batch] = total / nll.shape[0]
     counters += np.uint32(1)
     return losses, counters
@@ -56,8 +57,3 @@ def step_terms(recon: np.ndarray, kl: np.ndarray, counters: np.ndarray,
         terms[1, batch] = kl.astype(np.float64).sum() / kl.shape[0]
     return terms
 
-
-def start_epoch(counters: np.ndarray) -> np.ndarray:
-    """counters[1] = 0 (first batch of an epoch); the global step runs on; in place."""
-    counters[1] = 0
-    return counters

@@ -18,7 +18,7 @@ import hashlib
 import numpy as np
 
 from .objectives import OBJECTIVES
-from .options import (ValidatedOptions, boolean, nonnegative_float, nonnegative_int, number,
+from .options import (OptionError, ValidatedOptions, boolean, nonnegative_float, nonnegative_int, number,
                       option, optional, positive_float, positive_int, registered)
 from .schedules import LR_SCHEDULES
 
@@ -114,8 +114,9 @@ def split_validation(n_examples: int, fraction: float, seed: int) -> tuple[np.nd
     split would leave no training or no validation example."""
     n_val = max(1, round(fraction * n_examples))
     if n_val >= n_examples:
-        raise ValueError(f"val_fraction {fraction:g} of {n_examples} training examples leaves "
-                         "no example to train on")
+        raise OptionError("val_fraction", fraction,
+                          f"of {n_examples} training examples leaves no example to train on",
+                          TrainingOptions.owner)
     order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(n_examples)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 

@@ -27,10 +27,10 @@
 //           1024); threads stride over D, partial sums meet in reduce_block_sum.
 // NumPy twin: cupyvae.distributions.continuous_bernoulli.continuous_bernoulli_nll(logits, x, scale).
 #include "reduce.cuh"
+#include "stable_math.cuh"
 
 #define CB_SERIES_BAND 1.0f
 #define CB_SERIES_TERMS 12
-#define CB_LOG_2 0.69314718055994531f
 
 // d_n, n = 1..12 (checked against the NumPy twin's SERIES_D_COEFFS by a test).
 __constant__ float CB_D_COEFFS[CB_SERIES_TERMS] = {
@@ -55,7 +55,7 @@ __device__ inline void cb_log_normalizer(float l, float a, float e, float* log_c
             series_log_c = series_log_c * t + CB_LOG_C_COEFFS[n];
             series_d = series_d * t + CB_D_COEFFS[n];
         }
-        *log_c = CB_LOG_2 + t * series_log_c;
+        *log_c = STABLE_LOG_2 + t * series_log_c;
         *d_log_c = l * series_d;
     } else {
         *log_c = logf(a / -expm1f(-a)) + log1pf(e);

@@ -25,9 +25,9 @@
 // NumPy twin: cupyvae.distributions.gaussian.gaussian_likelihood_nll(raw, x, scale)
 //             (= GaussianLikelihood(D).nll(raw, x, scale)).
 #include "reduce.cuh"
+#include "stable_math.cuh"
 
 #define GAUSSIAN_LOGVAR_BOUND 7.0f
-#define GAUSSIAN_LOG_2PI 1.8378770664093453f
 
 extern "C" __global__ void gaussian_likelihood_nll(const float* raw, const float* x,
                                                    float* nll, float* draw, int B, int D,
@@ -63,7 +63,7 @@ extern "C" __global__ void gaussian_likelihood_nll(const float* raw, const float
 
         float inv_var = expf(-s);
         float sq = diff * diff * inv_var;
-        partial += GAUSSIAN_LOG_2PI + s + sq;
+        partial += STABLE_LOG_2PI + s + sq;
         da_row[j] = scale * (-diff * inv_var * m_one_minus_m);
         dr_row[j] = scale * (0.5f * (1.0f - sq) * sech2);
     }

@@ -48,6 +48,7 @@
 // NumPy twins: cupyvae.distributions.gaussian.<entry name>.
 #include "philox.cuh"
 #include "reduce.cuh"
+#include "stable_math.cuh"
 
 extern "C" __global__ void gaussian_posterior_forward(const float* qraw,
                                                       const unsigned int* counters,
@@ -122,8 +123,6 @@ extern "C" __global__ void gaussian_posterior_backward(const float* qraw, const 
     }
 }
 
-#define GAUSSIAN_LOG_2PI 1.8378770664093453f
-
 extern "C" __global__ void gaussian_posterior_log_q(const float* qraw,
                                                     const unsigned int* counters,
                                                     float* log_q, int B, int Z,
@@ -143,7 +142,7 @@ extern "C" __global__ void gaussian_posterior_log_q(const float* qraw,
             float eps = eps_given ? eps_in[(unsigned long long)row * (unsigned long long)Z + j]
                                   : philox_element_normal(seed_lo, seed_hi, step, stream,
                                                           (unsigned int)row, (unsigned int)j);
-            partial += (GAUSSIAN_LOG_2PI + lv[j]) + eps * eps;
+            partial += (STABLE_LOG_2PI + lv[j]) + eps * eps;
         }
         float total = reduce_warp_sum(partial);
         if (lane == 0) {

@@ -21,7 +21,6 @@
 #include "stable_math.cuh"
 
 #define GAUSSIAN_REAL_LOGVAR_BOUND 7.0f
-#define GAUSSIAN_REAL_LOG_2PI 1.8378770664093453f
 
 extern "C" __global__ void gaussian_real_nll(const float* raw, const float* x, float* nll,
                                              float* draw, int B, int D, float scale)
@@ -44,7 +43,7 @@ extern "C" __global__ void gaussian_real_nll(const float* raw, const float* x, f
         float inv_var = expf(-s);
         float diff = x_row[j] - m_row[j];
         float sq = diff * diff * inv_var;
-        partial += GAUSSIAN_REAL_LOG_2PI + s + sq;
+        partial += STABLE_LOG_2PI + s + sq;
         dm_row[j] = scale * (-diff * inv_var);
         dr_row[j] = scale * (0.5f * (1.0f - sq) * ds_dr);
     }

@@ -20,7 +20,6 @@
 #include "stable_math.cuh"
 
 #define LAPLACE_LOG_SCALE_BOUND 3.5f
-#define LAPLACE_LOG_2 0.69314718055994531f
 
 extern "C" __global__ void laplace_nll(const float* raw, const float* x, float* nll, float* draw,
                                        int B, int D, float scale)
@@ -44,7 +43,7 @@ extern "C" __global__ void laplace_nll(const float* raw, const float* x, float* 
         float diff = x_row[j] - mu_row[j];
         float scaled = fabsf(diff) * inv_b;
         float sign = (float)((diff > 0.0f) - (diff < 0.0f));
-        partial += LAPLACE_LOG_2 + log_b + scaled;
+        partial += STABLE_LOG_2 + log_b + scaled;
         dmu_row[j] = scale * (-sign * inv_b);
         dr_row[j] = scale * ((1.0f - scaled) * dlog_b_dr);
     }

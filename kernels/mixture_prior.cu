@@ -45,16 +45,14 @@
 // NumPy twins: cupyvae.distributions.mixture.mixture_prior_forward / _backward_z /
 //           _backward_params.
 #include "reduce.cuh"
+#include "stable_math.cuh"
 
-#define MIXTURE_LOG_2PI 1.8378770664093453f
-// -inf from its bits: NVRTC has no math headers, so no INFINITY macro.
-#define MIXTURE_NEG_INF __int_as_float((int)0xff800000u)
 
 // Adds exp(value) to the running (peak, total): sum = total * exp(peak).  A -inf value adds
 // nothing (and never forms -inf - -inf); a NaN value makes the sum NaN.
 __device__ inline void mixture_lse_push(float value, float& peak, float& total)
 {
-    if (value == MIXTURE_NEG_INF) {
+    if (value == REDUCE_NEG_INF_FLOAT) {
         return;
     }
     if (value > peak) {
@@ -68,10 +66,10 @@ __device__ inline void mixture_lse_push(float value, float& peak, float& total)
 __device__ inline void mixture_lse_merge(float other_peak, float other_total, float& peak,
                                          float& total)
 {
-    if (other_peak == MIXTURE_NEG_INF) {
+    if (other_peak == REDUCE_NEG_INF_FLOAT) {
         return;
     }
-    if (peak == MIXTURE_NEG_INF) {
+    if (peak == REDUCE_NEG_INF_FLOAT) {
         peak = other_peak;
         total = other_total;
     } else if (other_peak > peak) {
@@ -99,7 +97,7 @@ __device__ inline float mixture_warp_lse(float peak, float total)
 // LSE_k a_k over the logits, in every lane of the calling warp (whole warp must call it).
 __device__ inline float mixture_logits_lse(const float* logits, int K, int lane)
 {
-    float peak = MIXTURE_NEG_INF;
+    float peak = REDUCE_NEG_INF_FLOAT;
     float total = 0.0f;
     for (int k = lane; k < K; k += REDUCE_WARP_SIZE) {
         mixture_lse_push(logits[k], peak, total);
@@ -108,7 +106,7 @@ __device__ inline float mixture_logits_lse(const float* logits, int K, int lane)
 }
 
 extern "C" __global__ void mixture_prior_forward(const float* z, const float* logits,
-                                                 const float* comp, float* logp, float* resp,
+                                                 const float* components, float* logp, float* resp,
                                                  int B, int K, int Z)
 {
     int lane = threadIdx.x % REDUCE_WARP_SIZE;
@@ -120,15 +118,15 @@ extern "C" __global__ void mixture_prior_forward(const float* z, const float* lo
          row += row_stride) {
         const float* z_row = z + (unsigned long long)row * (unsigned long long)Z;
         float* resp_row = resp + (unsigned long long)row * (unsigned long long)K;
-        float peak = MIXTURE_NEG_INF;
+        float peak = REDUCE_NEG_INF_FLOAT;
         float total = 0.0f;
         for (int k = lane; k < K; k += REDUCE_WARP_SIZE) {
-            const float* mean = comp + (unsigned long long)k * (2ull * (unsigned long long)Z);
+            const float* mean = components + (unsigned long long)k * (2ull * (unsigned long long)Z);
             const float* logvar = mean + Z;
             float quad = 0.0f;
             for (int j = 0; j < Z; ++j) {
                 float t = (z_row[j] - mean[j]) * expf(-0.5f * logvar[j]);
-                quad += MIXTURE_LOG_2PI + logvar[j] + t * t;
+                quad += STABLE_LOG_2PI + logvar[j] + t * t;
             }
             float ell = (logits[k] - lse_a) - 0.5f * quad;
             resp_row[k] = ell;
@@ -144,7 +142,7 @@ extern "C" __global__ void mixture_prior_forward(const float* z, const float* lo
     }
 }
 
-extern "C" __global__ void mixture_prior_backward_z(const float* z, const float* comp,
+extern "C" __global__ void mixture_prior_backward_z(const float* z, const float* components,
                                                     const float* resp, const float* g,
                                                     float* dz, int B, int K, int Z)
 {
@@ -165,7 +163,8 @@ extern "C" __global__ void mixture_prior_backward_z(const float* z, const float*
                 if (r == 0.0f) {
                     continue;
                 }
-                const float* mean = comp + (unsigned long long)k * (2ull * (unsigned long long)Z);
+                const float* mean =
+                    components + (unsigned long long)k * (2ull * (unsigned long long)Z);
                 float h = expf(-0.5f * mean[Z + j]);
                 float t = (z_j - mean[j]) * h;
                 acc += r * (t * h);
@@ -176,9 +175,9 @@ extern "C" __global__ void mixture_prior_backward_z(const float* z, const float*
 }
 
 extern "C" __global__ void mixture_prior_backward_params(const float* z, const float* logits,
-                                                         const float* comp, const float* resp,
+                                                         const float* components, const float* resp,
                                                          const float* g, float* dlogits,
-                                                         float* dcomp, int B, int K, int Z)
+                                                         float* dcomponents, int B, int K, int Z)
 {
     int lane = threadIdx.x % REDUCE_WARP_SIZE;
     int warps_per_block = blockDim.x / REDUCE_WARP_SIZE;
@@ -195,8 +194,8 @@ extern "C" __global__ void mixture_prior_backward_params(const float* z, const f
         if (lane == 0) {
             dlogits[k] = total;
         }
-        const float* mean = comp + (unsigned long long)k * (2ull * (unsigned long long)Z);
-        float* dmean = dcomp + (unsigned long long)k * (2ull * (unsigned long long)Z);
+        const float* mean = components + (unsigned long long)k * (2ull * (unsigned long long)Z);
+        float* dmean = dcomponents + (unsigned long long)k * (2ull * (unsigned long long)Z);
         for (int j = lane; j < Z; j += REDUCE_WARP_SIZE) {
             float m = mean[j];
             float h = expf(-0.5f * mean[Z + j]);

@@ -1,4 +1,4 @@
-// reduce.cuh: float sums over a warp and over a block, for kernels that reduce rows.
+// reduce.cuh: sums and maxima over a warp and over a block, for kernels that reduce rows.
 //
 // reduce_warp_sum(v):  sum of v over the 32 lanes of the calling warp, by shuffles
 //                      (tree order fixed by the lane index, so deterministic); the total
@@ -12,7 +12,7 @@
 //                      twice must __syncthreads() in between.
 // reduce_warp_max / reduce_block_max(v, warp_totals): the same for the maximum (identity
 //                      -INFINITY; fmax ignores NaN).
-// Each is overloaded for float and double (warp_totals then __shared__ double[...]);
+// Each is one template for float and double (warp_totals then __shared__ double[...]);
 // the double sums' trees are what cupyvae.optim.block_sum_twin reproduces in NumPy.
 // All trees are fixed by the thread indices, so the same launch shape always gives
 // the same bits (the order of thread execution does not matter).
@@ -25,7 +25,15 @@
 #define REDUCE_NEG_INF_FLOAT __int_as_float((int)0xff800000u)
 #define REDUCE_NEG_INF_DOUBLE __longlong_as_double((long long)0xfff0000000000000ull)
 
-__device__ inline float reduce_warp_sum(float value)
+// The maximum ignoring NaN, and its identity -infinity, per type (fmaxf stays the float
+// instruction); everything below is one template for float and double.
+__device__ inline float reduce_max_pair(float a, float b) { return fmaxf(a, b); }
+__device__ inline double reduce_max_pair(double a, double b) { return fmax(a, b); }
+__device__ inline float reduce_neg_inf(float) { return REDUCE_NEG_INF_FLOAT; }
+__device__ inline double reduce_neg_inf(double) { return REDUCE_NEG_INF_DOUBLE; }
+
+template <typename T>
+__device__ inline T reduce_warp_sum(T value)
 {
     for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
         value += __shfl_down_sync(REDUCE_FULL_MASK, value, offset);
@@ -33,7 +41,17 @@ __device__ inline float reduce_warp_sum(float value)
     return value;
 }
 
-__device__ inline float reduce_block_sum(float value, float* warp_totals)
+template <typename T>
+__device__ inline T reduce_warp_max(T value)
+{
+    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
+        value = reduce_max_pair(value, __shfl_down_sync(REDUCE_FULL_MASK, value, offset));
+    }
+    return value;
+}
+
+template <typename T>
+__device__ inline T reduce_block_sum(T value, T* warp_totals)
 {
     int lane = threadIdx.x % REDUCE_WARP_SIZE;
     int warp = threadIdx.x / REDUCE_WARP_SIZE;
@@ -45,86 +63,26 @@ __device__ inline float reduce_block_sum(float value, float* warp_totals)
     }
     __syncthreads();  // every warp total is stored before warp 0 reads them
     if (warp == 0) {
-        value = lane < warp_count ? warp_totals[lane] : 0.0f;
+        value = lane < warp_count ? warp_totals[lane] : T(0);
         value = reduce_warp_sum(value);
     }
     return value;
 }
 
-// ----------------------------------------------------------------- double sums, maxima
-__device__ inline double reduce_warp_sum(double value)
-{
-    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
-        value += __shfl_down_sync(REDUCE_FULL_MASK, value, offset);
-    }
-    return value;
-}
-
-__device__ inline float reduce_warp_max(float value)
-{
-    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
-        value = fmaxf(value, __shfl_down_sync(REDUCE_FULL_MASK, value, offset));
-    }
-    return value;
-}
-
-__device__ inline double reduce_warp_max(double value)
-{
-    for (int offset = REDUCE_WARP_SIZE / 2; offset > 0; offset /= 2) {
-        value = fmax(value, __shfl_down_sync(REDUCE_FULL_MASK, value, offset));
-    }
-    return value;
-}
-
-__device__ inline double reduce_block_sum(double value, double* warp_totals)
+template <typename T>
+__device__ inline T reduce_block_max(T value, T* warp_totals)
 {
     int lane = threadIdx.x % REDUCE_WARP_SIZE;
     int warp = threadIdx.x / REDUCE_WARP_SIZE;
     int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
 
-    value = reduce_warp_sum(value);
+    value = reduce_warp_max(value);
     if (lane == 0) {
         warp_totals[warp] = value;
     }
     __syncthreads();  // every warp total is stored before warp 0 reads them
     if (warp == 0) {
-        value = lane < warp_count ? warp_totals[lane] : 0.0;
-        value = reduce_warp_sum(value);
-    }
-    return value;
-}
-
-__device__ inline float reduce_block_max(float value, float* warp_totals)
-{
-    int lane = threadIdx.x % REDUCE_WARP_SIZE;
-    int warp = threadIdx.x / REDUCE_WARP_SIZE;
-    int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
-
-    value = reduce_warp_max(value);
-    if (lane == 0) {
-        warp_totals[warp] = value;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        value = lane < warp_count ? warp_totals[lane] : REDUCE_NEG_INF_FLOAT;
-        value = reduce_warp_max(value);
-    }
-    return value;
-}
-
-__device__ inline double reduce_block_max(double value, double* warp_totals)
-{
-    int lane = threadIdx.x % REDUCE_WARP_SIZE;
-    int warp = threadIdx.x / REDUCE_WARP_SIZE;
-    int warp_count = (blockDim.x + REDUCE_WARP_SIZE - 1) / REDUCE_WARP_SIZE;
-
-    value = reduce_warp_max(value);
-    if (lane == 0) {
-        warp_totals[warp] = value;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        value = lane < warp_count ? warp_totals[lane] : REDUCE_NEG_INF_DOUBLE;
+        value = lane < warp_count ? warp_totals[lane] : reduce_neg_inf(value);
         value = reduce_warp_max(value);
     }
     return value;

@@ -1,4 +1,5 @@
-// stable_math.cuh: overflow- and cancellation-free pieces shared by the likelihood kernels.
+// stable_math.cuh: overflow- and cancellation-free pieces shared by the likelihood kernels,
+// and the float32 constants log(2 pi), log 2 (NVRTC has no math headers: no M_LN2).
 // NumPy twins: cupyvae/distributions/stable.py (softplus, soft_bound) and
 // cupyvae/distributions/bernoulli.py (sigmoid).
 //
@@ -8,6 +9,9 @@
 //                         4 e2 / (1 + e2)^2 with e2 = expf(-2 |r / S|) <= 1: no 1 - tanh^2
 //                         cancellation as tanh saturates (0, not NaN, for |r| = 1e4).
 #pragma once
+
+#define STABLE_LOG_2PI 1.8378770664093453f
+#define STABLE_LOG_2 0.69314718055994531f
 
 __device__ inline float stable_softplus(float v)
 {

@@ -34,7 +34,9 @@
 //                   nll, kl: (B,); beta = kl_weight[0], the step's KL weight on the device
 //                   (a slot of `sched`, kernels/schedule.cuh; beta = 1 adds kl unchanged);
 //                   losses: (n_batches,), one slot written with `=`.
-//                   One block, fixed reduction tree: deterministic for a given block size.
+//                   The float32 products beta kl[b] are summed with nll[b] in double (the
+//                   NumPy path's float64 loss, like step_terms), then rounded to float32;
+//                   one block, fixed reduction tree: deterministic for a given block size.
 //                   Thread 0 writes the loss and then advances the counters, so the slot
 //                   it writes is the one of this step.  The host reads `losses` once per
 //                   epoch.  (One launch for what were batch_loss and advance_counters.)
@@ -47,7 +49,7 @@
 //                   two slots written with `=`.  Summed in double (the NumPy path's
 //                   float64 means), then rounded; one block, fixed reduction trees:
 //                   deterministic for a given block size.
-// start_epoch:      counters[1] = 0.  One thread; before an epoch's first step.
+// An epoch starts with counters = [the optimizer's step count, 0], uploaded by the executor.
 // No gradients here: nothing in this file is differentiated.
 // NumPy twins: cupyvae.step_twins (same names, same arguments).
 #include "philox.cuh"
@@ -84,20 +86,21 @@ extern "C" __global__ void end_step(const float* nll, const float* kl, const flo
                                     float* losses, unsigned int* counters, int B,
                                     unsigned int n_batches)
 {
-    __shared__ float warp_totals[REDUCE_MAX_WARPS];
+    __shared__ double warp_totals[REDUCE_MAX_WARPS];
     if (blockIdx.x != 0) {
         return;  // one block by contract; extra blocks (uniformly) do nothing
     }
     float beta = kl_weight[0];
-    float partial = 0.0f;
+    double partial = 0.0;
     for (int b = threadIdx.x; b < B; b += blockDim.x) {
-        partial += nll[b] + __fmul_rn(beta, kl[b]);  // never fused: beta = 1 adds kl exactly
+        float weighted = __fmul_rn(beta, kl[b]);  // never fused: beta = 1 adds kl exactly
+        partial += (double)nll[b] + (double)weighted;
     }
-    float total = reduce_block_sum(partial, warp_totals);
+    double total = reduce_block_sum(partial, warp_totals);
     if (threadIdx.x == 0) {
         unsigned int batch = counters[1];
         if (batch < n_batches) {
-            losses[batch] = total / (float)B;
+            losses[batch] = (float)(total / (double)B);
         }
         counters[0] = counters[0] + 1u;
         counters[1] = batch + 1u;
@@ -127,12 +130,5 @@ extern "C" __global__ void step_terms(const float* recon, const float* kl, float
             terms[batch] = (float)(recon_total / (double)R);
             terms[n_batches + batch] = (float)(kl_total / (double)R);
         }
-    }
-}
-
-extern "C" __global__ void start_epoch(unsigned int* counters)
-{
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        counters[1] = 0u;
     }
 }

@@ -328,11 +328,41 @@ def test_metrics_have_the_elbo_terms_and_active_units(trained_run):
     (["--objective", "iwae", "--iw-samples", "5", "--free-bits", "0.5"], ["--free-bits 0.5", "IWAE"]),
     (["--free-bits", "nan"], ["--free-bits nan", "finite"]),
     (["--iw-samples", "0"], ["--iw-samples"]),
+    # Options that combine badly name both flags.
+    (["--iw-samples", "5"], ["--iw-samples 5: importance samples are for --objective iwae; "
+                             "--objective elbo draws one sample", "leave --iw-samples at 1"]),
+    (["--lr-min", "0.0001"], ["--lr-min 0.0001: applies to --lr-schedule cosine only"]),
 ])
 def test_objective_options_that_make_no_sense_are_one_line_errors(tiny_npz, tmp_path, flags, keywords):
     result = run_cli("train", "--data", tiny_npz, *TINY_MODEL, *flags, "--out", tmp_path / "run")
     assert_one_line_error(result, *keywords)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_old_likelihood_name_gaussian_trains_as_gaussian_sigmoid(tiny_npz, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "--data", tiny_npz, "--epochs", 1, *TINY_MODEL, "--likelihood",
+                     "gaussian", "--out", run_dir)
+    assert_ok(result)
+    assert "--likelihood gaussian is now called gaussian-sigmoid" in result.stderr
+    assert json.loads((run_dir / "config.json").read_text())["model"]["likelihood"] == "gaussian-sigmoid"
+    quiet = run_cli("train", "--data", tiny_npz, "--epochs", 1, *TINY_MODEL, "--likelihood",
+                    "gaussian", "--out", run_dir, "--force", "--quiet")      # --quiet after it
+    assert_ok(quiet)
+    assert quiet.stderr == ""
+
+
+@pytest.mark.parametrize("flags, suggestion", [
+    (["--likelihood", "gausian-real"], "did you mean 'gaussian-real'?"),
+    (["--likelihood", "Laplace"], "did you mean 'laplace'?"),
+    (["--prior", "vampp"], "did you mean 'vamp'?"),
+])
+def test_a_misspelled_name_gets_a_suggestion(tiny_npz, tmp_path, flags, suggestion):
+    result = run_cli("train", "--data", tiny_npz, *TINY_MODEL, *flags, "--out", tmp_path / "run")
+    assert_one_line_error(result, flags[1], suggestion, "available: ")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=suggestion.replace("?", r"\?")):
+        cupyvae.VAE(SHAPE, **{flags[0][2:]: flags[1]})
 
 
 def test_iwae_trains_from_the_cli(tiny_npz, tmp_path):

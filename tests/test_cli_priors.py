@@ -118,8 +118,10 @@ def test_a_new_run_in_the_folder_removes_the_old_pseudo_inputs(tiny_npz, tmp_pat
 @pytest.mark.parametrize("flags, keywords", [
     (["--prior", "mog", "--prior-components", 0], ["--prior-components", "0"]),
     (["--prior", "vamp", "--prior-components", -2], ["--prior-components", "-2"]),
-    (["--prior", "normal", "--prior-components", 4], ["prior_components", "4", "normal"]),
-    (["--prior", "mog", "--prior-init", "data"], ["prior_init", "data", "mog"]),
+    # Cross-field errors name both flags.
+    (["--prior", "normal", "--prior-components", 4],
+     ["--prior-components 4: --prior normal has no components; leave --prior-components unset"]),
+    (["--prior", "mog", "--prior-init", "data"], ["--prior-init data: not available for --prior mog"]),
 ])
 def test_a_bad_number_of_components_is_a_one_line_error(tiny_npz, tmp_path, flags, keywords):
     result = run_cli("train", "--data", tiny_npz, "--epochs", 1, *TINY_MODEL, *flags,
@@ -133,7 +135,8 @@ def test_more_data_initialised_pseudo_inputs_than_examples_is_refused_before_wri
     run_dir = tmp_path / "run"
     result = run_cli("train", "--data", tiny_npz, "--epochs", 1, *TINY_MODEL, "--prior", "vamp",
                      "--prior-components", 51, "--prior-init", "data", "--limit", 50, "--out", run_dir)
-    assert_one_line_error(result, "prior_components = 51", "50")
+    assert_one_line_error(result, "--prior-components 51:", "--prior vamp with --prior-init data",
+                          "has 50")
     assert not run_dir.exists() or not any(run_dir.iterdir())     # nothing written: a rerun needs no --force
     assert_ok(run_cli("train", "--data", tiny_npz, "--epochs", 1, *TINY_MODEL, "--prior", "vamp",
                       "--prior-components", 50, "--prior-init", "data", "--limit", 50,

@@ -146,9 +146,11 @@ def test_evaluate_explains_a_densitys_log_likelihood_and_only_for_a_density(tiny
     assert "note: the gaussian-sigmoid likelihood is a density" in result.stdout
     assert "[0, 1]^64" in result.stdout and "can be positive" in result.stdout
     assert "density" in json.loads((gaussian / runs.EVALUATION_FILE).read_text())["note"]
+    # bernoulli on grey levels (tiny.npz): not a density, and not a log-probability either.
     bernoulli = run_cli("evaluate", run_dir, "--device", "cpu")
     assert_ok(bernoulli)
-    assert "note:" not in bernoulli.stdout
+    assert "density" not in bernoulli.stdout
+    assert "note: " in bernoulli.stdout and "is a cross-entropy there" in bernoulli.stdout
 
 
 def test_resume_command_in_the_interrupted_message_is_the_working_form(run_dir, tmp_path):

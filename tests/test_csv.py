@@ -91,6 +91,24 @@ def test_label_problems_are_named(tmp_path):
         load_dataset(str(tmp_path / "missing.csv"))
 
 
+def test_a_text_column_that_is_not_declared_hints_at_the_label_syntax(tmp_path):
+    path = write(tmp_path, table(5))
+    with pytest.raises(DatasetError, match=r"line 2, column 'kind' \(column 3\): 'cat' is not a "
+                                           r"number; every cell of column 'kind' is text: if it "
+                                           r"holds the labels, name it with table.csv#label=kind"):
+        load_dataset(str(path))
+    mixed = write(tmp_path, "a,b\n0.1,0.2\n0.3,oops\n", "m.csv")      # one bad cell: a typo, not labels
+    with pytest.raises(DatasetError) as error:
+        load_dataset(str(mixed))
+    assert "#label=" not in str(error.value)
+
+
+def test_a_misspelled_label_column_gets_a_suggestion(tmp_path):
+    path = write(tmp_path, table(5))
+    with pytest.raises(DatasetError, match=r"no column 'knd' for the labels \(did you mean 'kind'\?\)"):
+        load_dataset(f"{path}#label=knd")
+
+
 def test_the_reference_parses_and_keeps_its_options():
     path, options = parse_csv_reference("~/data/t.csv#label=kind")
     assert path.name == "t.csv" and options == {"label": "kind"}

@@ -124,6 +124,9 @@ def test_encode_run_encodes_in_batches_with_progress(run_dir, tmp_path, monkeypa
     (["evaluate", "--iw-samples", "2"], ["negative ELBO (30 test examples)",
                                          "importance sampling, K=2 (30 test examples)"]),
     (["encode", "-o", "{tmp}/c.npy"], ["encoding 150 examples"]),
+    (["plot"], ["drawing 5 pictures"]),
+    (["explore", "--save", "{tmp}/e.png"], ["encoding 30 examples"]),   # the test split's codes
+    (["sample", "-o", "{tmp}/s.png"], []),                              # nothing long: --quiet is accepted
 ])
 def test_progress_is_on_stderr_and_quiet_turns_it_off(command, labels, run_dir, tiny_npz, tmp_path):
     def invoke(*extra):
@@ -223,3 +226,18 @@ def test_the_api_shows_the_notice_once_per_process(tmp_path):
     assert result.returncode == 0, result.stderr
     from cupyvae.executors import cuda_available
     assert result.stderr.count(NOTICE) == (0 if cuda_available() else 1), result.stderr
+
+
+def test_a_sample_picture_is_titled_like_samples_png_with_the_prior_caveat(run_dir, tmp_path,
+                                                                          monkeypatch):
+    """`cupyvae sample -o x.png` warns, as samples.png does, when the data's codes are not
+    distributed like the prior (then samples look unlike the data)."""
+    from types import SimpleNamespace
+    from cupyvae import plots
+    titles = []
+    monkeypatch.setattr(plots, "data_view", lambda model, data: SimpleNamespace(
+        matches_prior=False, prior_ks=0.5))
+    monkeypatch.setattr(plots, "image_grid", lambda drawn, path, data_shape, title: titles.append(title))
+    runs.write_samples(run_dir, 4, tmp_path / "s.png", device="cpu")
+    assert titles == [plots.samples_title(4, SimpleNamespace(matches_prior=False, prior_ks=0.5))]
+    assert titles[0].startswith("4 samples from the prior") and "(KS 0.50 > 0.1)" in titles[0]

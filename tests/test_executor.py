@@ -173,3 +173,18 @@ def test_graph_and_eager_execution_train_identically_through_the_api(backend):
     np.testing.assert_array_equal(runs["graph"], runs["eager"])
     with pytest.raises(ValueError, match="eagerly only"):
         cupyvae.VAE((5, 7), execution="graph")
+
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+def test_an_epoch_past_the_uint32_step_counter_is_refused_alike_before_any_step(device):
+    """The Adam step count keys Philox and the schedules as a uint32 on every device."""
+    model = cupyvae.VAE(data_shape=(6,), latent_dim=2, hidden=(5,), seed=1, device=device)
+    x = np.random.default_rng(0).random((8, 6)).astype(np.float32)
+    model.fit(x[:4], epochs=1, batch_size=4)           # creates the optimizer
+    model.optimizer.step_count = 2 ** 32 - 2           # room for one batch: 2 ** 32 - 1 fits
+    model.fit(x[:4], epochs=1, batch_size=4)
+    before = model.flat_params.copy()
+    with pytest.raises(OverflowError, match=r"step counter would pass 2\^32 \(4294967295 \+ 2 steps"):
+        model.fit(x, epochs=1, batch_size=4)
+    assert model.optimizer.step_count == 2 ** 32 - 1
+    np.testing.assert_array_equal(model.flat_params, before)

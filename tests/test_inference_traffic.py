@@ -133,3 +133,39 @@ def test_the_standard_normal_prior_is_drawn_on_the_device(traffic):
     got = dev.sample(11)
     assert "to_device" not in traffic, traffic
     np.testing.assert_allclose(got, ref.sample(11), rtol=TOLERANCE, atol=TOLERANCE)
+
+
+# ------------------------------------------------------------------ one chunking, validated
+EXECUTOR_CALLS = {
+    "loss_rows": lambda ex, x, chunk: ex.loss_rows(x, 0, philox.STREAM_POSTERIOR, chunk),
+    "encode_raw": lambda ex, x, chunk: ex.encode_raw(x, chunk),
+    "decode_raw": lambda ex, x, chunk: ex.decode_raw(np.zeros((len(x), 3), np.float32), chunk),
+    "posterior_sample": lambda ex, x, chunk: ex.posterior_sample(x, 0, philox.STREAM_POSTERIOR, chunk),
+}
+
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+@pytest.mark.parametrize("call", EXECUTOR_CALLS)
+@pytest.mark.parametrize("chunk", [0, -1, 2.5, True])
+def test_a_chunk_that_is_not_a_positive_int_is_refused_on_every_executor(device, call, chunk):
+    ex = cupyvae.VAE(data_shape=SHAPE, latent_dim=3, hidden=(9,), seed=5, device=device)._executor
+    with pytest.raises(ValueError, match=f"chunk must be a positive number of rows or None, got {chunk}"):
+        EXECUTOR_CALLS[call](ex, data(5).reshape(5, SHAPE[0] * SHAPE[1]), chunk)
+
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+@pytest.mark.parametrize("call", EXECUTOR_CALLS)
+def test_no_rows_is_refused_on_every_executor(device, call):
+    ex = cupyvae.VAE(data_shape=SHAPE, latent_dim=3, hidden=(9,), seed=5, device=device)._executor
+    with pytest.raises(ValueError, match="inference needs at least one row, got 0"):
+        EXECUTOR_CALLS[call](ex, np.zeros((0, SHAPE[0] * SHAPE[1]), np.float32), None)
+
+
+@pytest.mark.parametrize("n, chunk, sizes", [(5, None, [5]), (5, 2, [2, 2, 1]), (5, 5, [5]),
+                                             (5, 9, [5]), (1, 1, [1]), (7, np.int64(3), [3, 3, 1])])
+def test_chunk_slices_cover_every_row_once_in_order(n, chunk, sizes):
+    from cupyvae.executors import chunk_slices
+    got = list(chunk_slices(n, chunk))
+    assert [c for c, _ in got] == list(range(len(sizes)))
+    assert [s.stop - s.start for _, s in got] == sizes
+    assert np.concatenate([np.arange(n)[s] for _, s in got]).tolist() == list(range(n))

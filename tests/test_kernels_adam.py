@@ -235,7 +235,7 @@ def _args(n=8):
     (dict(g=np.zeros(9, np.float32)), r"g \(9,\)"),
     (dict(p=np.zeros((2, 4), np.float32)), r"flat .*\(2, 4\)"),
     (dict(v=np.zeros(8, np.float64)), "v must be float32"),
-    (dict(sched=np.zeros(3, np.float32)), r"sched must have shape \(11,\)"),
+    (dict(sched=np.zeros(3, np.float32)), r"sched must be a contiguous \(11,\) float32 array"),
     (dict(sched=np.zeros(SCHED_SIZE, np.float64)), "sched must be float32"),
     (dict(p=np.zeros(0, np.float32), g=np.zeros(0, np.float32), m=np.zeros(0, np.float32),
           v=np.zeros(0, np.float32)), "empty"),

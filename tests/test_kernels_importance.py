@@ -186,7 +186,8 @@ def kl_inputs(batch, z_dim, seed=0):
     return rng.gamma(1.0, 0.5, (batch, z_dim)).astype(np.float32) * rng.uniform(0, 2, z_dim).astype(np.float32)
 
 
-@pytest.mark.parametrize("batch, z_dim", [(1, 1), (3, 2), (100, 50), (37, 257), (300, 3)])
+# (300, 1) and (1000, 1): one latent dimension, where a pairwise sum gives other bits.
+@pytest.mark.parametrize("batch, z_dim", [(1, 1), (3, 2), (100, 50), (37, 257), (300, 3), (300, 1), (1000, 1)])
 def test_free_bits_matches_the_twin(backend, batch, z_dim):
     kl_dim = kl_inputs(batch, z_dim, seed=batch + z_dim)
     floor = float(np.median(kl_dim.mean(axis=0)))     # about half the dimensions under it
@@ -218,8 +219,9 @@ def test_builders_reject_bad_arguments():
         ops.iwae_weights(f, f, f, 4, 1.0, np.zeros(1, np.float32), f)
     with pytest.raises(ValueError, match=r"bound must have shape \(3,\)"):
         ops.iwae_weights(f, f, f, 2, 1.0, np.zeros(2, np.float32), f)
-    with pytest.raises(ValueError, match="samples must be a positive integer"):
-        ops.repeat_rows(np.zeros((2, 3), np.float32), 0, np.zeros((0, 3), np.float32))
+    for bad in (0, -2, 2.5, True, None, "3"):     # None and "3" once raised TypeError
+        with pytest.raises(ValueError, match="samples must be a positive integer"):
+            ops.repeat_rows(np.zeros((2, 3), np.float32), bad, np.zeros((0, 3), np.float32))
     with pytest.raises(ValueError, match=r"dst must have shape \(6, 3\)"):
         ops.repeat_rows(np.zeros((2, 3), np.float32), 3, np.zeros((5, 3), np.float32))
     with pytest.raises(ValueError, match="float64"):

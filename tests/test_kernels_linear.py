@@ -551,7 +551,7 @@ def _forward_args(**change):
     (dict(x=np.zeros((4, 6), np.float64)), "float32"),
     (dict(w=np.zeros((3, 6), np.float32).T), "C-contiguous"),
     (dict(x=np.zeros(24, np.float32)), r"2-D .*\(24,\)"),
-    (dict(activation="gelu"), "unknown activation 'gelu'; available: identity, relu"),
+    (dict(activation="gelu"), r"unknown activation 'gelu' \(did you mean 'relu'\?\); available: identity, relu"),
     (dict(splits=2), r"splits=2 needs a split-K workspace"),
     (dict(splits=0), "splits must be a positive integer"),
     (dict(workspace=np.zeros(10, np.float32)), r"workspace must be a flat float32 buffer"),
@@ -580,6 +580,7 @@ def test_a_split_that_overflows_the_workspace_is_refused():
     (dict(db=np.zeros((1, 3), np.float32)), r"db must have shape \(3,\).*\(1, 3\)"),
     (dict(db=np.zeros(3, np.float64)), "db must be float32"),
     (dict(splits_x=2), "linear_backward dx: splits=2 needs a split-K workspace"),
+    (dict(dx_pre=None, splits_x=1), "splits_x=1 splits the dx GEMM, but dx_pre is None"),
 ])
 def test_backward_launch_rejects_bad_arguments(change, message):
     args = dict(x=np.zeros((4, 6), np.float32), w=np.zeros((6, 3), np.float32),

@@ -3,6 +3,8 @@ monte_carlo_kl_weights, negated, scaled_by) against their NumPy twins in
 cupyvae.objective_twins, on every backend.  Each output element is one float32 operation
 on its inputs, so kernel and twin agree bit for bit (the CUDA side compiles with
 --fmad=false: nothing is contracted)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,32 @@ def test_builders_refuse_bad_arguments():
         ops.negated(np.zeros(0, np.float32), np.zeros(0, np.float32))
     with pytest.raises(ValueError, match="factor"):
         ops.scaled_by(f32, np.ones((1, 1), np.float32), f32)
+
+
+# A NaN or infinite scale would make every output NaN without an error: every builder that
+# takes a host float scale refuses it, naming it (cupyvae.cuda.ops._checks.float32_scalar).
+def _f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+SCALED_BUILDERS = {
+    "monte_carlo_kl_weights": ("scale", lambda s: ops.monte_carlo_kl_weights(
+        _f32(1), s, _f32(4), _f32(4))),
+    "iwae_weights": ("scale", lambda s: ops.iwae_weights(
+        _f32(6), _f32(6), _f32(6), 2, s, _f32(3), _f32(6))),
+    "bernoulli_nll": ("scale", lambda s: ops.bernoulli_nll(
+        _f32(2, 3), _f32(2, 3), s, _f32(2), _f32(2, 3))),
+    "gaussian_posterior_backward": ("kl_scale", lambda s: ops.gaussian_posterior_backward(
+        _f32(2, 4), _f32(2, 2), np.zeros(2, np.uint32), 1, 0, s, _f32(1), _f32(2, 4))),
+    "gaussian_posterior_kl_per_dimension_backward": ("kl_scale", lambda s: (
+        ops.gaussian_posterior_kl_per_dimension_backward(_f32(2, 4), _f32(2), s, _f32(2, 4)))),
+}
+
+
+@pytest.mark.parametrize("builder", SCALED_BUILDERS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e39])
+def test_builders_refuse_a_scale_that_is_not_finite_in_float32(builder, bad):
+    name, build = SCALED_BUILDERS[builder]
+    build(0.5)                                                     # the arguments are otherwise fine
+    with pytest.raises(ValueError, match=re.escape(f"{name} must be finite in float32, got {bad!r}")):
+        build(bad)

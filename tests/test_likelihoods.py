@@ -394,9 +394,11 @@ def test_support_checks(name, needs_unit_interval):
         assert model.validate_data(x, "x").shape == (1, 4)
 
 
-def test_gaussian_sigmoid_error_points_to_gaussian_real():
-    with pytest.raises(ValueError, match="use gaussian-real"):
-        LIKELIHOODS.get("gaussian-sigmoid")(1).validate_data(np.array([[2.0]], np.float32))
+@pytest.mark.parametrize("name", ["gaussian-sigmoid", "bernoulli", "gaussian"])
+def test_unit_interval_errors_name_the_likelihoods_for_real_data(name):
+    with pytest.raises(ValueError, match=r"needs \[0, 1\].*choose a likelihood for real-valued "
+                                         r"data \(gaussian-real or laplace\)"):
+        LIKELIHOODS.get(name)(1).validate_data(np.array([[2.0]], np.float32))
 
 
 # ---------------------------------------------------------------------- bits per dimension
@@ -485,3 +487,16 @@ def test_old_run_folder_still_evaluates_through_the_cli(tmp_path):
     assert evaluation["negative_elbo"] == pytest.approx(expected["negative_elbo"],
                                                         rel=evaluation["examples"] * 2.0 ** -24)
     assert "bits/dim" in done.stdout
+
+
+def test_log_likelihood_note_says_what_log_p_x_is():
+    binary = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], np.float32)
+    grey = np.array([[0.0, 0.5, 1.0], [0.25, 0.0, 1.0]], np.float32)
+    bernoulli = LIKELIHOODS.get("bernoulli")(3)
+    assert bernoulli.log_likelihood_note(binary) is None          # a log-probability: no note
+    note = bernoulli.log_likelihood_note(grey)
+    assert note.startswith("2 of the 6 data values lie strictly between 0 and 1")
+    assert "cross-entropy" in note
+    for name in ("gaussian-real", "laplace", "gaussian-sigmoid"):
+        note = LIKELIHOODS.get(name)(3).log_likelihood_note(binary)
+        assert note.startswith(f"the {name} likelihood is a density") and "^3" in note

@@ -168,15 +168,30 @@ def test_free_bits_twin_floors_each_dimension():
     assert kl_rows_.mean() == pytest.approx(np.maximum(0.6, kl_mean).sum())
 
 
+@pytest.mark.parametrize("z_dim", [1, 3])
+def test_free_bits_twin_adds_rows_in_order_like_the_kernel(z_dim):
+    """One latent dimension is a contiguous column, which NumPy's sum adds pairwise: the
+    batch mean must still be the kernel's sequential float32 sum, bit for bit."""
+    rng = np.random.default_rng(3)
+    kl_dim = (rng.random((1000, z_dim)) * rng.choice([1e-3, 1.0, 1e3], (1000, z_dim))).astype(np.float32)
+    in_order = np.zeros(z_dim, np.float32)
+    for row in kl_dim:
+        in_order += row
+    _, _, kl_mean = twins.free_bits_kl(kl_dim, 0.1)
+    np.testing.assert_array_equal(kl_mean.view(np.uint32), (in_order / np.float32(1000)).view(np.uint32))
+
+
 def test_free_bits_without_a_per_dimension_kl_is_refused_naming_the_pair():
     spec, params = spec_and_params(prior=LEARNABLE_PRIOR)
     x, eps = data(3), np.zeros((3, 3))
     with pytest.raises(ValueError, match=f"posterior 'gaussian' with prior '{LEARNABLE_PRIOR}'"):
         negative_elbo_and_grads(spec, params, new_grads(spec), x, eps, free_bits=0.1)
-    with pytest.raises(ValueError, match=f"'gaussian' with prior '{LEARNABLE_PRIOR}'"):
+    # An OptionError: the CLI names both flags (--posterior, --prior) and the fix.
+    with pytest.raises(OptionError, match=f"posterior gaussian with prior {LEARNABLE_PRIOR} "
+                                          "has none.*leave free_bits at 0"):
         Elbo(free_bits=0.1).check_model(spec)
     model = cupyvae.VAE((2, 3), prior=LEARNABLE_PRIOR)
-    with pytest.raises(ValueError, match="free_bits 0.1 needs a KL that factorises"):
+    with pytest.raises(OptionError, match="free_bits = 0.1: free bits need a KL that factorises"):
         model.fit(np.zeros((4, 6), np.float32), epochs=1, batch_size=2, free_bits=0.1)
     assert model.optimizer is None       # refused before any work
 

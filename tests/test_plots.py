@@ -84,7 +84,7 @@ def test_latent_scatter_with_many_classes_uses_a_colour_bar(model, tmp_path):
 
 def test_manifold_grid_is_the_decoded_grid_at_an_integer_zoom(model, tmp_path):
     image = pixels(plots.manifold_grid(model, tmp_path / "manifold.png", n=6))
-    side = mosaic_side_px(6, 8, pad=0)
+    side = mosaic_side_px(6, 8, pad=1)      # a one-pixel gap keeps small images apart
     margins = 2 * plots.MARGIN_PX + plots.LINE_PX       # plus the axis label on each side
     assert image.shape[1] == side + margins
     assert image.shape[0] == side + margins + 2 * plots.LINE_PX    # and a two-line title
@@ -131,6 +131,78 @@ def test_loss_curves(model, tmp_path):
     assert_varied(image, 0.02)
     with pytest.raises(ValueError, match="no epochs"):
         plots.loss_curves({"epoch": []}, tmp_path / "empty.png")
+
+
+def legend_texts(ax) -> list[str]:
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_loss_curves_name_the_objective_and_tick_whole_epochs(monkeypatch):
+    from cupyvae.objectives import loss_name
+    from cupyvae.training import TrainingOptions
+    figures = drawn_figures(monkeypatch)
+    one_epoch = {"epoch": [1], "train_loss": [5.0], "val_loss": [4.0]}
+    plots.loss_curves(one_epoch, "loss.png", objective=loss_name(TrainingOptions(objective="iwae",
+                                                                                   iw_samples=5)))
+    ax = figures[-1].axes[0]
+    assert legend_texts(ax) == ["train: negative IWAE bound (k = 5)",
+                                "validation (test split): negative ELBO"]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [1.0]                          # one epoch is one tick, not 0.95 ... 1.05
+    plots.loss_curves({**one_epoch, "epoch": [1, 2, 3], "train_loss": [3, 2, 1],
+                       "val_loss": [3, 2, 1]}, "loss.png")
+    ticks = figures[-1].axes[0].get_xticks()
+    assert all(float(t).is_integer() for t in ticks)
+    assert loss_name(TrainingOptions()) == "negative ELBO"
+    assert loss_name(TrainingOptions(kl_weight=0.5, free_bits=0.1)) == \
+        "reconstruction + β KL (β = 0.5, free bits 0.1 nats per dimension)"
+
+
+def vector_model(latent_dim, d=6):
+    x = np.random.default_rng(0).uniform(0, 1, (60, d)).astype(np.float32)
+    model = cupyvae.VAE((d,), latent_dim=latent_dim, hidden=(8,), device="cpu", seed=0)
+    model.fit(x, epochs=1, batch_size=20)
+    return model, x
+
+
+def test_non_image_manifold_sweeps_z1_alone_with_one_latent_and_both_axes_with_two(monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    model, x = vector_model(latent_dim=1)
+    plots.manifold_grid(model, "m.png", n=5, x=x)
+    strip = figures[-1].axes[0]
+    assert strip.images[0].get_array().shape == (5, 6)         # 5 steps of z1, 6 values each
+    assert strip.get_ylabel().startswith("z1: ") and "top to bottom" in strip.get_ylabel()
+    model, x = vector_model(latent_dim=2)
+    plots.manifold_grid(model, "m.png", n=5, x=x)
+    grid = figures[-1].axes[0]
+    assert grid.images[0].get_array().shape == (5, 5 * 6)      # 5 x 5 cells of 6 values
+    assert grid.get_xlabel().startswith("z1: ") and grid.get_ylabel().startswith("z2: ")
+    view = plots.latent_view(model, x)
+    z = view.grid_latents(view.grid_values(5), True)
+    # Cells read like the image manifold: z1 grows left to right, z2 bottom to top.
+    assert z[0, 0] == z[:, 0].min() and z[0, 1] == z[:, 1].max()
+    np.testing.assert_allclose(grid.images[0].get_array(), model.decode(z).reshape(5, 30), rtol=1e-6)
+
+
+def test_the_explorer_of_non_image_data_has_whole_component_ticks_and_margins():
+    model, _ = vector_model(latent_dim=2)
+    figure, _sliders = plots.explorer_figure(model)
+    ax = figure.axes[0]
+    assert ax.get_xlim() == (-0.5, 5.5)
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    line = ax.lines[0].get_ydata()
+    lo, hi = ax.get_ylim()
+    assert lo < line.min() and hi > line.max()
+
+
+def test_long_titles_are_wrapped_to_the_figure_width(monkeypatch):
+    figures = drawn_figures(monkeypatch)
+    model, x = vector_model(latent_dim=1)
+    plots.samples(model, "s.png", n=4, view=plots.latent_view(model, x))
+    title = figures[-1]._suptitle
+    width = figures[-1].get_figwidth() * figures[-1].dpi
+    for line in title.get_text().split("\n"):
+        assert plots._text_width(line, title.get_fontproperties()) <= width - 2 * plots.MARGIN_PX
 
 
 def test_write_all_draws_every_plot_of_a_dataset(model, tmp_path):
@@ -287,7 +359,9 @@ def prior_marks(ax):
 @pytest.mark.parametrize("latent_dim", [2, 4])
 def test_the_latent_scatter_marks_the_mixture_means_projected_like_the_codes(latent_dim, monkeypatch):
     mog = with_prior(hand_built(latent_dim=latent_dim), "mog", 3)
-    means = np.random.default_rng(0).normal(0, 2, (3, latent_dim))
+    # Means among the codes (z1 in [6, 10], z2 in [-8, -4], the rest 3): all drawn as crosses.
+    means = np.full((3, latent_dim), 3.0) + np.random.default_rng(0).uniform(-0.5, 0.5, (3, latent_dim))
+    means[:, :2] += [[5.0, -9.0]]
     mog.params["prior.components"][:, :latent_dim] = means
     mog.params["prior.logits"][:] = [0.0, np.log(4.0), 0.0]      # weights 1/6, 4/6, 1/6
     figures = drawn_figures(monkeypatch)
@@ -303,6 +377,25 @@ def test_the_latent_scatter_marks_the_mixture_means_projected_like_the_codes(lat
     assert "prior component means (K = 3, area ∝ weight)" in [t.get_text() for t in ax.get_legend().get_texts()]
     legend_mark = ax.get_legend().legend_handles[0]
     assert legend_mark.get_sizes()[0] == plots.PRIOR_MARK_AREA     # not the legend's 3x scale
+
+
+def test_prior_means_far_from_the_codes_are_arrows_and_do_not_widen_the_axes(monkeypatch):
+    mog = with_prior(hand_built(), "mog", 3)
+    # The codes span z1 in [6, 10], z2 in [-8, -4]; one mean among them, two far away.
+    means = np.array([[8.0, -6.0], [60.0, -6.0], [8.0, 40.0]])
+    mog.params["prior.components"][:, :2] = means
+    figures = drawn_figures(monkeypatch)
+    x = uniform_images(300)
+    view = plots.latent_view(mog, x)
+    plots.latent_scatter(mog, x, None, "latent.png", view=view)
+    ax = figures[0].axes[0]
+    np.testing.assert_allclose(prior_marks(ax).get_offsets(), means[:1], rtol=1e-5)
+    arrows = {line.get_marker(): len(line.get_xdata()) for line in ax.lines
+              if line.get_marker() in ("<", ">", "^", "v")}
+    assert arrows == {">": 1, "^": 1}          # towards +z1 and +z2
+    assert "2 more beyond the axes (arrows)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    # Equal aspect may widen one axis to the other's span (4 + margins), never to 60 or 40.
+    assert ax.get_xlim()[1] < 12 and ax.get_ylim()[1] < -2
 
 
 def test_vamp_marks_the_posterior_means_of_its_encoded_pseudo_inputs(monkeypatch):

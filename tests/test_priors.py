@@ -11,6 +11,7 @@ from scipy.special import logsumexp
 
 import cupyvae
 from cupyvae import philox, reference
+from cupyvae.options import OptionError
 from cupyvae.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from cupyvae.config import VAEConfig
 from cupyvae.distributions import POSTERIORS, PRIORS, ParamSpec, Posterior
@@ -142,9 +143,10 @@ def test_bad_component_counts_are_refused(prior, k):
 
 
 def test_prior_options_are_validated_and_defaulted():
-    with pytest.raises(ValueError, match="prior 'normal' has no components.*got 4"):
+    with pytest.raises(OptionError, match="prior_components = 4: prior normal has no components; "
+                                          "leave prior_components unset"):
         small_model("normal", k=4)
-    with pytest.raises(ValueError, match="prior_init 'data' is not available for prior 'mog'; available: random"):
+    with pytest.raises(OptionError, match="prior_init = 'data': not available for prior mog; available: random"):
         small_model("mog", prior_init="data")
     assert small_model("mog", k=None).config.prior_components == 10
     assert small_model("vamp", k=None).config.prior_components == 500
@@ -178,7 +180,7 @@ def test_parameter_shapes_and_initialisation():
 
 def test_data_initialised_vamp_refuses_more_components_than_examples():
     model = small_model("vamp", k=31, prior_init="data")
-    with pytest.raises(ValueError, match="prior_components = 31 .*x_train has 30"):
+    with pytest.raises(OptionError, match="prior_components = 31: .*prior_init data.*x_train has 30"):
         model.fit(toy_data(30), epochs=1, batch_size=10)
     assert model.optimizer is None          # refused before any work
     small_model("vamp", k=31).fit(toy_data(30), epochs=1, batch_size=10)   # random init: any K

@@ -193,3 +193,58 @@ def test_every_test_the_readme_names_exists():
     missing = [f"{module}::{test}" for module, test in named
                if not re.search(rf"^def {test}\(", (ROOT / "tests" / f"{module}.py").read_text(), re.M)]
     assert not missing, f"the README names tests that do not exist: {missing}"
+
+
+# ---------------------------------------------------------------------- what the README claims
+def paragraph(starting: str) -> str:
+    text = README.read_text()
+    start = text.index(starting)
+    return text[start:text.index("\n\n", start)]
+
+
+def test_the_quick_examples_split_is_what_training_reports():
+    from cupyvae import runs
+    from cupyvae.training import split_validation
+    command = next(words for block in readme_blocks() if block.language == "bash"
+                   for words in cupyvae_command_lines(block.code) if "runs/quick" in words)
+    limit = int(command[command.index("--limit") + 1])
+    fraction = float(command[command.index("--val-fraction") + 1])
+    train, val = split_validation(limit, fraction, seed=0)
+    reported = (f"{len(train)} examples, validation on "
+                + runs._validation_words({"validation_examples": len(val),
+                                          "validation": f"{fraction:g} of the train split"}))
+    assert f"`{reported}`" in README.read_text()
+
+
+def test_the_help_quick_start_does_not_reuse_a_readme_run_folder():
+    from click.testing import CliRunner
+    from cupyvae.cli import main
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    quick_start = re.search(r"Quick start:\s+cupyvae (.*)", help_text)[1].split()
+    out = quick_start[quick_start.index("--out") + 1]
+    readme_folders = {words[words.index("--out") + 1] for block in readme_blocks()
+                      if block.language == "bash" for words in cupyvae_command_lines(block.code) if "--out" in words}
+    assert readme_folders and out not in readme_folders
+
+
+def test_the_readme_says_which_datasets_download_and_from_where():
+    from cupyvae import datasets
+    text = paragraph("Fashion-MNIST comes from Debian's")
+    for name in datasets.DATASETS.names():
+        assert f"`{name}`" in text, f"the README does not say where {name} comes from"
+    for mirrors in (datasets.MNIST_MIRRORS, datasets.FREY_MIRRORS, datasets.BINARIZED_MNIST_MIRRORS):
+        hosts = [re.sub(r"^https?://(www\.)?", "", url).split("/")[0] for url in mirrors]
+        assert any(host.split(".")[0] in text for host in hosts), f"none of {hosts} is named"
+    assert "`.npy`, `.npz` and `.csv` files are read locally" in text
+
+
+def test_the_readme_says_which_likelihoods_are_densities():
+    from cupyvae.distributions import LIKELIHOODS
+    text = paragraph("**Which log p(x) is a log-likelihood.**")
+    masses, densities = text.split("are mass functions")[0], text.split("are densities")[0]
+    densities = densities[len(masses):]
+    for name in LIKELIHOODS.names():
+        listed_in = masses if LIKELIHOODS.get(name).discrete else densities
+        assert f"`{name}`" in listed_in, f"{name} is not listed as a " + (
+            "mass function" if LIKELIHOODS.get(name).discrete else "density")
+    assert "cross-entropy, not a normalised density" in text

@@ -437,6 +437,33 @@ def test_a_second_training_array_never_overwrites_the_first():
     assert same_bits(model._executor._data[1], second.reshape(20, 35))
 
 
+def test_a_training_array_of_a_new_shape_frees_the_old_device_copy_before_allocating(monkeypatch):
+    """The old device dataset (and permutation) is held by the executor, its plan and its
+    steps (graphs); all must let go of it before the new copy is allocated, or a dataset
+    close to the device's memory could not be replaced by another."""
+    import gc
+    import weakref
+
+    model = cupyvae.VAE((5, 7), latent_dim=3, hidden=(7,), seed=9, device="emulated")
+    model.fit(np.random.default_rng(9).random((20, 5, 7)).astype(F32), epochs=1, batch_size=5)
+    ex = model._executor
+    old = [weakref.ref(ex._data[1]), weakref.ref(ex._perm)]
+    alive_at_allocation = []
+
+    class Allocator:          # the executor's array module, noting what is alive at each copy
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        def array(self, *args, **kwargs):
+            gc.collect()
+            alive_at_allocation.append([r() is not None for r in old])
+            return np.array(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "xp", Allocator())
+    ex._device_data(np.zeros((30, 35), F32))
+    assert alive_at_allocation == [[False, False]], "the old device data outlived the new upload"
+
+
 # ------------------------------------------------------------------ host traffic
 def test_an_epoch_moves_only_the_permutation_counters_hyper_and_losses(monkeypatch):
     """Moments and parameters stay on the device: within an epoch the executor uploads the

@@ -11,6 +11,7 @@ import pytest
 
 import cupyvae
 from cupyvae import runs
+from cupyvae.options import OptionError
 from cupyvae.model import VAE, best_checkpoint_path
 from cupyvae.training import (TrainingOptions, best_epoch, split_digest, split_validation,
                               stopped_early)
@@ -213,7 +214,8 @@ def test_resume_after_early_stopping_matches_an_uninterrupted_run(tmp_path, tiny
 def test_patience_without_any_validation_set_is_refused_before_writing(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, toy_data(8))                 # < 10 rows: no test split
-    with pytest.raises(runs.RunError, match="--patience needs a validation set"):
+    with pytest.raises(OptionError, match="patience = 2: early stopping needs a validation set.*"
+                                          "set val_fraction"):
         runs.start_run(tmp_path / "run", {"hidden": (8,)}, TrainingOptions(batch_size=2, patience=2),
                        runs.RunOptions(data=str(path), device="cpu"))
     assert not (tmp_path / "run").exists()

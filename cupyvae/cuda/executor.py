@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import philox
-from ..executors import EXECUTORS, prior_draws
+from ..executors import EXECUTORS, check_step_counter, chunk_slices, prior_draws
 from ..objectives import objective_for
 from ..optim import grad_norm_blocks
 from ..schedules import HYPER_SIZE, SCHED_KL_WEIGHT, SCHED_SIZE, hyper_array
@@ -217,9 +217,7 @@ class KernelExecutor:
         self.check_objective(objective)
         data = self._device_data(x)
         n_batches = len(perm) // options.batch_size
-        if optimizer.step_count + n_batches >= 2 ** 32:
-            raise OverflowError("the step counter would pass 2^32 (it keys Philox and Adam in "
-                                "uint32 device memory)")
+        check_step_counter(optimizer.step_count, n_batches)
         hyper = hyper_array(options, optimizer)
         with self._epoch_stream():
             perm_dev = self._perm            # overwritten in place: the plan keeps its address
@@ -292,7 +290,10 @@ class KernelExecutor:
             device_copy = self._data[1]
             _copy_to_device(device_copy, x)
         else:
-            self._data = None            # free the old copy before allocating the new
+            # Free the old copy before allocating the new: the plan and its steps (graphs)
+            # hold it too; the plan is rebuilt for the new buffers right after.
+            self._data, self._perm = None, None
+            self._plan, self._plan_key, self._steps = [], None, None
             # A copy the executor owns (on the emulator to_device would alias x, and the
             # next array of this shape is written into it).
             device_copy = self.xp.array(x, copy=True)
@@ -354,7 +355,7 @@ class KernelExecutor:
         out = self.xp.empty(len(x), np.float32)
         parts = fragments_for(spec, net)
         run(parts.prior.prepared(), self.device)
-        for c, rows in self._chunks(len(x), chunk):
+        for c, rows in chunk_slices(len(x), chunk):
             n = rows.stop - rows.start
             enc = net.activations("encoder", spec.encoder, n, inputs=x_dev[rows])
             dec = net.activations("decoder", spec.decoder, n)
@@ -376,7 +377,7 @@ class KernelExecutor:
         x_dev = to_device(x, self.device)
         out = self.xp.empty((len(x), spec.latent_dim), np.float32)
         posterior = fragments_for(spec, net).posterior
-        for c, rows in self._chunks(len(x), chunk):
+        for c, rows in chunk_slices(len(x), chunk):
             enc = net.activations("encoder", spec.encoder, rows.stop - rows.start,
                                   inputs=x_dev[rows])
             run([*net.forward(spec.encoder, enc),
@@ -466,7 +467,7 @@ class KernelExecutor:
         """Run `layers` over every row of the device array `inputs_dev` chunk by chunk (on the
         inference workspace's buffers '<name>.*'), then read the result back once."""
         result = self.xp.empty((len(inputs_dev), layers[-1].n_out), np.float32)
-        for _, rows in self._chunks(len(inputs_dev), chunk):
+        for _, rows in chunk_slices(len(inputs_dev), chunk):
             acts = self._inference.activations(name, layers, rows.stop - rows.start,
                                                inputs=inputs_dev[rows])
             acts[-1] = result[rows]
@@ -475,19 +476,8 @@ class KernelExecutor:
 
     def _chunk_counters(self, n: int, step: int, chunk: int | None):
         """Device counters [step + c, 0] for every chunk c, uploaded at once."""
-        n_chunks = -(-n // (n if chunk is None else chunk))
-        steps = [_uint32_step(step + c) for c in range(n_chunks)]
+        steps = [_uint32_step(step + c) for c, _ in chunk_slices(n, chunk)]
         return to_device(np.array([[s, 0] for s in steps], np.uint32), self.device)
-
-    @staticmethod
-    def _chunks(n: int, chunk: int | None):
-        """(chunk index, row slice) for n rows in chunks of `chunk` (None: one chunk)."""
-        if n < 1 or (chunk is not None and chunk < 1):
-            raise ValueError(f"need at least one row and a positive chunk, got {n} rows, "
-                             f"chunk {chunk}")
-        size = n if chunk is None else min(chunk, n)
-        for index, start in enumerate(range(0, n, size)):
-            yield index, slice(start, min(start + size, n))
 
     # ------------------------------------------------------------------ plan pieces
     def _network(self, ws: Workspace) -> Network:

@@ -249,7 +249,7 @@ class GaussianNormalKl(KlFragment):
     """The closed form KL(N(mu, e^lv) || N(0, I)); it factorises per latent dimension."""
 
     def __init__(self, ws: Workspace):
-        self.ws = ws
+        del ws     # every closed-form KL fragment is built with the workspace; this one needs none
 
     def forward(self, q, noise, z, kl):
         return [ops.gaussian_posterior_forward(q, noise.counters, noise.seed, noise.stream, z, kl,

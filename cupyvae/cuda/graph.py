@@ -55,6 +55,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from .ops._checks import positive_int
+
 EXECUTION_MODES = ("eager", "graph")
 # The emulator's "graph" is a recorded replay: no faster there, so eager stays its default.
 DEFAULT_EXECUTION = {"cuda": "graph", "emulated": "eager"}
@@ -83,11 +85,7 @@ def check_steps_per_graph(steps_per_graph) -> int | None:
     """A positive int, or None for whole epochs."""
     if steps_per_graph is None:
         return None
-    if isinstance(steps_per_graph, bool) or int(steps_per_graph) != steps_per_graph \
-            or steps_per_graph < 1:
-        raise ValueError(f"steps_per_graph must be a positive integer or None (whole epochs), "
-                         f"got {steps_per_graph!r}")
-    return int(steps_per_graph)
+    return positive_int("steps_per_graph", steps_per_graph, " or None (whole epochs)")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import numpy as np
 from ..registry import Registry
 
 LOG_2PI = float(np.log(2 * np.pi))
+REAL = "R"          # Likelihood.support of a likelihood for any real data
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,18 @@ class Likelihood(Distribution):
 
     def validate_data(self, x: np.ndarray, what: str = "data") -> None:
         """Raise ValueError naming the problem when x is outside the support."""
+
+    def log_likelihood_note(self, x: np.ndarray) -> str | None:
+        """What log p(x|z) -- and the ELBO, log-likelihood and bits/dim built from it -- means
+        for the data x (N, D) when it is not the log-probability of x, in words for a report;
+        None when it is.  A density's is a log-density (it can be positive); a subclass whose
+        mass function does not cover x says so (see Bernoulli)."""
+        if self.discrete:
+            return None
+        return (f"the {self.name} likelihood is a density: log p(x) is a log-density of "
+                f"continuous x in {self.support}^{x.shape[1]}, not the log-probability of a "
+                "discrete value, so it can be positive and compares with a discrete "
+                "likelihood's (e.g. bernoulli's) only loosely")
 
     def bits_per_dim(self, log_px, data_scale: float = 1.0) -> np.ndarray:
         """Per-example log-likelihoods in nats -> bits per dimension; see `bits_per_dim`."""

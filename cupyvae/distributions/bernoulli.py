@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..numbers import outside_problem
-from .base import Likelihood, ParamSpec, register_likelihood
+from .base import LIKELIHOODS, REAL, Likelihood, ParamSpec, register_likelihood
 
 
 def bernoulli_nll(logits: np.ndarray, x: np.ndarray, scale) -> tuple[np.ndarray, np.ndarray]:
@@ -99,9 +99,23 @@ class Bernoulli(Likelihood):
     def validate_data(self, x, what="data"):
         require_unit_interval(x, what, "the bernoulli likelihood")
 
+    def log_likelihood_note(self, x):
+        grey = int(np.count_nonzero((x != 0) & (x != 1)))
+        if not grey:
+            return None
+        return (f"{grey} of the {x.size} data values lie strictly between 0 and 1, outside the "
+                "support {0, 1} of the bernoulli likelihood's mass function: its log p(x) is a "
+                "cross-entropy there, not the log-probability of the data (binarize the data, "
+                "or choose a likelihood for grey levels: continuous-bernoulli, "
+                "discretized-logistic)")
+
 
 def require_unit_interval(x: np.ndarray, what: str, needed_by: str) -> None:
+    """ValueError naming the values outside [0, 1], how to scale them, and the registered
+    likelihoods that take real-valued data as they are."""
     problem = outside_problem(x, 0, 1)
     if problem:
-        raise ValueError(f"{what} {problem} but {needed_by} needs [0, 1]; "
-                         "scale it first (e.g. uint8 images / 255)")
+        real = [name for name in LIKELIHOODS.names() if LIKELIHOODS.get(name).support == REAL]
+        raise ValueError(f"{what} {problem} but {needed_by} needs [0, 1]; scale it first (e.g. "
+                         f"uint8 images / 255), or choose a likelihood for real-valued data "
+                         f"({' or '.join(real)})")

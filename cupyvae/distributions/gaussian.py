@@ -130,8 +130,7 @@ class GaussianLikelihood(Likelihood):
         return m + np.exp(0.5 * s) * eps
 
     def validate_data(self, x, what="data"):
-        require_unit_interval(x, what, "the gaussian-sigmoid likelihood (its mean is a sigmoid; "
-                                       "use gaussian-real for real-valued data)")
+        require_unit_interval(x, what, "the gaussian-sigmoid likelihood (its mean is a sigmoid)")
 
 
 LIKELIHOODS.alias("gaussian", "gaussian-sigmoid")   # the old name, in checkpoints and run folders

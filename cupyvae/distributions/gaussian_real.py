@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import LOG_2PI, Likelihood, ParamSpec, register_likelihood
+from .base import LOG_2PI, REAL, Likelihood, ParamSpec, register_likelihood
 from .gaussian import GaussianLikelihood
 from .stable import soft_bound
 
@@ -44,7 +44,7 @@ class GaussianRealLikelihood(Likelihood):
     params = (ParamSpec("mean", "real"),
               ParamSpec("logvar_raw", f"real; logvar = {LOGVAR_BOUND:g} tanh(raw / {LOGVAR_BOUND:g})"))
     kernel = "gaussian_real"
-    support = "R"
+    support = REAL
 
     def nll(self, raw, x, scale):
         return gaussian_real_nll(raw, x, scale)

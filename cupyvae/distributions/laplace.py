@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .base import Likelihood, ParamSpec, register_likelihood
+from .base import REAL, Likelihood, ParamSpec, register_likelihood
 from .stable import soft_bound
 
 LOG_SCALE_BOUND = 3.5
@@ -46,7 +46,7 @@ class Laplace(Likelihood):
               ParamSpec("log_scale_raw", f"real; log_scale = {LOG_SCALE_BOUND:g} "
                                          f"tanh(raw / {LOG_SCALE_BOUND:g})"))
     kernel = "laplace"
-    support = "R"
+    support = REAL
 
     def nll(self, raw, x, scale):
         return laplace_nll(raw, x, scale)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..options import OptionError
 from .base import POSTERIORS, PriorState, register_prior
 from .mixture import GaussianMixturePrior
 
@@ -78,9 +79,10 @@ class VampPrior(GaussianMixturePrior):
 
     def check_training_set(self, n_examples, what="x_train"):
         if self.init == "data" and self.n_components > n_examples:
-            raise ValueError(f"prior_components = {self.n_components} pseudo-inputs initialised from "
-                             f"the data (prior_init 'data') need at least {self.n_components} training "
-                             f"examples; {what} has {n_examples}")
+            raise OptionError("prior_components", self.n_components,
+                              f"{{prior}} vamp with {{prior_init}} data copies one training example "
+                              f"per pseudo-input, so it needs at least {self.n_components} training "
+                              f"examples; {what} has {n_examples}", "model option")
 
     def init_from_data(self, x, rng):
         if self.init != "data":

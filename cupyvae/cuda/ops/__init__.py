@@ -32,7 +32,7 @@ from .mixture_prior import (mixture_prior_backward_params, mixture_prior_backwar
 from .normal import normal_fill, normal_prior_sample
 from .objective_weights import monte_carlo_kl, monte_carlo_kl_weights, negated, scaled_by
 from .schedule import schedule_step
-from .step import end_step, gather_rows, start_epoch, step_terms
+from .step import end_step, gather_rows, step_terms
 from .vamp_prior import vamp_pseudo_inputs_backward, vamp_pseudo_inputs_forward
 
 __all__ = ["ADAM_UPDATE", "adam_update", "continuous_bernoulli_nll", "discretized_logistic_nll",
@@ -46,7 +46,7 @@ __all__ = ["ADAM_UPDATE", "adam_update", "continuous_bernoulli_nll", "discretize
            "scale_rows", "sum_row_groups", "linear_backward", "linear_forward", "linear_workspace",
            "mixture_prior_backward_params", "mixture_prior_backward_z", "mixture_prior_forward",
            "monte_carlo_kl", "monte_carlo_kl_weights", "negated", "normal_fill",
-           "normal_prior_sample", "scaled_by", "schedule_step", "start_epoch", "step_terms",
+           "normal_prior_sample", "scaled_by", "schedule_step", "step_terms",
            "vamp_pseudo_inputs_backward", "vamp_pseudo_inputs_forward"]
 
 

@@ -11,11 +11,11 @@ import operator
 
 import numpy as np
 
+from cupyvae.optim import WARP_SIZE   # the NumPy twins of the reduction trees use it too
 from cupyvae.schedules import HYPER_SIZE, SCHED_SIZE
 
-_INT32_MAX = 2 ** 31 - 1
+INT32_MAX = 2 ** 31 - 1
 _UINT32_MAX = 2 ** 32 - 1
-WARP_SIZE = 32
 # Per-row reductions: enough threads to cover D in one sweep, capped where more threads
 # only add reduction depth.  Never below a warp: the shuffles use a full-warp mask.
 ROW_BLOCK_MAX = 256
@@ -35,6 +35,13 @@ def elementwise_grid_size(total: int) -> int:
     return min(max(-(-total // ELEMENTWISE_BLOCK), 1), ELEMENTWISE_MAX_BLOCKS)
 
 
+def warp_per_item(count: int, max_warps_per_block: int) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for one warp per item (a row, a component), at most
+    `max_warps_per_block` warps per block; at least one block (an empty grid is invalid)."""
+    warps = min(max_warps_per_block, max(count, 1))
+    return (max(-(-count // warps), 1),), (WARP_SIZE * warps,)
+
+
 def require_float32_contiguous(**arrays) -> None:
     for name, array in arrays.items():
         if array.dtype != np.float32:
@@ -42,6 +49,26 @@ def require_float32_contiguous(**arrays) -> None:
         if not array.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous, got strides {array.strides} "
                              f"for shape {array.shape}")
+
+
+def require_float64_contiguous(**arrays) -> None:
+    for name, array in arrays.items():
+        if array.dtype != np.float64 or not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous float64 array, got {array.dtype} "
+                             f"with shape {array.shape}")
+
+
+def positive_int(name: str, value, alternative: str = "") -> int:
+    """`value` as an int, or ValueError naming `name` unless it is an integer >= 1 (an
+    integral float such as 4.0 is accepted; a bool is not).  `alternative` (e.g. " or None")
+    completes the message with what else the caller accepts."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive integer{alternative}, got {value!r}")
+    return int(value)
 
 
 def require_same_array_kind(*arrays) -> None:
@@ -52,14 +79,20 @@ def require_same_array_kind(*arrays) -> None:
 
 
 def require_int32_dims(shape) -> None:
-    if any(extent > _INT32_MAX for extent in shape):
+    if any(extent > INT32_MAX for extent in shape):
         raise ValueError(f"every dimension must fit in int32, got shape {shape}")
 
 
 def float32_scalar(name: str, value) -> np.float32:
+    """`value` as the kernel's float32 parameter; it must be finite as a float32 (a NaN or
+    infinite scale would turn every output into NaN without an error)."""
     if np.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
-    return np.float32(value)
+    with np.errstate(over="ignore"):
+        converted = np.float32(value)
+    if not np.isfinite(converted):
+        raise ValueError(f"{name} must be finite in float32, got {value!r}")
+    return converted
 
 
 def uint32_scalar(name: str, value) -> np.uint32:
@@ -80,9 +113,10 @@ def require_counters(counters) -> None:
 
 def require_hyper(hyper) -> None:
     """`hyper`: the device's (HYPER_SIZE,) float64 hyperparameters (kernels/schedule.cuh)."""
-    if hyper.shape != (HYPER_SIZE,) or hyper.dtype != np.float64 or not hyper.flags.c_contiguous:
-        raise ValueError(f"hyper must be a contiguous ({HYPER_SIZE},) float64 array "
-                         f"(kernels/schedule.cuh), got {hyper.dtype} with shape {hyper.shape}")
+    require_float64_contiguous(hyper=hyper)
+    if hyper.shape != (HYPER_SIZE,):
+        raise ValueError(f"hyper must be a ({HYPER_SIZE},) array (kernels/schedule.cuh), "
+                         f"got shape {hyper.shape}")
 
 
 def require_sched(sched) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 
 from cupyvae.emulator.elementwise import ElementwiseSpec
-from cupyvae.schedules import SCHED_SIZE
 
 from ..launch import ElementwiseLaunch
 from ..loader import inline_source
-from ._checks import require_float32_contiguous, require_int32_dims, require_same_array_kind
+from ._checks import (require_float32_contiguous, require_int32_dims, require_same_array_kind,
+                      require_sched)
 
 ADAM_UPDATE = ElementwiseSpec(
     in_params="float32 g, raw float32 sched",
@@ -41,9 +41,7 @@ def adam_update(p, g, m, v, sched) -> ElementwiseLaunch:
                          "must all have the same (n,) shape")
     if p.shape[0] == 0:
         raise ValueError("p is empty: an elementwise launch needs at least one element")
-    if sched.shape != (SCHED_SIZE,):
-        raise ValueError(f"sched must have shape ({SCHED_SIZE},) (kernels/schedule.cuh), "
-                         f"got {sched.shape}")
+    require_sched(sched)
     require_int32_dims(p.shape)
     return ElementwiseLaunch(ADAM_UPDATE, (g, sched, p, m, v))
 

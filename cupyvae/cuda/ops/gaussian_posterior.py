@@ -15,7 +15,6 @@ from cupyvae.emulator.elementwise import ElementwiseSpec
 from ..launch import ElementwiseLaunch, Launch
 from .normal import PHILOX_PREAMBLE
 from ._checks import (
-    WARP_SIZE,
     float32_scalar,
     require_counters,
     require_device_scalar,
@@ -23,6 +22,7 @@ from ._checks import (
     require_int32_dims,
     require_same_array_kind,
     uint32_scalar,
+    warp_per_item,
 )
 
 # gaussian_posterior_*: one warp per row, up to this many rows (warps) per block.
@@ -79,7 +79,7 @@ def gaussian_posterior_forward(qraw, counters, seed, stream, z, kl, eps=None) ->
     if kl.shape != (batch,):
         raise ValueError(f"kl must have shape ({batch},) for qraw {qraw.shape}, got {kl.shape}")
     seed_lo, seed_hi = split_seed(seed)
-    grid, block = _warp_per_row(batch)
+    grid, block = warp_per_item(batch, POSTERIOR_ROWS_PER_BLOCK)
     return Launch(
         kernel="gaussian_posterior",
         entry="gaussian_posterior_forward",
@@ -105,7 +105,7 @@ def gaussian_posterior_backward(qraw, dz, counters, seed, stream, kl_scale, kl_w
     if dqraw.shape != qraw.shape:
         raise ValueError(f"dqraw {dqraw.shape} must have the shape of qraw {qraw.shape}")
     seed_lo, seed_hi = split_seed(seed)
-    grid, block = _warp_per_row(batch)
+    grid, block = warp_per_item(batch, POSTERIOR_ROWS_PER_BLOCK)
     return Launch(
         kernel="gaussian_posterior",
         entry="gaussian_posterior_backward",
@@ -130,12 +130,6 @@ def _given_noise(eps, qraw, z_dim: int) -> tuple:
     return eps, np.int32(1)
 
 
-def _warp_per_row(batch: int) -> tuple[tuple[int], tuple[int]]:
-    """(grid, block) for one warp per row, at most POSTERIOR_ROWS_PER_BLOCK rows per block."""
-    rows_per_block = min(POSTERIOR_ROWS_PER_BLOCK, max(batch, 1))
-    return (max(-(-batch // rows_per_block), 1),), (WARP_SIZE * rows_per_block,)
-
-
 def _posterior_shape(qraw) -> tuple[int, int]:
     if qraw.ndim != 2 or qraw.shape[1] == 0 or qraw.shape[1] % 2:
         raise ValueError(f"qraw must be 2-D (B, 2Z) = [mu | logvar] with Z >= 1, got shape {qraw.shape}")
@@ -154,7 +148,7 @@ def gaussian_posterior_log_q(qraw, counters, seed, stream, log_q, eps=None) -> L
     batch, z_dim = _posterior_shape(qraw)
     _require_rows("log_q", log_q, batch, qraw)
     seed_lo, seed_hi = split_seed(seed)
-    grid, block = _warp_per_row(batch)
+    grid, block = warp_per_item(batch, POSTERIOR_ROWS_PER_BLOCK)
     return Launch(
         kernel="gaussian_posterior",
         entry="gaussian_posterior_log_q",
@@ -178,7 +172,7 @@ def gaussian_posterior_weighted_backward(qraw, dz, g, counters, seed, stream, dq
     if dqraw.shape != qraw.shape:
         raise ValueError(f"dqraw {dqraw.shape} must have the shape of qraw {qraw.shape}")
     seed_lo, seed_hi = split_seed(seed)
-    grid, block = _warp_per_row(batch)
+    grid, block = warp_per_item(batch, POSTERIOR_ROWS_PER_BLOCK)
     return Launch(
         kernel="gaussian_posterior",
         entry="gaussian_posterior_weighted_backward",
@@ -197,7 +191,7 @@ def gaussian_posterior_kl_per_dimension(qraw, kl_dim) -> Launch:
     if kl_dim.shape != (batch, z_dim):
         raise ValueError(f"kl_dim must have shape ({batch}, {z_dim}) for qraw {qraw.shape}, "
                          f"got {kl_dim.shape}")
-    grid, block = _warp_per_row(batch)
+    grid, block = warp_per_item(batch, POSTERIOR_ROWS_PER_BLOCK)
     return Launch(kernel="gaussian_posterior", entry="gaussian_posterior_kl_per_dimension",
                   grid=grid, block=block,
                   args=(qraw, kl_dim, np.int32(batch), np.int32(z_dim)))
@@ -212,7 +206,7 @@ def gaussian_posterior_kl_per_dimension_backward(qraw, weight, kl_scale, dqraw) 
         raise ValueError(f"weight must have shape ({z_dim},) for qraw {qraw.shape}, got {weight.shape}")
     if dqraw.shape != qraw.shape:
         raise ValueError(f"dqraw {dqraw.shape} must have the shape of qraw {qraw.shape}")
-    grid, block = _warp_per_row(batch)
+    grid, block = warp_per_item(batch, POSTERIOR_ROWS_PER_BLOCK)
     return Launch(kernel="gaussian_posterior", entry="gaussian_posterior_kl_per_dimension_backward",
                   grid=grid, block=block,
                   args=(qraw, weight, dqraw, np.int32(batch), np.int32(z_dim),

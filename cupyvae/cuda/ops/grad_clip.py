@@ -11,8 +11,8 @@ import numpy as np
 from cupyvae.optim import GRAD_CLIP_BLOCK, GRAD_NORM_BLOCK, grad_norm_blocks
 
 from ..launch import Launch
-from ._checks import (require_float32_contiguous, require_hyper, require_int32_dims,
-                      require_same_array_kind, require_sched)
+from ._checks import (require_float32_contiguous, require_float64_contiguous, require_hyper,
+                      require_int32_dims, require_same_array_kind, require_sched)
 
 
 def grad_norm_partials(g, partials) -> Launch:
@@ -44,7 +44,6 @@ def grad_clip_scale(partials, hyper, sched) -> Launch:
 
 
 def require_partials(partials) -> None:
-    if partials.ndim != 1 or partials.dtype != np.float64 or not partials.flags.c_contiguous \
-            or partials.shape[0] == 0:
-        raise ValueError(f"partials must be a contiguous non-empty 1-D float64 array, got "
-                         f"{partials.dtype} with shape {partials.shape}")
+    require_float64_contiguous(partials=partials)
+    if partials.ndim != 1 or partials.shape[0] == 0:
+        raise ValueError(f"partials must be a non-empty 1-D array, got shape {partials.shape}")

@@ -16,7 +16,9 @@ from ._checks import (
     ELEMENTWISE_BLOCK,
     elementwise_grid_size,
     float32_scalar,
+    positive_int,
     require_float32_contiguous,
+    require_float64_contiguous,
     require_int32_dims,
     require_same_array_kind,
     row_block_size,
@@ -32,8 +34,8 @@ def importance_noise(seed, first_example, examples, first_sample, samples, z_dim
     """eps (examples * samples, Z) = the Philox normals of (step = first_example + r // samples,
     row = first_sample + r % samples, col, STREAM_IMPORTANCE), `=`."""
     require_float32_contiguous(eps=eps)
-    examples, samples, z_dim = _positive("examples", examples), _positive("samples", samples), \
-        _positive("z_dim", z_dim)
+    examples, samples = positive_int("examples", examples), positive_int("samples", samples)
+    z_dim = positive_int("z_dim", z_dim)
     if eps.shape != (examples * samples, z_dim):
         raise ValueError(f"eps must have shape ({examples * samples}, {z_dim}) for {examples} "
                          f"examples x {samples} samples, got {eps.shape}")
@@ -97,7 +99,7 @@ def log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples
     """Merges samples more log-weights per example into running_max, running_sum (B,)
     float64, in place."""
     require_float32_contiguous(nll=nll, log_p=log_p, log_q=log_q)
-    _require_float64_contiguous(running_max=running_max, running_sum=running_sum)
+    require_float64_contiguous(running_max=running_max, running_sum=running_sum)
     require_same_array_kind(nll, log_p, log_q, running_max, running_sum)
     examples, samples = _sample_rows(nll, log_p, log_q, samples)
     if running_max.shape != (examples,) or running_sum.shape != (examples,):
@@ -112,31 +114,25 @@ def log_mean_exp_accumulate(nll, log_p, log_q, running_max, running_sum, samples
 
 def log_mean_exp_finish(running_max, running_sum, total_samples, log_px) -> Launch:
     """log_px (B,) float64 = running_max + log running_sum - log total_samples, `=`."""
-    _require_float64_contiguous(running_max=running_max, running_sum=running_sum, log_px=log_px)
+    require_float64_contiguous(running_max=running_max, running_sum=running_sum, log_px=log_px)
     require_same_array_kind(running_max, running_sum, log_px)
     if running_max.ndim != 1 or running_sum.shape != running_max.shape or \
             log_px.shape != running_max.shape:
         raise ValueError(f"running_max, running_sum and log_px must all have shape (B,), got "
                          f"{running_max.shape}, {running_sum.shape}, {log_px.shape}")
     require_int32_dims(log_px.shape)
-    total = _positive("total_samples", total_samples)
+    total = positive_int("total_samples", total_samples)
     return Launch(kernel="importance", entry="log_mean_exp_finish",
                   grid=(elementwise_grid_size(log_px.size),), block=(ELEMENTWISE_BLOCK,),
                   args=(running_max, running_sum, log_px, np.int32(log_px.shape[0]),
                         np.float64(total)))
 
 
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _groups(single_name, single, grouped_name, grouped, samples, grouped_is_dst: bool):
     """(B, C, k) for single (B, C) and grouped (B*k, C)."""
     require_float32_contiguous(**{single_name: single, grouped_name: grouped})
     require_same_array_kind(single, grouped)
-    samples = _positive("samples", samples)
+    samples = positive_int("samples", samples)
     if single.ndim != 2 or grouped.shape != (single.shape[0] * samples, single.shape[1]):
         raise ValueError(f"{grouped_name} must have shape ({single.shape[0] * samples}, "
                          f"{single.shape[1] if single.ndim == 2 else 'C'}) for {single_name} "
@@ -147,7 +143,7 @@ def _groups(single_name, single, grouped_name, grouped, samples, grouped_is_dst:
 
 def _sample_rows(nll, log_p, log_q, samples) -> tuple[int, int]:
     """(examples, k) for per-sample vectors of length examples * k."""
-    samples = _positive("samples", samples)
+    samples = positive_int("samples", samples)
     if nll.ndim != 1 or log_p.shape != nll.shape or log_q.shape != nll.shape:
         raise ValueError(f"nll, log_p and log_q must all have shape (B*k,), got {nll.shape}, "
                          f"{log_p.shape}, {log_q.shape}")
@@ -155,10 +151,3 @@ def _sample_rows(nll, log_p, log_q, samples) -> tuple[int, int]:
         raise ValueError(f"{nll.shape[0]} rows are not a whole number of examples of {samples} samples")
     require_int32_dims(nll.shape)
     return nll.shape[0] // samples, samples
-
-
-def _require_float64_contiguous(**arrays) -> None:
-    for name, array in arrays.items():
-        if array.dtype != np.float64 or not array.flags.c_contiguous:
-            raise ValueError(f"{name} must be a C-contiguous float64 array, got {array.dtype} "
-                             f"with shape {array.shape}")

@@ -66,9 +66,6 @@ SPLIT_K_TARGET_BLOCKS = 132
 SPLIT_K_MIN_STAGES = 2
 SPLIT_K_MAX = 16
 
-_INT32_MAX = 2 ** 31 - 1
-
-
 def linear_workspace(device: str):
     """A zeroed split-K workspace for `device` ("emulated": NumPy, "cuda": CuPy)."""
     return to_device(np.zeros(LINEAR_WORKSPACE_FLOATS, np.float32), device)
@@ -117,7 +114,8 @@ def linear_backward(x, w, da, activation_x: str, dw, db, dx_pre=None, workspace=
     x (B, I) = act_x(a_prev) is the layer's input, w (I, O) its weight, da (B, O) the
     gradient wrt its pre-activation; dx_pre is the previous layer's pre-activation gradient
     (plain dx for activation_x "identity", where x is not read for it).  w is read only
-    for dx_pre.  splits_w / splits_x override the split-K factors of the two GEMMs.
+    for dx_pre.  splits_w / splits_x override the split-K factors of the two GEMMs (splits_x
+    only with a dx_pre: ValueError otherwise).
     """
     _checks.require_float32_contiguous(x=x, w=w, da=da, dw=dw, db=db)
     _checks.require_same_array_kind(x, w, da, dw, db)
@@ -130,6 +128,9 @@ def linear_backward(x, w, da, activation_x: str, dw, db, dx_pre=None, workspace=
                               workspace, x)
     blocks = splits_w * gemm_tiles(inputs, outputs)
     if dx_pre is None:
+        if splits_x is not None:
+            raise ValueError(f"linear_backward: splits_x={splits_x!r} splits the dx GEMM, but "
+                             "dx_pre is None (no dx is computed)")
         splits_x, stand_in = 1, dw            # never touched with has_dx = 0
     else:
         _checks.require_float32_contiguous(dx_pre=dx_pre)
@@ -157,9 +158,8 @@ def _choose_splits(what: str, m: int, n: int, k: int, splits, workspace, like) -
         _require_workspace(workspace, like)
     if splits is None:
         return 1 if workspace is None else linear_splits(m, n, k)
-    if isinstance(splits, bool) or int(splits) != splits or splits < 1:
-        raise ValueError(f"{what}: splits must be a positive integer, got {splits!r}")
-    splits, stages, tiles = int(splits), -(-k // LINEAR_TILE_K), gemm_tiles(m, n)
+    splits = _checks.positive_int(f"{what}: splits", splits)
+    stages, tiles = -(-k // LINEAR_TILE_K), gemm_tiles(m, n)
     if splits == 1:
         return 1
     if workspace is None:
@@ -203,15 +203,15 @@ def _require_shape(name: str, array, shape: tuple, x, w) -> None:
 def _require_int32_sizes(**arrays) -> None:
     """The kernels index with 32-bit ints."""
     for name, array in arrays.items():
-        if array.size > _INT32_MAX:
+        if array.size > _checks.INT32_MAX:
             raise ValueError(f"{name} {array.shape} has {array.size} elements; the linear "
-                             f"kernels index with int32 (at most {_INT32_MAX})")
+                             f"kernels index with int32 (at most {_checks.INT32_MAX})")
 
 
 def _grid(blocks: int) -> tuple[int]:
     """(blocks,), at least 1 (an empty grid is invalid; a block past the work returns)."""
-    if blocks > _INT32_MAX:
-        raise ValueError(f"{blocks} blocks exceed CUDA's grid.x limit {_INT32_MAX}")
+    if blocks > _checks.INT32_MAX:
+        raise ValueError(f"{blocks} blocks exceed CUDA's grid.x limit {_checks.INT32_MAX}")
     return (max(blocks, 1),)
 
 

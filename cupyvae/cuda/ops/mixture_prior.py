@@ -12,10 +12,10 @@ import numpy as np
 
 from ..launch import Launch
 from ._checks import (
-    WARP_SIZE,
     require_float32_contiguous,
     require_int32_dims,
     require_same_array_kind,
+    warp_per_item,
 )
 
 # One warp per row (forward, backward_z) or per component (backward_params), up to this
@@ -30,7 +30,7 @@ def mixture_prior_forward(z, logits, components, logp, resp) -> Launch:
     batch, k, z_dim = _mixture_dims(z, logits, components)
     _require_shape("logp", logp, (batch,), z, components)
     _require_shape("resp", resp, (batch, k), z, components)
-    grid, block = _warp_per_item(batch)
+    grid, block = warp_per_item(batch, MIXTURE_WARPS_PER_BLOCK)
     return Launch(kernel="mixture_prior", entry="mixture_prior_forward", grid=grid, block=block,
                   args=(z, logits, components, logp, resp, np.int32(batch), np.int32(k),
                         np.int32(z_dim)))
@@ -44,7 +44,7 @@ def mixture_prior_backward_z(z, components, resp, g, dz) -> Launch:
     _require_shape("resp", resp, (batch, k), z, components)
     _require_shape("g", g, (batch,), z, components)
     _require_shape("dz", dz, z.shape, z, components)
-    grid, block = _warp_per_item(batch)
+    grid, block = warp_per_item(batch, MIXTURE_WARPS_PER_BLOCK)
     return Launch(kernel="mixture_prior", entry="mixture_prior_backward_z", grid=grid, block=block,
                   args=(z, components, resp, g, dz, np.int32(batch), np.int32(k), np.int32(z_dim)))
 
@@ -60,7 +60,7 @@ def mixture_prior_backward_params(z, logits, components, resp, g, dlogits, dcomp
     _require_shape("g", g, (batch,), z, components)
     _require_shape("dlogits", dlogits, (k,), z, components)
     _require_shape("dcomponents", dcomponents, components.shape, z, components)
-    grid, block = _warp_per_item(k)
+    grid, block = warp_per_item(k, MIXTURE_WARPS_PER_BLOCK)
     return Launch(kernel="mixture_prior", entry="mixture_prior_backward_params", grid=grid,
                   block=block, args=(z, logits, components, resp, g, dlogits, dcomponents,
                                      np.int32(batch), np.int32(k), np.int32(z_dim)))
@@ -86,9 +86,3 @@ def _require_shape(name: str, array, shape: tuple, z, components) -> None:
     if array.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} for z {z.shape} and components "
                          f"{components.shape}, got {array.shape}")
-
-
-def _warp_per_item(count: int) -> tuple[tuple[int], tuple[int]]:
-    """(grid, block): one warp per item, at most MIXTURE_WARPS_PER_BLOCK per block."""
-    warps = min(MIXTURE_WARPS_PER_BLOCK, max(count, 1))
-    return (max(-(-count // warps), 1),), (WARP_SIZE * warps,)

@@ -18,7 +18,6 @@ import numpy as np
 
 from cupyvae import philox
 from cupyvae.emulator.elementwise import ElementwiseSpec
-from cupyvae.executors import PRIOR_EPS_STEP
 from cupyvae.philox import split_seed
 
 from ..launch import ElementwiseLaunch
@@ -53,5 +52,5 @@ def normal_fill(out, seed, step, stream) -> ElementwiseLaunch:
 def normal_prior_sample(z, seed) -> ElementwiseLaunch:
     """z (n, Z): n draws of the standard normal prior N(0, I) (NormalPrior, kernel "normal"),
     keyed as cupyvae.executors.prior_draws keys them -- NormalPrior.sample returns its eps,
-    the normals of step PRIOR_EPS_STEP in STREAM_PRIOR -- written with `=`."""
-    return normal_fill(z, seed, PRIOR_EPS_STEP, philox.STREAM_PRIOR)
+    the normals of step philox.PRIOR_EPS_STEP in STREAM_PRIOR -- written with `=`."""
+    return normal_fill(z, seed, philox.PRIOR_EPS_STEP, philox.STREAM_PRIOR)

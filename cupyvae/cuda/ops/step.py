@@ -108,8 +108,3 @@ def step_terms(recon, kl, counters, terms) -> Launch:
     )
 
 
-def start_epoch(counters) -> Launch:
-    """counters[1] = 0: before the first step of every epoch."""
-    require_counters(counters)
-    return Launch(kernel="step", entry="start_epoch", grid=(1,), block=(1,), args=(counters,))
-
