@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import VAEConfig
-from .files import write_atomic
+from .files import JSONError, parse_json, write_atomic
 from .numbers import exact
 from .optim import Adam
 from .spec import ModelSpec
@@ -106,7 +106,7 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {_not_a_file(path)}")
     try:
         with safe_open(str(path), framework="numpy") as f:
             raw_meta = f.metadata() or {}
@@ -120,10 +120,19 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     if fmt == FORMAT:
         _verify_digests(path, tensors, raw_meta)
     try:
-        meta = {k: json.loads(v) for k, v in raw_meta.items() if k != "format"}
-    except json.JSONDecodeError as exc:
+        meta = {k: parse_json(v) for k, v in raw_meta.items() if k != "format"}
+    except JSONError as exc:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata ({exc})") from None
     return tensors, meta
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path` cannot be read as a file, in words."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.is_symlink():
+        return "is a symbolic link to nothing readable (dangling or a loop)"
+    return "does not exist"
 
 
 def _verify_digests(path: Path, tensors: dict[str, np.ndarray], raw_meta: dict[str, str]) -> None:
@@ -131,8 +140,8 @@ def _verify_digests(path: Path, tensors: dict[str, np.ndarray], raw_meta: dict[s
         raise CheckpointError(f"checkpoint {path} is corrupt: its metadata does not match its "
                               f"SHA-256 digest ({METADATA_DIGEST})")
     try:
-        digests = json.loads(raw_meta[TENSOR_DIGESTS])
-    except (KeyError, json.JSONDecodeError):
+        digests = parse_json(raw_meta[TENSOR_DIGESTS])
+    except (KeyError, JSONError):
         digests = None
     if not isinstance(digests, dict) or set(digests) != set(tensors):
         raise CheckpointError(f"checkpoint {path} is corrupt: {TENSOR_DIGESTS} does not list "

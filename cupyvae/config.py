@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from .distributions import LIKELIHOODS, POSTERIORS, PRIORS
+from .files import parse_json
 from .initialization import DEFAULT_INITIALIZATION, INITIALIZATIONS
 from .layers import ACTIVATIONS
 from .options import (Check, CommaList, OptionError, ValidatedOptions, integer_at_least, one_of, option, optional,
@@ -131,4 +132,4 @@ class VAEConfig(ValidatedOptions):
 
     @classmethod
     def from_json(cls, text: str) -> "VAEConfig":
-        return cls.from_dict(json.loads(text), "model config")
+        return cls.from_dict(parse_json(text), "model config")

@@ -89,17 +89,17 @@ def load_csv(reference: str) -> Dataset:
 
 # ---------------------------------------------------------------------- reading
 def _split_reference(reference: str) -> tuple[str, str]:
-    """(path, options): the options follow the last '#' that ends a '.csv' path, so a file
-    name may hold '#' itself (we#ird.csv, we#ird.csv#label=y); an existing file is all path."""
-    reference = os.fspath(reference)
-    if os.path.isfile(os.path.expanduser(reference)):
-        return reference, ""
-    cuts = [k for k, char in enumerate(reference) if char == "#"
-            and reference[:k].lower().endswith(SUFFIX)]
-    if not cuts:
-        path_text, _, fragment = reference.partition("#")
+    """(path, options) of 'path' or 'path#options'.  The options start after the last
+    '.csv#', so a '#' inside a file or folder name ('run#3/data.csv', 'we#ird.csv') stays in
+    the path; an existing file is all path."""
+    text = os.fspath(reference)
+    if text.lower().endswith(SUFFIX) or os.path.isfile(os.path.expanduser(text)):
+        return text, ""
+    cut = text.lower().rfind(SUFFIX + "#")
+    if cut < 0:
+        path_text, _, fragment = text.partition("#")
         return path_text, fragment
-    return reference[:cuts[-1]], reference[cuts[-1] + 1:]
+    return text[:cut + len(SUFFIX)], text[cut + len(SUFFIX) + 1:]
 
 
 def _open(path: pathlib.Path):
@@ -245,6 +245,10 @@ def _read_labels(path: pathlib.Path, column: int, name: str, has_header: bool
         return np.array([int(cell) for cell in cells], dtype=np.int64), None
     except ValueError:
         pass
+    except OverflowError:     # integer labels beyond int64 would wrap or crash downstream
+        big = next(cell for cell in cells if not -2 ** 63 <= int(cell) < 2 ** 63)
+        raise DatasetError(f"{path}: label column {name!r}: {str(big)!r} does not fit a 64-bit "
+                           "integer label") from None
     names, labels = np.unique(cells, return_inverse=True)
     return labels.astype(np.int64), tuple(str(name) for name in names)
 

@@ -995,6 +995,9 @@ def _as_labels(path: pathlib.Path, key: str, array: np.ndarray, n_samples: int) 
         raise DatasetError(f"{path}: {key} has dtype {array.dtype}; labels must be integers")
     if array.shape != (n_samples,):
         raise DatasetError(f"{path}: {key} has shape {array.shape}, expected ({n_samples},) to match the samples")
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        raise DatasetError(f"{path}: {key} holds {int(array.max())}, which does not fit a 64-bit "
+                           "signed integer label (it would wrap around)")
     return array.astype(np.int64)
 
 

@@ -1,6 +1,7 @@
 """Files that are either wholly old or wholly new: every file cupyvae writes goes through here."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -21,7 +22,9 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     target is never written.  The file gets mode 0o666 less the process umask, applied by
     the kernel when the file is created.  The temporary name is chosen before the file is
     created, inside the clean-up's reach, so an exception at any moment (an error,
-    Ctrl-C, SIGTERM) removes the temporary file and leaves `path` untouched.
+    Ctrl-C, SIGTERM) removes the temporary file and leaves `path` untouched.  An OSError
+    (a directory at `path`, a full disk, a read-only folder) names `path`, not the
+    temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,10 +35,19 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _naming(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error about `path`, the file the caller asked for: the temporary name in
+    `exc` (a directory at `path`, a full disk, a read-only folder) means nothing to a user."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def _temporary_name(path: Path) -> Path:
@@ -64,3 +76,20 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class JSONError(ValueError):
+    """Text that is not usable JSON, for any reason (see parse_json)."""
+
+
+def parse_json(text: str | bytes):
+    """json.loads, with every way hostile text can fail it as one JSONError: bad syntax or
+    UTF-8, an integer of more digits than Python converts (4300), and
+    nesting deep enough to exhaust the recursion limit ('[' * 100000), which json raises as
+    RecursionError.  Callers add the file name."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JSONError("nested too deeply") from None
+    except ValueError as exc:     # JSONDecodeError, UnicodeDecodeError, the int digit limit
+        raise JSONError(f"{type(exc).__name__}: {exc}") from None

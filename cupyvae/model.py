@@ -16,10 +16,11 @@ from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
+from .memory import require_memory
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .options import check_argument, positive_int
+from .options import check_argument, integer_at_least, positive_int
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
@@ -28,6 +29,10 @@ from .training import (TrainingOptions, best_epoch, check_data_sizes, split_vali
                        stopped_early)
 
 EVAL_CHUNK = 10_000
+# Float32 buffers of the parameter layout that every device keeps for a trained model:
+# parameters, gradients and Adam's two moments (on cuda, the host copies a checkpoint is
+# written from: parameters and moments, plus the initial parameters).
+PARAMETER_BUFFERS = 4
 # Burda et al. 2016, section 5.2: a latent dimension is active when the variance of its
 # posterior mean across the data exceeds this.
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -50,10 +55,11 @@ class VAE:
                  prior_components: int | None = None, prior_init: str = "random",
                  init: str = DEFAULT_INITIALIZATION):
         self.config = VAEConfig(data_shape=tuple(np.atleast_1d(data_shape).tolist()), latent_dim=latent_dim,
-                                hidden=tuple(hidden), activation=activation, posterior=posterior,
+                                hidden=hidden, activation=activation, posterior=posterior,
                                 likelihood=likelihood, prior=prior, seed=seed,
                                 prior_components=prior_components, prior_init=prior_init, init=init)
         self.spec = ModelSpec(self.config)
+        self._require_parameter_memory()
         self.device = resolve_device(device)
         # execution: "eager" or "graph" (a CUDA graph per chunk of steps); None is the
         # device's default (graph on cuda).  A run-time choice, so not part of the config.
@@ -67,6 +73,16 @@ class VAE:
         self.history: dict[str, list] = {key: [] for key in (
             "epoch", "train_loss", "val_loss", "seconds", "train_recon", "train_kl",
             "val_recon", "val_kl", "active_units")}
+
+    def _require_parameter_memory(self) -> None:
+        """Refuse, before anything is allocated, a model whose buffers cannot fit
+        (cupyvae.memory): PARAMETER_BUFFERS float32 buffers of the layout."""
+        c, size = self.config, self.spec.layout.size
+        require_memory(size * 4 * PARAMETER_BUFFERS,
+                       f"the model's {size:,} parameters (data_dim={c.data_dim}, hidden={c.hidden}, "
+                       f"latent_dim={c.latent_dim}, prior {c.prior!r} with prior_components="
+                       f"{c.prior_components}) with their gradients and Adam moments",
+                       "hidden, latent_dim or prior_components")
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -221,7 +237,7 @@ class VAE:
             self.optimizer.step_count = saved_step
             raise TrainingDiverged(f"epoch {epoch}: the loss became {train_loss} (train) / "
                                    f"{val_loss} (val); parameters restored to epoch {epoch - 1}. "
-                                   "Try a smaller learning rate.")
+                                   f"{divergence_advice(options)}")
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                   "seconds": time.perf_counter() - start, **train_terms,
                   "val_recon": None if val is None else val["reconstruction"],
@@ -317,6 +333,7 @@ class VAE:
     def decode(self, z) -> np.ndarray:
         """Likelihood mean for each latent row, shaped (N, *data_shape)."""
         z = self._as_latent(z, "z")
+        self._require_rows_memory(len(z), f"decode(z) with z of shape {z.shape}", "the rows of z")
         return self._likelihood_means(self._executor.decode_raw(z, EVAL_CHUNK))
 
     @with_blas_threads
@@ -354,7 +371,14 @@ class VAE:
 
     def _sample_args(self, n, seed) -> tuple[int, int]:
         n = check_argument("n", n, positive_int)
-        return n, self.config.seed if seed is None else int(seed)
+        self._require_rows_memory(n, f"sample(n={n})", "n")
+        return n, self.config.seed if seed is None else check_argument("seed", seed, _seed_check)
+
+    def _require_rows_memory(self, rows: int, what: str, fields: str) -> None:
+        """Refuse `rows` decoded rows (the likelihood's raw outputs and their means, float32)
+        that cannot fit in memory, before any work (cupyvae.memory)."""
+        row_bytes = 4 * (self.spec.likelihood.raw_width + self.config.data_dim)
+        require_memory(rows * row_bytes, f"the {rows:,} decoded rows of {what}", fields)
 
     def _likelihood_means(self, raw) -> np.ndarray:
         return self.spec.likelihood.mean(raw).reshape(len(raw), *self.config.data_shape)
@@ -431,7 +455,7 @@ class VAE:
         non-empty, of this model's shape, finite and inside the likelihood's support.
         Element types follow cupyvae.arrays: floats as given, bool as 0/1, uint8 images
         divided by 255, other types refused -- the rule the dataset files follow too."""
-        x = np.asarray(x)
+        x = as_array(x, what)
         shape = self.config.data_shape
         try:
             x = as_float32_examples(x)       # the same rule as the dataset loaders
@@ -450,16 +474,17 @@ class VAE:
         return x
 
     def _as_latent(self, z, what: str, rows: int | None = None) -> np.ndarray:
-        z = np.asarray(z)
+        z = as_array(z, what)
         z_dim = self.config.latent_dim
         if z.ndim != 2 or z.shape[1] != z_dim or z.shape[0] == 0 or (rows is not None and len(z) != rows):
             want = f"({rows if rows is not None else 'N'}, {z_dim})"
             raise ValueError(f"{what} has shape {z.shape}; expected {want}")
         if z.dtype.kind not in "fiu":
             raise ValueError(f"{what} has dtype {z.dtype}; expected floating point")
-        z = np.ascontiguousarray(z, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):   # refused just below
+            z = np.ascontiguousarray(z, dtype=np.float32)
         if not np.isfinite(z).all():
-            raise ValueError(f"{what} has NaN/inf values")
+            raise ValueError(f"{what} has NaN/inf values (or values beyond float32's range)")
         return z
 
     def _host_params(self) -> dict[str, np.ndarray]:
@@ -514,6 +539,39 @@ def objective_words(options: TrainingOptions) -> str | None:
              "KL warm-up" if options.kl_warmup_steps else "",
              f"free bits {options.free_bits:g}" if options.free_bits else ""]
     return ", ".join(part for part in parts if part) or None
+
+
+_seed_check = integer_at_least(0, 2 ** 64 - 1)
+
+
+def as_array(values, what: str) -> np.ndarray:
+    """np.asarray(values) for the methods' array arguments, refusing what NumPy would turn
+    into something else: ragged nested lists (NumPy's own error, named), and masked arrays
+    with masked values, whose mask np.asarray drops silently (the hidden values would be
+    trained on)."""
+    if isinstance(values, np.ma.MaskedArray) and np.ma.is_masked(values):
+        raise ValueError(f"{what} is a masked array with {int(np.ma.count_masked(values))} "
+                         "masked values; fill or drop them first (e.g. x.filled(0))")
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as exc:   # ragged lists, objects NumPy cannot convert
+        raise ValueError(f"{what} is not an array of numbers ({exc})") from None
+
+
+# Options that scale the loss or the step: when training diverges with one of them far from
+# its default, the advice names it rather than blaming the learning rate alone.
+LOSS_SCALING_OPTIONS = ("kl_weight", "free_bits", "weight_decay", "lr_min")
+
+
+def divergence_advice(options: TrainingOptions) -> str:
+    """What to try after the loss became NaN/inf: a smaller learning rate, and the
+    options that scale the loss that were set away from their defaults."""
+    defaults = TrainingOptions()
+    changed = [f"{name}={getattr(options, name):g}" for name in LOSS_SCALING_OPTIONS
+               if getattr(options, name) != getattr(defaults, name)]
+    if not changed:
+        return "Try a smaller learning rate."
+    return f"Try a smaller learning rate, or check {', '.join(changed)}."
 
 
 def format_epoch(record: dict) -> str:

@@ -134,11 +134,16 @@ def _number(value, minimum: float, open_min: bool, maximum: float | None = None,
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"must be {rule}")
+    if abs(value) > FLOAT32_MAX:   # the kernels hold these in float32, where it would be inf
+        raise ValueError(f"must be {rule}, at most {FLOAT32_MAX:.7g} in size (float32's largest)")
     if value < minimum or (open_min and value == minimum):
         raise ValueError(f"must be {rule}")
     if maximum is not None and (value > maximum or (open_max and value == maximum)):
         raise ValueError(f"must be {rule}")
     return value
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _range_rule(minimum, open_min, maximum, open_max) -> str:

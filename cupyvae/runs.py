@@ -31,6 +31,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shlex
 import signal
 import time
@@ -47,7 +48,7 @@ from .config import VAEConfig
 from .csvdata import csv_reference, is_csv_reference, parse_csv_reference
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
-from .files import write_atomic
+from .files import JSONError, parse_json, write_atomic
 from .model import (VAE, TrainingDiverged, best_checkpoint_path, check_binarizable, kept_epoch,
                     load)
 from .objectives import objective_for
@@ -155,11 +156,14 @@ def read_config(folder: Path) -> RunConfig:
     if not path.is_file():
         raise RunError(f"{folder} is not a cupyvae run folder (no {CONFIG_FILE})")
     try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        content = parse_json(path.read_bytes())
+    except OSError as exc:
         raise RunError(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
+    except JSONError as exc:
+        raise RunError(f"{path} is damaged ({exc})") from None
     if not isinstance(content, dict):
         raise RunError(f"{path} is damaged: not a JSON object")
+    _refuse_unknown_format(path, content.get("format", 1))
     content = _upgrade_format_1(content)
     try:
         return RunConfig(model=VAEConfig.from_dict(content.get("model"), "model"),
@@ -179,6 +183,14 @@ def _upgrade_format_1(content: dict) -> dict:
     training = dict(content["training"])
     run = {key: training.pop(key) for key in ("data", "limit", "device") if key in training}
     return {**content, "training": training, "run": run}
+
+
+def _refuse_unknown_format(path: Path, fmt) -> None:
+    """Format 1 wrote no "format" key; a format this version does not know is refused
+    rather than misread."""
+    if type(fmt) is not int or not 1 <= fmt <= RUN_FORMAT:
+        raise RunError(f"{path} has format {fmt!r}; this cupyvae ({__version__}) reads run "
+                       f"folders of format 1 to {RUN_FORMAT} (a newer cupyvae wrote it?)")
 
 
 def _text(value) -> str:
@@ -516,7 +528,7 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     folder = Path(folder)
     stored = read_config(folder)
     _refuse_changed_options(stored, changes)
-    if not (folder / CHECKPOINT_FILE).is_file():
+    if not os.path.lexists(folder / CHECKPOINT_FILE):   # anything else there: load_run says what
         raise RunError(f"{folder} has no {CHECKPOINT_FILE}: no epoch was completed; "
                        "start it again with --force")
     run_options = stored.run.replace(**{k: v for k, v in changes.items() if k in ("device", "execution")})

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import fsync_directory, write_atomic
+from ..files import fsync_directory, parse_json, write_atomic
 from ._errors import EmulatorError
 from ._parse import KernelInfo, Param, parse
 
@@ -177,8 +177,8 @@ def _read_manifest(path: Path, library: Path) -> dict | None:
     """The manifest's record if it is intact and `library` matches its digest, else None
     (missing, truncated, corrupt or swapped: the caller rebuilds)."""
     try:
-        record = json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):   # ValueError: JSON or UTF-8 decoding
+        record = parse_json(path.read_bytes())
+    except (FileNotFoundError, ValueError):   # ValueError: any JSON failure (files.JSONError)
         record = None
     if not isinstance(record, dict) or record.pop("sha256", None) != _record_digest(record):
         record = None

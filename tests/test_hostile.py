@@ -1,0 +1,345 @@
+"""Hostile input, as a careless or malicious user gives it: every case must end in a clear
+error naming the field (or argument, or file) before any work, or succeed -- never a hang,
+tens of GB allocated, or a traceback from deep inside NumPy.
+
+Each test holds the input that showed a fault, rebuilt small; the fix sits at the boundary
+that catches the whole class (named in each section).
+"""
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import cupyvae
+from cupyvae import memory
+from cupyvae.checkpoint import CheckpointError
+
+from test_cli import assert_one_line_error, run_cli
+
+X = np.random.default_rng(0).random((20, 4)).astype(np.float32)
+
+
+# ----------------------------------------------------- sizes the machine cannot hold
+# Boundary: ModelSpec (every model: API, CLI, checkpoint) and the decoded rows of
+# sample/decode, checked by cupyvae.memory before anything is allocated.
+def test_a_model_too_large_for_any_machine_is_refused_at_once_naming_the_fields():
+    start = time.perf_counter()
+    with pytest.raises(memory.MemoryLimitError, match=r"hidden=\(1000000000000,\).*reduce hidden"):
+        cupyvae.VAE((784,), hidden=(10 ** 12,))
+    with pytest.raises(memory.MemoryLimitError, match="latent_dim=10000000000"):
+        cupyvae.VAE((4,), hidden=(), latent_dim=10 ** 10)
+    assert time.perf_counter() - start < 5   # nothing was allocated
+
+
+def test_the_model_size_is_checked_against_the_memory_limit(monkeypatch):
+    monkeypatch.setattr(memory, "memory_limit", lambda: 1 << 20)   # 1 MiB
+    cupyvae.VAE((16,), hidden=(8,))             # ~300 parameters: fits
+    # 784*200 weights alone are 0.6 MB; with gradients and Adam moments 2.5 MB > 1 MiB.
+    with pytest.raises(memory.MemoryLimitError, match=r"need 2\.\d GiB|need 0\.\d GiB"):
+        cupyvae.VAE((784,), hidden=(200,))
+
+
+def test_the_memory_limit_follows_ulimit_v():
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from cupyvae import memory; print(memory.memory_limit())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert int(out.stdout) <= 3 << 30, out.stderr
+
+
+def test_sampling_more_rows_than_memory_holds_is_refused_naming_n():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with pytest.raises(memory.MemoryLimitError, match=r"sample\(n=10000000000000\).*reduce n"):
+        model.sample(10 ** 13)
+    with pytest.raises(memory.MemoryLimitError, match="reduce n"):
+        model.sample(10 ** 13, seed=1)
+
+
+def test_decoding_more_rows_than_memory_holds_is_refused(monkeypatch):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    monkeypatch.setattr(memory, "memory_limit", lambda: 1000)   # bytes: 31 rows of 4 + 4 floats
+    assert model.decode(np.zeros((31, 2), np.float32)).shape == (31, 4)
+    with pytest.raises(memory.MemoryLimitError, match="rows of z"):
+        model.decode(np.zeros((32, 2), np.float32))
+
+
+def test_cli_train_with_a_huge_hidden_layer_fails_in_one_line(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).random((30, 4, 4)).astype(np.float32))
+    result = run_cli("train", "--data", tmp_path / "x.npy", "--hidden", "1000000000000",
+                     "--out", tmp_path / "run", "--device", "cpu", "-q", timeout=60)
+    assert_one_line_error(result, "hidden", "GiB")
+    assert not (tmp_path / "run").exists()      # refused before the run folder was made
+
+
+# ----------------------------------------------------- counts and seeds of the methods
+# Boundary: cupyvae.options.check_argument, the options' strict integer rule for every
+# count or seed a method takes.
+@pytest.mark.parametrize("bad", [0, -1, 2.5, 3.0, "3", True, None, float("nan"), float("inf")])
+def test_bad_sample_counts_fail_naming_n(bad):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    for method in (model.sample, model.sample_latent):
+        with pytest.raises(ValueError, match=r"^argument n = .*must be an integer >= 1"):
+            method(bad)
+
+
+@pytest.mark.parametrize("bad", [None, float("inf"), float("nan"), 4.0])
+def test_bad_importance_sample_counts_fail_naming_n_samples(bad):
+    with pytest.raises(ValueError, match=r"^argument n_samples = .*must be an integer >= 1"):
+        cupyvae.VAE((4,), hidden=(3,)).log_likelihood(X, bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "a", 2 ** 64])
+def test_bad_sampling_seeds_fail_naming_seed(bad):
+    with pytest.raises(ValueError, match=r"^argument seed = "):
+        cupyvae.VAE((4,), hidden=(3,)).sample(2, seed=bad)
+
+
+def test_numpy_integer_counts_and_seeds_are_accepted():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    assert model.sample(np.int64(3), seed=np.uint64(5)).shape == (3, 4)
+    assert model.log_likelihood(X[:2], np.int32(2)).shape == (2,)
+
+
+# ----------------------------------------------------- errors writing a file
+# Boundary: cupyvae.files.write_atomic, which every writer uses: an OSError names the file
+# the user asked for, never the temporary file beside it.
+def test_a_write_error_names_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    from cupyvae.files import write_atomic
+    (tmp_path / "out.npy").mkdir()
+    with pytest.raises(IsADirectoryError) as error:
+        write_atomic(tmp_path / "out.npy", b"x")
+    assert error.value.filename == str(tmp_path / "out.npy") and ".tmp" not in str(error.value)
+
+    import errno
+    import os
+
+    def disk_full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left") as error:
+        write_atomic(tmp_path / "full.bin", b"x")
+    assert error.value.filename == str(tmp_path / "full.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]   # no temporary left
+
+
+def test_cli_sample_to_a_directory_names_it(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).random((30, 4)).astype(np.float32))
+    run = tmp_path / "run"
+    train = run_cli("train", "--data", tmp_path / "x.npy", "--hidden", "3", "--epochs", "1",
+                    "--batch-size", "10", "--out", run, "--device", "cpu", "-q")
+    assert train.returncode == 0, train.stderr
+    (tmp_path / "taken.npy").mkdir()
+    line = assert_one_line_error(run_cli("sample", run, "-o", tmp_path / "taken.npy"),
+                                 "taken.npy", "Is a directory")
+    assert ".tmp" not in line
+
+
+# ----------------------------------------------------- config.json edited by hand
+# Boundaries: cupyvae.files.parse_json (every JSON cupyvae reads: config.json, checkpoint
+# metadata, the emulator cache's manifests) and runs.read_config (format, dataset section).
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile-run")
+    np.save(folder / "x.npy", np.random.default_rng(1).random((40, 4)).astype(np.float32))
+    result = run_cli("train", "--data", folder / "x.npy", "--hidden", "3", "--epochs", "1",
+                     "--batch-size", "10", "--out", folder / "run", "--device", "cpu", "-q")
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def edited_copy(run, tmp_path, text: str):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "config.json").write_text(text)
+    return copy
+
+
+def edit_json(run, edit):
+    import json
+    content = json.loads((run / "config.json").read_text())
+    edit(content)
+    return json.dumps(content)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda c: c.update(format=99), "format 99; this cupyvae"),
+    (lambda c: c.update(format="2"), "format '2'"),
+    (lambda c: c.update(format=True), "format True"),
+    (lambda c: c["dataset"].update(validation_examples="6"), "validation_examples = '6': must be an integer"),
+    (lambda c: c["dataset"].update(train_examples=-5), "train_examples = -5"),
+    (lambda c: c["dataset"].pop("train_examples"), "dataset: missing keys ['train_examples']"),
+    (lambda c: c["dataset"].update(name=7), "dataset name = 7: must be a non-empty string"),
+])
+def test_a_hand_edited_config_is_refused_naming_the_field(trained_run, tmp_path, edit, fragment):
+    from cupyvae import runs
+    folder = edited_copy(trained_run, tmp_path, edit_json(trained_run, edit))
+    with pytest.raises(runs.RunError, match="config.json") as error:
+        runs.read_config(folder)
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"format": 2, "model": 1' + "0" * 5000 + "}", "4300 digits"),
+    ("\xff\xfe garbage", "damaged"),
+], ids=["deep", "long-int", "garbage"])   # short ids: pytest passes the id to children in env
+def test_config_json_that_json_cannot_parse_is_refused_naming_the_file(trained_run, tmp_path,
+                                                                        text, fragment):
+    folder = edited_copy(trained_run, tmp_path, text)
+    for command in (("evaluate", folder, "-q"), ("train", "--resume", "--out", folder, "-q")):
+        assert_one_line_error(run_cli(*command), "config.json", fragment)
+
+
+def test_a_config_written_before_format_numbers_still_reads(trained_run, tmp_path):
+    from cupyvae import runs
+    folder = edited_copy(trained_run, tmp_path, edit_json(trained_run, lambda c: c.pop("format")))
+    assert runs.read_config(folder).dataset["train_examples"] == 36   # 40 rows, 10% test
+
+
+def test_checkpoint_metadata_nested_too_deeply_is_a_checkpoint_error(tmp_path):
+    """The digests are no signature: whoever edits the file can recompute them."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+    from cupyvae import checkpoint
+    path = tmp_path / "m.safetensors"
+    cupyvae.VAE((4,), hidden=(3,)).save(path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata())
+    meta["history"] = "[" * 100_000 + "]" * 100_000
+    meta[checkpoint.METADATA_DIGEST] = '"' + checkpoint._metadata_digest(meta) + '"'
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(checkpoint.CheckpointError, match="nested too deeply"):
+        cupyvae.load(path)
+
+
+# ----------------------------------------------------- array arguments of the API
+# Boundary: cupyvae.model.as_array, the one conversion of every array argument (the data
+# of fit/encode/loss/..., the codes of decode, the noise of loss_and_grads).
+def test_ragged_lists_are_refused_naming_the_argument():
+    model = cupyvae.VAE((2,), hidden=(3,))
+    with pytest.raises(ValueError, match="^x_train is not an array of numbers"):
+        model.fit([[0.1, 0.2], [0.3]], epochs=1, batch_size=1)
+    with pytest.raises(ValueError, match="^z is not an array of numbers"):
+        model.decode([[0.1, 0.2], [0.3]])
+
+
+def test_masked_values_are_refused_not_silently_unmasked():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    masked = np.ma.masked_array(X, mask=X > 0.9)
+    with pytest.raises(ValueError, match=r"x_train is a masked array with \d+ masked values"):
+        model.fit(masked, epochs=1, batch_size=5)
+    # A masked array without masked values is just an array.
+    assert model.encode(np.ma.masked_array(X)).shape == (20, 2)
+
+
+def test_codes_beyond_float32_are_refused_without_an_overflow_warning():
+    import warnings
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            model.decode(np.full((1, 2), 1e300))
+
+
+@pytest.mark.parametrize("hidden", [5, None, "5", 2.5])
+def test_a_hidden_that_is_no_list_is_an_option_error(hidden):
+    with pytest.raises(ValueError, match="hidden = .*must be a list of positive integers"):
+        cupyvae.VAE((4,), hidden=hidden)
+
+
+def test_hidden_as_any_iterable_of_integers_still_works():
+    assert cupyvae.VAE((4,), hidden=np.array([5, 3])).config.hidden == (5, 3)
+    assert cupyvae.VAE((4,), hidden=[]).config.hidden == ()
+
+
+# ----------------------------------------------------- labels beyond int64
+# Boundaries: the two label readers (datasets._as_labels for .npz, csvdata._read_labels).
+def test_csv_integer_labels_beyond_int64_are_refused_naming_the_column(tmp_path):
+    from cupyvae.datasets import DatasetError, load_dataset
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,kind\n" + "".join(f"0.1,0.2,{n}\n" for n in (1, 2, 10 ** 23)))
+    with pytest.raises(DatasetError, match=r"label column 'kind': '100000000000000000000000' does not fit"):
+        load_dataset(f"{path}#label=kind")
+
+
+def test_npz_uint64_labels_that_would_wrap_are_refused(tmp_path):
+    from cupyvae.datasets import DatasetError, load_dataset
+    x = np.random.default_rng(0).random((4, 3)).astype(np.float32)
+    np.savez(tmp_path / "ok.npz", x=x, y=np.arange(4, dtype=np.uint64))
+    assert load_dataset(str(tmp_path / "ok.npz")).y_train.dtype == np.int64
+    np.savez(tmp_path / "d.npz", x=x, y=np.full(4, 2 ** 63 + 5, np.uint64))
+    with pytest.raises(DatasetError, match="y holds 9223372036854775813, which does not fit"):
+        load_dataset(str(tmp_path / "d.npz"))
+
+
+# ----------------------------------------------------- a checkpoint that is no file
+# Boundary: checkpoint.read_checkpoint (every load), which resume now reaches too.
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+    (lambda p: p.symlink_to(p.name), "symbolic link to nothing readable"),   # a loop
+    (lambda p: p.symlink_to("gone.safetensors"), "symbolic link to nothing readable"),
+], ids=["folder", "link-loop", "dangling-link"])
+def test_a_checkpoint_that_is_no_file_is_named_as_such(trained_run, tmp_path, make, fragment):
+    import shutil
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run, folder)
+    (folder / "checkpoint.safetensors").unlink()
+    make(folder / "checkpoint.safetensors")
+    with pytest.raises(CheckpointError, match=fragment):
+        cupyvae.load(folder / "checkpoint.safetensors")
+    assert_one_line_error(run_cli("train", "--resume", "--out", folder, "--epochs", "3", "-q"),
+                          "checkpoint.safetensors", fragment)
+
+
+# ----------------------------------------------------- finite options that overflow the loss
+# Boundary: model.divergence_advice, the one message of TrainingDiverged.
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the input
+def test_divergence_from_a_huge_loss_option_names_that_option():
+    # free bits 3e38 nats on each of 2 latent dimensions: the loss overflows to inf.
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with pytest.raises(cupyvae.model.TrainingDiverged, match=r"check free_bits=3e\+38\.$"):
+        model.fit(X, epochs=1, batch_size=5, free_bits=3e38)
+    advice = cupyvae.model.divergence_advice(
+        cupyvae.training.TrainingOptions(kl_weight=1e30, weight_decay=0.5))
+    assert advice.endswith("check kl_weight=1e+30, weight_decay=0.5."), advice
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_with_default_options_blames_only_the_learning_rate():
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with pytest.raises(cupyvae.model.TrainingDiverged, match=r"smaller learning rate\.$"):
+        model.fit(X, epochs=1, batch_size=5, lr=1e30)
+
+
+# Boundary: options.number, every float option (the kernels keep them in float32).
+@pytest.mark.parametrize("option", ["lr", "kl_weight", "free_bits", "weight_decay", "lr_min",
+                                    "clip_norm"])
+def test_float_options_beyond_float32_are_refused_naming_the_field(option):
+    from cupyvae.options import OptionError
+    from cupyvae.training import TrainingOptions
+    with pytest.raises(OptionError, match=f"{option} = 1e\\+39: .*float32's largest"):
+        TrainingOptions(**{option: 1e39})
+    if option != "lr_min":   # lr_min needs the cosine schedule; its bound is the same check
+        TrainingOptions(**{option: 3e38})
+
+
+def test_cli_refuses_a_kl_weight_beyond_float32():
+    assert_one_line_error(run_cli("train", "--kl-weight", "1e308", "--epochs", "1"),
+                          "--kl-weight", "float32")
+
+
+# ----------------------------------------------------- a '#' in a CSV file's name
+# Boundary: csvdata._split_reference, which every CSV reference goes through.
+@pytest.mark.parametrize("name", ["we#ird.csv", "run#3.csv#x.csv"])
+def test_a_hash_in_a_csv_file_name_stays_in_the_path(tmp_path, name):
+    from cupyvae.csvdata import csv_reference, parse_csv_reference
+    from cupyvae.datasets import load_dataset
+    path = tmp_path / name
+    path.write_text("a,b,kind\n" + "".join(f"0.{i},0.5,{'xy'[i % 2]}\n" for i in range(6)))
+    with pytest.raises(ValueError, match="'x' is not a number"):   # read as the file it is
+        load_dataset(str(path))
+    labelled = load_dataset(f"{path}#label=kind")
+    assert labelled.x_train.shape[1] == 2 and labelled.label_names == ("x", "y")
+    assert parse_csv_reference(csv_reference(path, {"label": "kind"})) == (path, {"label": "kind"})
