@@ -45,7 +45,7 @@ CPU_COLUMNS = [
      or "same as default"),
     ("cupyvae / PyTorch same threads", lambda r: _num(r.get(
         "ratio_vs_torch_same_threads", r["ratio_vs_torch_default_threads"]), 2)),
-    ("final train loss cupyvae / PyTorch", lambda r: " / ".join(
+    ("final train loss: cupyvae / PyTorch default / same threads", lambda r: " / ".join(
         f"{r[k]['final_train_loss']:.2f}" for k in ("cupyvae", "torch_default_threads",
                                                     "torch_same_threads") if k in r)),
     ("notes", _cpu_notes),

@@ -590,7 +590,6 @@ def format_epoch(record: dict) -> str:
     return f"epoch {record['epoch']:3d}  {train}{val}  ({record['seconds']:.1f} s)"
 
 
-
 def kept_epoch(path: str | Path) -> tuple[int, float] | None:
     """(epoch, validation loss) of the last epoch a checkpoint file holds; None when the
     file is missing, damaged or holds no validated epoch."""

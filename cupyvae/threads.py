@@ -53,6 +53,9 @@ def default_threads() -> int:
         784-200-20, 1000                1.56x, 1.52x faster   1.8x, 1.9x slower
         784-1024-1024-64, 1024          1.80x, 1.74x faster   1.3x, 1.3x slower
 
+    A third run (2026-11-30, --rounds 3 --steps 50, benchmarks/results/threads-cpu.json):
+    idle 1.43x, 1.35x, 1.49x, 1.69x faster; one core busy 1.5x, 1.3x, 1.8x, 1.3x slower.
+
     One thread's min-max spread over the rounds stayed within 15% of the median; two
     threads' reached 2x with one core busy.  With the VM loaded by other jobs (load average
     8-9), 2 threads were 13-33x slower at batch 100 and 2-7x slower at batch 1000-1024:
