@@ -328,7 +328,7 @@ def plot(run_dir: Path, device: str, checkpoint: str, quiet: bool):
                    "works without a display.")
 @click.option("--at", "at", default=None, metavar="Z1,Z2,...",
               help="Initial latent point, comma-separated [default: the mean of the encoded "
-                   "test set, a code that decodes to a typical example].")
+                   "test set; with separate class clusters it can lie between them].")
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
 @checkpoint_option
 @quiet_option

@@ -20,20 +20,22 @@ def exact(value) -> str:
 
 def nonfinite_problem(x: np.ndarray) -> str | None:
     """None if every value of x (N, ...) is finite, else "has K NaN/inf values (first in
-    example i)": the one wording the API, the CLI and the dataset loaders all use."""
+    example index i, counting from 0)": the one wording the API, the CLI and the dataset
+    loaders all use."""
     bad = ~np.isfinite(x)
     if not bad.any():
         return None
     first = int(np.argmax(bad.reshape(len(x), -1).any(axis=1))) if x.ndim else 0
-    return f"has {int(bad.sum())} NaN/inf values (first in example {first})"
+    return f"has {int(bad.sum())} NaN/inf values (first in example index {first}, counting from 0)"
 
 
 def outside_problem(x: np.ndarray, lo: float, hi: float) -> str | None:
     """None if lo <= x <= hi everywhere, else "has values in [min, max] (first outside
-    [lo, hi] in example i)" with exact digits (x finite, shaped (N, ...))."""
+    [lo, hi] in example index i, counting from 0)" with exact digits (x finite, shaped
+    (N, ...))."""
     low, high = x.min(), x.max()
     if low >= lo and high <= hi:
         return None
     outside = ((x < lo) | (x > hi)).reshape(len(x), -1).any(axis=1)
-    return (f"has values in [{exact(low)}, {exact(high)}] (first outside [{exact(lo)}, {exact(hi)}] "
-            f"in example {int(np.argmax(outside))})")
+    return (f"has values in [{exact(low)}, {exact(high)}] (first outside [{exact(lo)}, "
+            f"{exact(hi)}] in example index {int(np.argmax(outside))}, counting from 0)")

@@ -283,7 +283,7 @@ def test_nan_in_the_data_is_a_one_line_error(tmp_path):
     path = save_npz(tmp_path / "nan.npz", x, y)
     result = run_cli("train", "--data", path, *TINY_MODEL, "--out", tmp_path / "run")
     # the same wording as the API's (cupyvae.numbers.nonfinite_problem), first example named
-    assert_one_line_error(result, "nan.npz", "1 NaN/inf values (first in example 7)")
+    assert_one_line_error(result, "nan.npz", "1 NaN/inf values (first in example index 7, counting from 0)")
     assert not (tmp_path / "run").exists()
 
 
@@ -302,7 +302,7 @@ def test_a_value_just_above_one_is_shown_with_its_digits(tmp_path):
     x[5, 1, 1] = np.float32(1.0000001)      # ":g" printed this as 1: "values in [0, 1]"
     path = save_npz(tmp_path / "edge.npz", x, y)
     result = run_cli("train", "--data", path, *TINY_MODEL, "--out", tmp_path / "run")
-    assert_one_line_error(result, "1.0000001", "first outside [0, 1] in example 5")
+    assert_one_line_error(result, "1.0000001", "first outside [0, 1] in example index 5")
 
 
 def test_truncated_checkpoint_is_a_one_line_error(trained_run, tmp_path):

@@ -528,7 +528,7 @@ def test_nan_in_npy_is_counted(tmp_path):
     array[3, 0] = np.inf
     path = tmp_path / "bad.npy"
     np.save(path, array)
-    with pytest.raises(DatasetError, match=r"bad\.npy.* 2 NaN/inf values \(first in example 1\)"):
+    with pytest.raises(DatasetError, match=r"bad\.npy.* 2 NaN/inf values \(first in example index 1, counting from 0\)"):
         load_dataset(str(path))
 
 

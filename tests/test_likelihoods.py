@@ -365,7 +365,7 @@ def test_discretized_logistic_accepts_float32_grids_and_names_off_grid_values():
         lik.validate_data(x[None, :])
     for bad, value in [(k / 256, "0.00390625"), (np.full(256, 0.5), "0.5")]:
         x = bad.astype(np.float32)[None, :]
-        with pytest.raises(ValueError, match=rf"off the 8-bit grid k/255 \(first: {value}.*example 0, "
+        with pytest.raises(ValueError, match=rf"off the 8-bit grid k/255 \(first: {value}.*example index 0, "
                                               r"element \d+\).*uint8 / 255"):
             lik.validate_data(x, "x_train")
     with pytest.raises(ValueError, match=r"x_train has values in \[0.0, 2.0\].*\[0, 1\]"):
@@ -388,7 +388,7 @@ def test_support_checks(name, needs_unit_interval):
     model = cupyvae.VAE((2, 2), hidden=(4,), likelihood=name)
     x = np.array([[[0.2, -3.0], [12.5, 1.0]]], np.float32)
     if needs_unit_interval:
-        with pytest.raises(ValueError, match=rf"x has values in \[-3.0, 12.5\] \(first outside \[0, 1\] in example 0\) but the {name} likelihood"):
+        with pytest.raises(ValueError, match=rf"x has values in \[-3.0, 12.5\] \(first outside \[0, 1\] in example index 0, counting from 0\) but the {name} likelihood"):
             model.validate_data(x, "x")
     else:
         assert model.validate_data(x, "x").shape == (1, 4)

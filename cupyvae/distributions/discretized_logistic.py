@@ -128,5 +128,6 @@ class DiscretizedLogistic(Likelihood):
             value = float(x[row, col])
             raise ValueError(
                 f"{what} has {int(bad.sum())} values off the 8-bit grid k/255 (first: {value!r} "
-                f"= {value * (LEVELS - 1):.4f}/255 in example {row}, element {col}); the "
+                f"= {value * (LEVELS - 1):.4f}/255 in example index {row}, element {col}, "
+                "counting from 0); the "
                 "discretized-logistic likelihood models 8-bit images scaled as uint8 / 255")
