@@ -366,7 +366,7 @@ def test_discretized_logistic_accepts_float32_grids_and_names_off_grid_values():
     for bad, value in [(k / 256, "0.00390625"), (np.full(256, 0.5), "0.5")]:
         x = bad.astype(np.float32)[None, :]
         with pytest.raises(ValueError, match=rf"off the 8-bit grid k/255 \(first: {value}.*example index 0, "
-                                              r"element \d+\).*uint8 / 255"):
+                                              r"element \d+, counting from 0\).*uint8 / 255"):
             lik.validate_data(x, "x_train")
     with pytest.raises(ValueError, match=r"x_train has values in \[0.0, 2.0\].*\[0, 1\]"):
         lik.validate_data(np.array([[0.0, 2.0]], np.float32), "x_train")
