@@ -400,6 +400,7 @@ class RunLock:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self._fd: int | None = None
         path = self.folder / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
                      | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -415,7 +416,7 @@ class RunLock:
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd: int | None = fd
+        self._fd = fd
 
     @property
     def held(self) -> bool:
