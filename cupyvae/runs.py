@@ -444,15 +444,6 @@ def _lock_holder(fd: int) -> str:
     return text if text.isdigit() else "unknown"
 
 
-def _holding_lock(lock: "RunLock", work: Callable[[], Any]) -> Any:
-    """work(), releasing `lock` if it raises (the Run it returns keeps the lock)."""
-    try:
-        return work()
-    except BaseException:
-        lock.release()
-        raise
-
-
 def check_output_path(path: Path, suffixes) -> Path:
     """Refuse, before any work, a file the user asked a command to write (sample -o, encode
     -o, explore --save) that (1) does not end in one of `suffixes` (the writers'), (2) is
@@ -672,36 +663,26 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
     _refuse_occupied_folder(folder, force)
     # An existing folder is locked before any work; a new one once it is created.
     lock = RunLock(folder) if folder.is_dir() else None
-    if lock is None:
-        return _start_new_run(folder, model_options, training, run_options, force, lock)
-    return _holding_lock(lock, lambda: _start_new_run(folder, model_options, training,
-                                                      run_options, force, lock))
-
-
-def _start_new_run(folder: Path, model_options: dict, training: TrainingOptions,
-                   run_options: RunOptions, force: bool, lock: RunLock | None) -> Run:
-    check_before_data(model_options, training)
-    dataset = load_dataset(run_options.data)
-    model = VAE(dataset.data_shape, **model_options, device=run_options.device,
-                execution=run_options.execution_mode)
-    model.validate_training_options(training)      # e.g. free bits this model cannot have
-    x_train, x_val, summary = _training_data(model, dataset, training, run_options)
-    config = RunConfig(model=model.config, training=training, run=run_options, dataset=summary,
-                       device_used=model.device)
-    folder.mkdir(parents=True, exist_ok=True)
-    if lock is None:
-        lock = RunLock(folder)
-        return _holding_lock(lock, lambda: _write_new_run(folder, config, force, lock, model,
-                                                          dataset, x_train, x_val))
-    return _write_new_run(folder, config, force, lock, model, dataset, x_train, x_val)
-
-
-def _write_new_run(folder: Path, config: RunConfig, force: bool, lock: RunLock, *run) -> Run:
-    _refuse_occupied_folder(folder, force)   # again, under the lock: a run may have begun since
-    remove_stale_temporaries(lock)
-    _clear_run_files(folder)
-    config.write(folder)
-    return Run(folder, config, *run, lock=lock)
+    try:
+        check_before_data(model_options, training)
+        dataset = load_dataset(run_options.data)
+        model = VAE(dataset.data_shape, **model_options, device=run_options.device,
+                    execution=run_options.execution_mode)
+        model.validate_training_options(training)      # e.g. free bits this model cannot have
+        x_train, x_val, summary = _training_data(model, dataset, training, run_options)
+        config = RunConfig(model=model.config, training=training, run=run_options,
+                           dataset=summary, device_used=model.device)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = lock or RunLock(folder)
+        _refuse_occupied_folder(folder, force)   # again, under the lock: a run may have begun
+        remove_stale_temporaries(lock)
+        _clear_run_files(folder)
+        config.write(folder)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Run(folder, config, model, dataset, x_train, x_val, lock=lock)
 
 
 def check_before_data(model_options: dict, training: TrainingOptions) -> None:
@@ -721,7 +702,11 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     folder = Path(folder)
     stored = read_config(folder)
     lock = RunLock(folder)
-    run = _holding_lock(lock, lambda: _resume(folder, stored, changes, lock))
+    try:
+        run = _resume(folder, stored, changes, lock)
+    except BaseException:
+        lock.release()
+        raise
     if run is None:
         lock.release()
     return run

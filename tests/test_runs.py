@@ -332,6 +332,11 @@ def test_the_lock_is_held_from_start_to_the_end_of_training(tiny_npz, tmp_path):
     runs.RunLock(run.folder).release()
     assert runs.resume_run(run.folder, {"epochs": 1}) is None        # nothing to train ...
     runs.RunLock(run.folder).release()                                # ... and the lock is free
+    with pytest.raises(ValueError, match="missing.npy"):             # a refused start ...
+        runs.start_run(run.folder, TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                       runs.RunOptions(data=str(tmp_path / "missing.npy"), device="cpu"),
+                       force=True)
+    runs.RunLock(run.folder).release()                                # ... lets it go too
 
 
 def test_temporaries_are_removed_only_under_the_lock(tmp_path):
