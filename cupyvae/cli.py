@@ -282,6 +282,9 @@ def encode(run_dir: Path, output: Path, data, split: str, sample: bool, device: 
     with user_errors(), device_notice(not quiet):      # encode_run checks -o before any work
         result = runs.encode_run(run_dir, output, data=data, split=split, sample=sample,
                                  device=device, checkpoint=checkpoint, reporter=console(quiet))
+    for stale in result["removed"]:
+        click.echo(f"removed {stale}: the labels of an earlier encode, not of these codes",
+                   err=True)
     labels = " with labels" if result["labels"] else ""
     click.echo(f"wrote {result['examples']} {result['codes']} ({result['latent_dim']}-D){labels} "
                f"of {result['dataset']} ({result['split']}) to {', '.join(result['files'])}")
@@ -341,6 +344,8 @@ def explore(run_dir: Path, save, at, device: str, checkpoint: str, quiet: bool):
     with user_errors(), device_notice(False):
         if save is None:
             _require_display()   # before loading anything: fail fast
+        else:
+            runs.check_output_path(save, (".png",))
         config, model = runs.load_run(run_dir, device, checkpoint=checkpoint)
         z = _parse_latent_point(at, model.config.latent_dim)
         codes = runs.data_codes(config, model, reporter=reporter)

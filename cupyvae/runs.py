@@ -9,12 +9,19 @@
     *.png                    the plots (cupyvae.plots.PLOT_FILES)
     evaluation.json          written by `evaluate`
     samples-<n>.png          written by `sample` unless it is given another file
+    .cupyvae.lock            locked (fcntl.flock) by the process that trains the run; never removed
 
 Every file is written through cupyvae.files.write_atomic, and every file is validated when
 it is read: config.json by the same frozen dataclasses the API uses (VAEConfig,
 TrainingOptions, RunOptions), so a hand-edited `"limit": -5990` or `"binarize": "no"` is
 refused naming the field, and the checkpoint by cupyvae.checkpoint.  A killed run leaves at
-most a temporary file behind, which the next run in the folder removes.
+most a temporary file behind, which the next run in the folder removes.  One process at a time
+trains a run folder: start_run and resume_run take its lock (RunLock), and Run.train releases
+it; a second process is refused with RunInUse before any work.
+
+The files a command writes where the user says (sample -o, encode -o, explore --save) pass
+check_output_path: the suffix its writer needs, a folder that exists, and never one of
+cupyvae's own files inside a run folder.
 
 The CLI (cupyvae.cli) only parses the command line and calls these functions:
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -66,6 +74,7 @@ BEST_CHECKPOINT_FILE = best_checkpoint_path(CHECKPOINT_FILE).name
 CHECKPOINTS = ("best", "last")   # which checkpoint the commands that use a trained run load
 METRICS_FILE = "metrics.csv"
 EVALUATION_FILE = "evaluation.json"
+LOCK_FILE = ".cupyvae.lock"
 RUN_FORMAT = 2          # config.json layout; format 1 (no "run" section) is still read
 DEFAULT_DATA = "fashion-mnist"
 EXECUTIONS = ("auto", "eager", "graph")
@@ -73,6 +82,10 @@ EXECUTIONS = ("auto", "eager", "graph")
 
 class RunError(ValueError):
     """A problem with a run folder that the user can fix; the message says how."""
+
+
+class RunInUse(RunError):
+    """Another process holds the run folder's lock (it is training the run)."""
 
 
 class RunInterrupted(Exception):
@@ -263,11 +276,16 @@ def load_run(folder: Path, device: str = "auto", execution: str | None = None,
 def checkpoint_path(folder: Path, checkpoint: str = "last") -> Path:
     """The file of checkpoint "last" or "best" (see load_run).  RunError when the best
     file does not hold the best epoch of the last checkpoint's history (a run resumed
-    without --patience, say, trained past it)."""
+    without --patience, say, trained past it), or when a run trained with patience lost
+    it (missing, or not a file) while its best epoch is not the last: the last checkpoint
+    is then not the best model, and silently using it would mislead."""
     if checkpoint not in CHECKPOINTS:
         raise RunError(f"checkpoint {checkpoint!r}: choose one of {', '.join(CHECKPOINTS)}")
     best, last = Path(folder) / BEST_CHECKPOINT_FILE, Path(folder) / CHECKPOINT_FILE
-    if checkpoint == "last" or not best.is_file():
+    if checkpoint == "last":
+        return last
+    if not best.is_file():
+        _refuse_lost_best(Path(folder), last)
         return last
     history = _checkpoint_history(last)
     wanted = None if history is None else best_epoch(history)
@@ -278,6 +296,49 @@ def checkpoint_path(folder: Path, checkpoint: str = "last") -> Path:
                        f"{wanted[0]} (it was not kept up to date: the run was continued without "
                        "--patience, or stopped between writing the two); use --checkpoint last")
     return best
+
+
+def _refuse_lost_best(folder: Path, last: Path) -> None:
+    """RunError when the run trained with patience and its best epoch, an earlier one
+    than the last checkpoint's, has no best checkpoint file."""
+    if read_config(folder).training.patience is None:
+        return      # no best model was ever kept: "best" is the last
+    history = _checkpoint_history(last)
+    wanted = None if history is None else best_epoch(history)
+    if wanted is None or wanted[0] == history["epoch"][-1]:
+        return      # the last checkpoint is the best epoch's model
+    raise RunError(_lost_best_message(folder, wanted))
+
+
+def _best_file_state(best: Path) -> str:
+    if not os.path.lexists(best):
+        return "does not exist"
+    if not best.is_file():
+        return "is not a file"
+    kept = kept_epoch(best)
+    return f"holds epoch {kept[0]}" if kept else "is unreadable"
+
+
+def _lost_best_message(folder: Path, wanted: tuple[int, float]) -> str:
+    """What is lost when a patience run's best checkpoint is, and what the user can do."""
+    best = folder / BEST_CHECKPOINT_FILE
+    return (f"{best} {_best_file_state(best)}: the model of the run's best epoch {wanted[0]} "
+            f"(validation loss {wanted[1]:.4f}) is lost; use --checkpoint last for the last "
+            "epoch's model")
+
+
+def _unresumable_patience(folder: Path, wanted: tuple[int, float], added: bool) -> str:
+    """Why a resume with patience cannot continue, with advice the CLI can follow: patience
+    given anew can be left out again; the run's own patience is kept on resume (there is no
+    flag to unset it), so only a new run trains on with early stopping."""
+    best = folder / BEST_CHECKPOINT_FILE
+    why = ("epochs trained without patience keep no best model" if added else "it was lost")
+    advice = ("resume without --patience, or start a new run with it" if added else
+              "--checkpoint last still evaluates, samples, encodes and plots the last epoch; "
+              "to train on with early stopping, start a new run (another --out)")
+    return (f"--patience: the best epoch so far is epoch {wanted[0]} (validation loss "
+            f"{wanted[1]:.4f}), but its model was not kept ({best} {_best_file_state(best)}: "
+            f"{why}), so early stopping could not return it; {advice}")
 
 
 # ---------------------------------------------------------------------- writing
@@ -303,12 +364,15 @@ def run_files() -> list[str]:
             *PLOT_FILES.values()]
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(lock: "RunLock") -> list[Path]:
     """Delete the temporary files that killed writers of our run files left behind
-    (write_atomic names them `.<file>.<random>.tmp`); returns what was removed."""
+    (write_atomic names them `.<file>.<random>.tmp`); returns what was removed.  Only
+    under the folder's lock: another process's temporaries are in flight, not stale."""
+    if not lock.held:
+        raise RuntimeError(f"removing temporaries in {lock.folder} needs its lock")
     removed = []
     for name in run_files():
-        for path in Path(folder).glob(f".{name}.*.tmp"):
+        for path in lock.folder.glob(f".{name}.*.tmp"):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -322,6 +386,98 @@ def _clear_run_files(folder: Path) -> None:
     for path in folder.glob("samples-*.png"):
         if path.name[len("samples-"):-len(".png")].isdigit():
             path.unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive fcntl.flock on `folder`/.cupyvae.lock, taken without waiting: RunInUse
+    ("RUN is in use by another cupyvae process (pid N)") when another process holds it.
+
+    The kernel releases a flock when its process dies, however it dies, so there is no
+    stale lock to clean up.  The lock file is never removed (removing it would let a
+    second process lock a new file while the first still holds the old one) and is not
+    written through write_atomic: the lock belongs to the file's inode, which a rename
+    would replace.  It holds the holder's pid, for the message."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._fd: int | None = None
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunInUse(f"{self.folder} is in use by another cupyvae process "
+                           f"(pid {holder}); wait for it to finish, or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)      # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid the holder wrote into the lock file ("unknown" in the instant between its
+    lock and its write)."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+def check_output_path(path: Path, suffixes) -> Path:
+    """Refuse, before any work, a file the user asked a command to write (sample -o, encode
+    -o, explore --save) that (1) does not end in one of `suffixes` (the writers'), (2) is
+    in a folder that does not exist (nothing creates folders behind a typo), or (3) is one
+    of cupyvae's own files in a run folder (config.json, a checkpoint, metrics.csv, a plot:
+    run_files(), or the lock).  RunError names the path and the problem; returns `path`."""
+    path = Path(path)
+    suffixes = list(suffixes)
+    if not path.name:
+        raise RunError(f"{str(path)!r} is not a file name; the file must end in "
+                       f"{' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise RunError(f"{path}: the file must end in {' or '.join(suffixes)}")
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise RunError(f"{path}: the folder {folder} {problem} (create it first)")
+    refuse_run_file(path)
+    return path
+
+
+def refuse_run_file(path: Path) -> None:
+    """RunError when `path` is one of cupyvae's own files inside a run folder (a folder
+    with a config.json or a checkpoint): writing there would destroy the run."""
+    path = Path(path)
+    own = {name.casefold() for name in (*run_files(), LOCK_FILE)}
+    if path.name.casefold() not in own or not is_run_folder(path.parent):
+        return
+    raise RunError(f"{path} is a file of the run in {path.parent} (cupyvae's own "
+                   f"{path.name}); writing there would destroy it: choose another file name")
+
+
+def is_run_folder(folder: Path) -> bool:
+    return any(os.path.lexists(Path(folder) / name) for name in (CONFIG_FILE, CHECKPOINT_FILE))
 
 
 def rerun_command(config: RunConfig, folder: Path) -> str:
@@ -374,13 +530,14 @@ class Run:
 
     `x_val` is the test split used for validation, or None: either the dataset has no
     test split, or validation is the val_fraction split that fit takes from x_train
-    (config.dataset says which)."""
+    (config.dataset says which).  `lock`: the folder's RunLock, held until train ends."""
     folder: Path
     config: RunConfig
     model: VAE
     dataset: Dataset
     x_train: np.ndarray
     x_val: np.ndarray | None
+    lock: RunLock | None = None
 
     @property
     def validated(self) -> bool:
@@ -392,7 +549,15 @@ class Run:
         it), then write the plots (of the best epoch's model when one was kept).
 
         Raises RunInterrupted on Ctrl-C or SIGTERM (the checkpoint of the last complete epoch
-        is kept) and RunError when the loss diverges."""
+        is kept) and RunError when the loss diverges.  Releases the folder's lock at the end,
+        however it ends."""
+        try:
+            self._train(reporter)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _train(self, reporter: Reporter) -> None:
         done, target = len(self.model.history["epoch"]), self.config.training.epochs
         reporter.message(f"training {self.model!r} on {self.dataset.name}: "
                          f"{self.config.dataset['train_examples']} examples, validation on "
@@ -496,19 +661,28 @@ def start_run(folder: Path | None, model_options: dict, training: TrainingOption
         training = training.replace(threads=default_threads())
     folder = Path(folder) if folder is not None else default_run_folder(run_options.data)
     _refuse_occupied_folder(folder, force)
-    check_before_data(model_options, training)
-    dataset = load_dataset(run_options.data)
-    model = VAE(dataset.data_shape, **model_options, device=run_options.device,
-                execution=run_options.execution_mode)
-    model.validate_training_options(training)      # e.g. free bits this model cannot have
-    x_train, x_val, summary = _training_data(model, dataset, training, run_options)
-    config = RunConfig(model=model.config, training=training, run=run_options, dataset=summary,
-                       device_used=model.device)
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)
-    _clear_run_files(folder)
-    config.write(folder)
-    return Run(folder, config, model, dataset, x_train, x_val)
+    # An existing folder is locked before any work; a new one once it is created.
+    lock = RunLock(folder) if folder.is_dir() else None
+    try:
+        check_before_data(model_options, training)
+        dataset = load_dataset(run_options.data)
+        model = VAE(dataset.data_shape, **model_options, device=run_options.device,
+                    execution=run_options.execution_mode)
+        model.validate_training_options(training)      # e.g. free bits this model cannot have
+        x_train, x_val, summary = _training_data(model, dataset, training, run_options)
+        config = RunConfig(model=model.config, training=training, run=run_options,
+                           dataset=summary, device_used=model.device)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = lock or RunLock(folder)
+        _refuse_occupied_folder(folder, force)   # again, under the lock: a run may have begun
+        remove_stale_temporaries(lock)
+        _clear_run_files(folder)
+        config.write(folder)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Run(folder, config, model, dataset, x_train, x_val, lock=lock)
 
 
 def check_before_data(model_options: dict, training: TrainingOptions) -> None:
@@ -527,6 +701,18 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     stored ones (RunError names the first that does)."""
     folder = Path(folder)
     stored = read_config(folder)
+    lock = RunLock(folder)
+    try:
+        run = _resume(folder, stored, changes, lock)
+    except BaseException:
+        lock.release()
+        raise
+    if run is None:
+        lock.release()
+    return run
+
+
+def _resume(folder: Path, stored: RunConfig, changes: dict, lock: RunLock) -> Run | None:
     _refuse_changed_options(stored, changes)
     if not os.path.lexists(folder / CHECKPOINT_FILE):   # anything else there: load_run says what
         raise RunError(f"{folder} has no {CHECKPOINT_FILE}: no epoch was completed; "
@@ -542,17 +728,18 @@ def resume_run(folder: Path, changes: dict) -> Run | None:
     if training.patience is not None:
         try:    # before loading the data: is the best epoch's model kept (or this one)?
             model.sync_best_checkpoint(folder / CHECKPOINT_FILE)
-        except ValueError as exc:
-            raise RunError(f"--{exc}") from None
+        except ValueError:
+            raise RunError(_unresumable_patience(folder, best_epoch(model.history),
+                                                 added=stored.training.patience is None)) from None
     dataset = load_dataset(run_options.data)
     x_train, x_val, summary = _training_data(model, dataset, training, run_options)
     _refuse_changed_data(folder, run_options.data, config.dataset, summary)
     config = RunConfig(model=config.model, training=training, run=run_options,
                        dataset={**summary, **config.dataset},   # older runs gain the digests
                        device_used=model.device)
-    remove_stale_temporaries(folder)
+    remove_stale_temporaries(lock)
     config.write(folder)
-    return Run(folder, config, model, dataset, x_train, x_val)
+    return Run(folder, config, model, dataset, x_train, x_val, lock=lock)
 
 
 def finished_message(folder: Path, changes: dict) -> str:
@@ -608,7 +795,7 @@ def shown(value) -> str:
 def _refuse_occupied_folder(folder: Path, force: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise RunError(f"--out {folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not force:
+    if folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir()) and not force:
         raise RunError(f"run folder {folder} already exists and is not empty; use --resume "
                        "to continue it, --force to overwrite it, or another --out")
 
@@ -781,12 +968,14 @@ def encode_run(folder: Path, output: Path, data: str | None = None, split: str =
     evaluate_run).
 
     output FILE.npy: the codes; labels, where the dataset has them, go beside it to
-    FILE.labels.npy (int64).  FILE.csv: a header z1,...,zK[,label[,label_name]] and one row
-    per example.  Returns a summary (examples, files written, ...)."""
-    output = Path(output)
-    writer = CODE_WRITERS.get(output.suffix.lower())
-    if writer is None:
-        raise RunError(f"{output}: the file must end in {' or '.join(CODE_WRITERS)}")
+    FILE.labels.npy (int64); where it has none, an old FILE.labels.npy is removed, so it
+    never poses as the labels of these codes.  FILE.csv: a header z1,...,zK[,label[,label_name]]
+    and one row per example.  `output` (and FILE.labels.npy) pass check_output_path.
+    Returns a summary (examples, files written, a stale labels file removed, ...)."""
+    output = check_output_path(output, CODE_WRITERS)
+    writer = CODE_WRITERS[output.suffix.lower()]
+    if output.suffix.lower() == ".npy":
+        refuse_run_file(labels_path(output))
     if split not in ENCODE_SPLITS:
         raise RunError(f"split {split!r}: choose one of {', '.join(ENCODE_SPLITS)}")
     reporter = reporter or Reporter()
@@ -804,10 +993,13 @@ def encode_run(folder: Path, output: Path, data: str | None = None, split: str =
     if names is None:
         from .plots import KNOWN_LABEL_NAMES
         names = KNOWN_LABEL_NAMES.get(dataset.name)
+    stale = labels_path(output)
+    stale = stale if output.suffix.lower() == ".npy" and y is None and stale.is_file() else None
     written = writer(output, codes, y, names)
     return {"dataset": dataset.name, "split": split, "examples": len(codes), "codes": kind,
             "latent_dim": codes.shape[1], "labels": y is not None,
-            "files": [str(path) for path in written]}
+            "files": [str(path) for path in written],
+            "removed": [] if stale is None else [str(stale)]}
 
 
 def _split_examples(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -828,12 +1020,16 @@ def labels_path(output: Path) -> Path:
 
 
 def _write_codes_npy(output: Path, codes: np.ndarray, y, _names) -> list[Path]:
-    written = []
-    if y is not None:
-        write_atomic(labels_path(output), _npy_bytes(np.asarray(y, np.int64)))
-        written.append(labels_path(output))
+    """The old labels file goes first and the new one comes last, so that no moment (an
+    interrupt between the writes) pairs codes with labels that are not theirs."""
+    labels = labels_path(output)
+    if labels.is_file() or labels.is_symlink():
+        labels.unlink()
     write_atomic(output, _npy_bytes(codes))
-    return [output, *written]
+    if y is None:
+        return [output]
+    write_atomic(labels, _npy_bytes(np.asarray(y, np.int64)))
+    return [output, labels]
 
 
 def _write_codes_csv(output: Path, codes: np.ndarray, y, names) -> list[Path]:
@@ -888,11 +1084,11 @@ def default_samples_path(folder: Path, n: int) -> Path:
 def write_samples(folder: Path, n: int, output: Path | None = None, seed: int | None = None,
                   device: str = "auto", checkpoint: str = "best") -> Path:
     """n prior samples of the run's model, decoded, as FILE.npy (the array) or FILE.png;
-    default default_samples_path (a PNG inside the run folder)."""
-    output = default_samples_path(folder, n) if output is None else Path(output)
-    writer = SAMPLE_WRITERS.get(output.suffix.lower())
-    if writer is None:
-        raise RunError(f"{output}: the file must end in {' or '.join(SAMPLE_WRITERS)}")
+    default default_samples_path (a PNG inside the run folder).  A given `output` passes
+    check_output_path (RunError before any work)."""
+    output = (default_samples_path(folder, n) if output is None
+              else check_output_path(output, SAMPLE_WRITERS))
+    writer = SAMPLE_WRITERS[output.suffix.lower()]
     config, model = load_run(folder, device, checkpoint=checkpoint)
 
     def view():

@@ -343,3 +343,51 @@ def test_a_hash_in_a_csv_file_name_stays_in_the_path(tmp_path, name):
     labelled = load_dataset(f"{path}#label=kind")
     assert labelled.x_train.shape[1] == 2 and labelled.label_names == ("x", "y")
     assert parse_csv_reference(csv_reference(path, {"label": "kind"})) == (path, {"label": "kind"})
+
+
+# ----------------------------------------------------- output paths the user gives
+# Boundary: runs.check_output_path, the one check of sample -o, encode -o and explore --save:
+# the writer's suffix, a folder that exists, never one of cupyvae's own files in a run folder.
+def test_no_output_path_may_be_a_runs_own_file(tmp_path):
+    from pathlib import Path
+
+    from cupyvae import runs
+    run = tmp_path / "run"
+    (run / "sub").mkdir(parents=True)
+    (run / runs.CONFIG_FILE).write_text("{}")
+    for name in [*runs.run_files(), runs.LOCK_FILE]:
+        suffix = [Path(name).suffix]
+        for path in (run / name, run / "sub" / ".." / name, run / name.upper()):
+            with pytest.raises(runs.RunError, match="file of the run"):
+                runs.check_output_path(path, suffix)
+        assert runs.check_output_path(tmp_path / name, suffix) == tmp_path / name  # no run here
+    assert runs.check_output_path(run / "samples-64.png", [".png"])   # sample's own default
+
+
+@pytest.mark.parametrize("command, flag, target, fragment", [
+    ("explore", "--save", "config.json", "must end in .png"),
+    ("explore", "--save", "checkpoint.safetensors", "must end in .png"),
+    ("explore", "--save", "latent.png", "file of the run"),
+    ("sample", "-o", "manifold.png", "file of the run"),
+    ("encode", "-o", "metrics.csv", "file of the run")])
+def test_cli_writers_refuse_the_runs_own_files(trained_run, command, flag, target, fragment):
+    path = trained_run / target
+    before = path.read_bytes()
+    assert_one_line_error(run_cli(command, trained_run, flag, path, "--device", "cpu"),
+                          str(path), fragment)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("command, flag, name, fragment", [
+    ("explore", "--save", "x.txt", "must end in .png"), ("explore", "--save", "e1", ".png"),
+    ("explore", "--save", "e1.pdf", ".png"), ("explore", "--save", "", "is not a file name"),
+    ("explore", "--save", "missing/e.png", "folder"), ("sample", "-o", "missing/x.png", "folder"),
+    ("encode", "-o", "missing/c.csv", "folder")])
+def test_cli_writers_refuse_a_wrong_suffix_or_a_missing_folder(trained_run, tmp_path, command,
+                                                               flag, name, fragment):
+    target = str(tmp_path / name) if name else ""
+    line = assert_one_line_error(run_cli(command, trained_run, flag, target, "--device", "cpu"),
+                                 fragment)
+    if "missing" in name:
+        assert f"{tmp_path / 'missing'} does not exist" in line
+    assert list(tmp_path.iterdir()) == []           # nothing written, no folder created

@@ -4,6 +4,7 @@ Hand-edited config.json files, old-format run folders, killed writers' temporary
 SIGTERM, and the command line generated from the option fields.
 """
 import dataclasses
+import re
 import json
 import os
 import shlex
@@ -291,3 +292,81 @@ def test_a_limit_above_the_training_set_is_noted(tiny_npz, tmp_path):
             messages.append(text)
     run.train(Collect())
     assert any("--limit 999 caps nothing" in m and "has 50 examples" in m for m in messages), messages
+
+
+# ---------------------------------------------------------------------- one process per run
+HOLD_LOCK = ("import sys; from cupyvae import runs; lock = runs.RunLock(sys.argv[1]); "
+             "print('locked', flush=True); sys.stdin.read()")
+
+
+def test_a_run_in_use_by_another_process_is_refused_before_any_work(trained, tiny_npz):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(trained)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = {path.name: path.read_bytes() for path in trained.iterdir()}
+        in_use = f"{trained} is in use by another cupyvae process (pid {holder.pid})"
+        with pytest.raises(runs.RunInUse, match=re.escape(in_use)):
+            runs.resume_run(trained, {"epochs": 2})
+        with pytest.raises(runs.RunInUse, match=re.escape(in_use)):
+            runs.start_run(trained, TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                           runs.RunOptions(data=str(tiny_npz), device="cpu"), force=True)
+        from click.testing import CliRunner
+        result = CliRunner().invoke(main, ["train", "--resume", "--out", str(trained),
+                                           "--epochs", "2", "-q"])
+        assert result.exit_code == 1 and in_use in result.output, result.output
+        assert {path.name: path.read_bytes() for path in trained.iterdir()} == before
+    finally:
+        holder.kill()      # however a holder dies, the kernel releases its flock
+        holder.wait()
+    runs.resume_run(trained, {"epochs": 2}).train(runs.Reporter())
+    assert runs.load_run(trained, "cpu")[1].history["epoch"] == [1, 2]
+
+
+def test_the_lock_is_held_from_start_to_the_end_of_training(tiny_npz, tmp_path):
+    run = runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                         runs.RunOptions(data=str(tiny_npz), device="cpu"))
+    with pytest.raises(runs.RunInUse, match=f"pid {os.getpid()}"):   # flock is per open file
+        runs.RunLock(run.folder)
+    run.train(runs.Reporter())
+    runs.RunLock(run.folder).release()
+    assert runs.resume_run(run.folder, {"epochs": 1}) is None        # nothing to train ...
+    runs.RunLock(run.folder).release()                                # ... and the lock is free
+    with pytest.raises(ValueError, match="missing.npy"):             # a refused start ...
+        runs.start_run(run.folder, TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                       runs.RunOptions(data=str(tmp_path / "missing.npy"), device="cpu"),
+                       force=True)
+    runs.RunLock(run.folder).release()                                # ... lets it go too
+
+
+def test_temporaries_are_removed_only_under_the_lock(tmp_path):
+    lock = runs.RunLock(tmp_path)
+    in_flight = tmp_path / ".checkpoint.safetensors.abc.tmp"
+    in_flight.write_bytes(b"partial")
+    lock.release()
+    with pytest.raises(RuntimeError, match="needs its lock"):
+        runs.remove_stale_temporaries(lock)
+    assert in_flight.exists()
+
+
+def test_a_folder_holding_only_a_lock_file_is_empty(tiny_npz, tmp_path):
+    (tmp_path / "run").mkdir()
+    runs.RunLock(tmp_path / "run").release()            # what an earlier process leaves
+    runs.start_run(tmp_path / "run", TINY_MODEL, TrainingOptions(epochs=1, batch_size=10),
+                   runs.RunOptions(data=str(tiny_npz), device="cpu")).train(runs.Reporter())
+    assert (tmp_path / "run" / runs.CONFIG_FILE).is_file()
+
+
+# ---------------------------------------------------------------------- encode
+def test_encode_never_leaves_labels_that_are_not_those_of_the_codes(trained, tiny_npz, tmp_path):
+    x = np.load(tiny_npz)["x_train"]
+    labelled = tmp_path / "labelled.npz"
+    np.savez(labelled, x_train=x[:30], y_train=np.arange(30) % 3, x_test=x[30:40],
+             y_test=np.arange(10) % 3)
+    out = tmp_path / "zz.npy"
+    first = runs.encode_run(trained, out, data=str(labelled), device="cpu")
+    assert first["labels"] and runs.labels_path(out).is_file() and first["removed"] == []
+    second = runs.encode_run(trained, out, data=str(tiny_npz), device="cpu")   # no labels
+    assert not second["labels"] and not runs.labels_path(out).exists()
+    assert second["removed"] == [str(runs.labels_path(out))]
+    assert np.load(out).shape == (60, 2)

@@ -306,3 +306,37 @@ def test_fit_and_a_run_refuse_a_batch_larger_than_the_training_set_alike(tmp_pat
         runs.start_run(tmp_path / "run", {"hidden": (8,)}, TrainingOptions(batch_size=71),
                        runs.RunOptions(data=str(tiny_npz), device="cpu"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lost_best_model_of_a_patience_run_is_refused_not_replaced_by_the_last(
+        tmp_path, tiny_npz, scripted_val_loss):
+    scripted_val_loss.extend([5.0, 3.0, 4.0])          # best epoch 2; patience 5: no stop
+    start(tmp_path, tiny_npz, epochs=3, patience=5).train(runs.Reporter())
+    folder = tmp_path / "run"
+    best = folder / runs.BEST_CHECKPOINT_FILE
+    assert cupyvae.load(best).history["epoch"] == [1, 2]
+    best.unlink()
+    with pytest.raises(runs.RunError, match=r"best\.safetensors does not exist: the model of the "
+                                            r"run's best epoch 2 .*use --checkpoint last"):
+        runs.load_run(folder, "cpu", checkpoint="best")
+    best.mkdir()
+    with pytest.raises(runs.RunError, match=r"best\.safetensors is not a file: .* epoch 2"):
+        runs.checkpoint_path(folder, "best")
+    assert runs.checkpoint_path(folder, "last").name == runs.CHECKPOINT_FILE
+    # Resuming inherits the patience, which no flag unsets: the advice must be followable.
+    with pytest.raises(runs.RunError) as error:
+        runs.resume_run(folder, {"epochs": 5})
+    message = str(error.value)
+    assert "is not a file" in message and "does not exist" not in message
+    assert "--checkpoint last" in message and "start a new run" in message
+    assert "without --patience" not in message
+    runs.RunLock(folder).release()                     # the refused resume let its lock go
+
+
+def test_a_missing_best_model_whose_epoch_is_the_last_is_the_last_checkpoint(
+        tmp_path, tiny_npz, scripted_val_loss):
+    scripted_val_loss.extend([5.0, 4.0])               # best = last: killed before writing best
+    start(tmp_path, tiny_npz, epochs=2, patience=5).train(runs.Reporter())
+    folder = tmp_path / "run"
+    (folder / runs.BEST_CHECKPOINT_FILE).unlink()
+    assert runs.checkpoint_path(folder, "best").name == runs.CHECKPOINT_FILE
