@@ -16,11 +16,11 @@ from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
-from .memory import require_memory
+from .memory import require_memory, require_training_memory
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .options import check_argument, integer_at_least, positive_int
+from .options import check_argument, integer_at_least, positive_int, sample_count
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
@@ -201,8 +201,12 @@ class VAE:
     def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
         """`options` if this model can train with them on its device, else ValueError naming
         the problem (free bits without a per-dimension KL, IWAE without a reparameterizable
-        posterior, an objective the kernel devices do not run yet)."""
-        self._objective(options)
+        posterior, an objective the kernel devices do not run yet), or MemoryLimitError
+        naming batch_size / iw_samples / hidden when one training step cannot fit in memory
+        (cupyvae.memory.require_training_memory)."""
+        objective = self._objective(options)
+        require_training_memory(self.spec, options, objective.noise_rows(options.batch_size),
+                                self.spec.layout.size * 4 * PARAMETER_BUFFERS)
         return options
 
     def _objective(self, options: TrainingOptions) -> Objective:
@@ -403,9 +407,10 @@ class VAE:
         `importance_rows`; an example with more samples in several chunks): on the kernel
         devices with the log-sum-exp on the device, read back once as one float64 per
         example (KernelExecutor.log_likelihood).  `progress(n)` is called as each group of
-        n examples is done (the n sum to len(x), like fit's progress).  ValueError for a
-        bad n_samples."""
-        n_samples = check_argument("n_samples", n_samples, positive_int)
+        n examples is done (the n sum to len(x), like fit's progress).  OptionError (a
+        ValueError) for an n_samples that is no integer in [1, 2^32 - 1] (the sample index
+        keys Philox as a uint32)."""
+        n_samples = check_argument("n_samples", n_samples, sample_count)
         x = self.validate_data(x, "x")
         return self._executor.log_likelihood(x, n_samples, progress=progress)
 
