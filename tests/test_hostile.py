@@ -386,6 +386,28 @@ def test_npz_uint64_labels_that_would_wrap_are_refused(tmp_path):
         load_dataset(str(tmp_path / "d.npz"))
 
 
+@pytest.mark.parametrize("member, content, fragment", [
+    ("x_train.npy", b"garbage", "member x_train.npy is not a valid .npy array (it starts b'garbage')"),
+    ("y_train.npy", b"", "member y_train.npy is not a valid .npy array (it is empty)"),
+    ("x_test", b"raw", "member x_test is not a valid .npy array"),
+], ids=["garbage", "empty", "no-suffix"])
+def test_an_npz_member_that_is_no_npy_array_is_named(tmp_path, member, content, fragment):
+    # np.load hands such a member back as raw bytes; the loader must not take them for data.
+    import io
+    import re
+    import zipfile
+    from cupyvae.datasets import DatasetError, load_dataset
+    good = io.BytesIO()
+    np.save(good, np.random.default_rng(0).random((4, 3)).astype(np.float32))
+    path = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        if member != "x_train.npy":
+            archive.writestr("x_train.npy", good.getvalue())
+        archive.writestr(member, content)
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(path))}: {re.escape(fragment)}"):
+        load_dataset(str(path))
+
+
 # ----------------------------------------------------- a checkpoint that is no file
 # Boundary: checkpoint.read_checkpoint (every load), which resume now reaches too.
 @pytest.mark.parametrize("make, fragment", [
