@@ -477,3 +477,51 @@ def test_a_hash_in_a_csv_file_name_stays_in_the_path(tmp_path, name):
     labelled = load_dataset(f"{path}#label=kind")
     assert labelled.x_train.shape[1] == 2 and labelled.label_names == ("x", "y")
     assert parse_csv_reference(csv_reference(path, {"label": "kind"})) == (path, {"label": "kind"})
+
+
+# ----------------------------------------------------- arguments checked before the work
+# Boundaries: VAE.fit's checkpoint path (cupyvae.files.check_writable_file), explore's and
+# bits_per_dim's arguments (check_argument), the emulator's environment (emulator env_int).
+def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(tmp_path):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    for path, fragment in ((tmp_path / "folder", "is a folder, not a file"),
+                           (tmp_path / "file" / "m.safetensors", "file is a file, not a folder")):
+        with pytest.raises(ValueError, match=f"^checkpoint {path}.*{fragment}"):
+            model.fit(X, epochs=1, batch_size=10, checkpoint=path)
+    assert not model.history["epoch"]                    # refused before the first epoch
+    model.fit(X, epochs=1, batch_size=10, checkpoint=tmp_path / "new" / "m.safetensors")
+    assert (tmp_path / "new" / "m.safetensors").is_file()   # missing folders are made
+
+
+@pytest.mark.parametrize("bad", [None, -1, 0, 2.5, "3"])
+def test_explore_refuses_a_bad_slider_count_naming_it(bad):
+    # Checked before ipywidgets is imported, so this runs without the notebook extra.
+    with pytest.raises(OptionError, match=r"^argument max_sliders = .*integer >= 1"):
+        cupyvae.explore(cupyvae.VAE((4,), hidden=(3,)), max_sliders=bad)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "99999999999", "2.5"])
+def test_a_bad_emulator_worker_count_names_the_variable(monkeypatch, value):
+    from cupyvae.emulator import _core
+    monkeypatch.setenv("CUPYVAE_EMU_WORKERS", "3")
+    assert _core._default_workers() == 3
+    monkeypatch.setenv("CUPYVAE_EMU_WORKERS", value)
+    with pytest.raises(ValueError, match=rf"^environment variable CUPYVAE_EMU_WORKERS='{value}': "
+                                         r"must be an integer in \[1, 1024\]"):
+        _core._default_workers()
+
+
+def test_bits_per_dim_refuses_a_non_bool_binarized_and_log_px_of_another_length():
+    model = cupyvae.VAE((4,), hidden=(3,), likelihood="continuous-bernoulli")
+    log_px = -np.arange(len(X), dtype=np.float64)
+    assert model.bits_per_dim(log_px, X, binarized=True).shape == (len(X),)
+    assert np.shape(model.bits_per_dim(-3.0, X)) == ()      # a mean over x
+    for bad in ("no", 0, None):
+        with pytest.raises(OptionError, match=r"^argument binarized = .*true or false"):
+            model.bits_per_dim(log_px, X, binarized=bad)
+        with pytest.raises(OptionError, match=r"^argument binarized = "):
+            model.bits_per_dim_basis(X, binarized=bad)
+    with pytest.raises(ValueError, match=r"log_px has shape \(19,\); expected \(20,\)"):
+        model.bits_per_dim(log_px[1:], X)
