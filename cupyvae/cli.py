@@ -29,8 +29,9 @@ from . import __version__, runs
 from .config import VAEConfig
 from .executors import NoGPUWarning
 from .model import TrainingDiverged
-from .options import OptionError, cli_fields
+from .options import UINT32_MAX, OptionError, cli_fields
 from .progress import ConsoleReporter
+from .threads import thread_count
 from .training import TrainingOptions
 
 OPTION_CLASSES = (runs.RunOptions, VAEConfig, TrainingOptions)
@@ -230,9 +231,9 @@ def train(ctx, out, resume, force, quiet, **values):
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--device", type=_device_choice(), default="auto", show_default=True)
-@click.option("--iw-samples", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--iw-samples", type=click.IntRange(min=0, max=UINT32_MAX), default=0, show_default=True,
               help="Importance samples per example for the log-likelihood estimate (0 = skip).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=thread_count.click_type(), default=None,
               help="BLAS threads of the NumPy path  [default: the run's training count]")
 @checkpoint_option
 @quiet_option

@@ -902,7 +902,7 @@ def _load_npy_file(path: pathlib.Path) -> Dataset:
 
 def _load_npz_file(path: pathlib.Path) -> Dataset:
     arrays = _read_numpy_file(path, np.lib.npyio.NpzFile,
-                              lambda archive: {key: archive[key] for key in archive.files})
+                              lambda archive: _npz_members(path, archive))
     unexpected = sorted(set(arrays) - _NPZ_KEYS)
     if unexpected:
         raise DatasetError(f"{path}: unexpected arrays {unexpected}; allowed names: {sorted(_NPZ_KEYS)}")
@@ -931,6 +931,20 @@ def _load_npz_file(path: pathlib.Path) -> Dataset:
     if (y_train is None) != (y_test is None):
         raise DatasetError(f"{path}: labels for one split only; give both y_train and y_test, or neither")
     return Dataset(path.name, x_train, y_train, x_test, y_test)
+
+
+def _npz_members(path: pathlib.Path, archive) -> dict[str, np.ndarray]:
+    """Every member of an .npz archive by name; DatasetError naming the file and member
+    for one that is no .npy array (NpzFile hands such a member back as raw bytes)."""
+    members = {}
+    for key in archive.files:
+        member = archive[key]
+        if not isinstance(member, np.ndarray):
+            name = f"{key}.npy" if f"{key}.npy" in archive.zip.namelist() else key
+            raise DatasetError(f"{path}: member {name} is not a valid .npy array "
+                               f"({'it is empty' if not member else f'it starts {member[:16]!r}'})")
+        members[key] = member
+    return members
 
 
 # np.load takes anything that is neither .npy nor zip for a pickle, and says so: an

@@ -13,6 +13,25 @@ _FILE_MODE = 0o666
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
+def check_writable_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path if write_atomic could write a file there, else ValueError naming
+    `what` and the path: checked before long work whose result goes there, so that the
+    work is not lost.  Refused: a folder at `path`, an ancestor that is a file, and a
+    nearest existing folder this process may not write into (write_atomic creates the
+    missing folders below it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder, not a file")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{what} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: the folder {ancestor} is not writable")
+    return path
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes so that `path` holds either its old content or all of `data`.
 

@@ -12,15 +12,16 @@ import numpy as np
 from . import philox
 from .arrays import as_float32_examples
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .files import check_writable_file
 from .config import VAEConfig
 from .distributions.grid import eight_bit_scale
 from .executors import EXECUTORS, binarize_batch, prior_draws, resolve_device
 from .initialization import DEFAULT_INITIALIZATION
-from .memory import require_memory
+from .memory import require_memory, require_training_memory
 from .numbers import nonfinite_problem
 from .objectives import Objective, objective_for
 from .optim import Adam
-from .options import check_argument, integer_at_least, positive_int
+from .options import boolean, check_argument, integer_at_least, positive_int, sample_count
 from .reference import kl_rows, prior_state
 from .spec import ModelSpec
 from .progress import BatchCallback, Reporter, batch_callback, combine, reporter_for_level
@@ -131,7 +132,8 @@ class VAE:
         the model keeps the last epoch's parameters, not the best's.
 
         `checkpoint`: a path written atomically after every epoch, so a crash loses at most
-        one epoch.  `verbose`: 0 silent, 1 one line per epoch on stderr, 2 also progress
+        one epoch; one that cannot be written (a folder, a file in its folder path) is a
+        ValueError before any work (cupyvae.files.check_writable_file).  `verbose`: 0 silent, 1 one line per epoch on stderr, 2 also progress
         bars for the batches and the validation pass.  `progress(n)` is called after every
         n batches, `on_epoch(record)` after every epoch; `reporter` (cupyvae.progress)
         receives every event.  Calling fit again continues training (the optimizer keeps
@@ -139,6 +141,8 @@ class VAE:
         """
         options = TrainingOptions.build(options, **option_changes)
         self.validate_training_options(options)
+        if checkpoint is not None:    # refused now, not after the first epoch's work
+            check_writable_file(checkpoint, "checkpoint")
         reporter = combine(reporter_for_level(verbose), reporter,
                            None if progress is None else BatchCallback(progress))
         x_train = self.validate_data(x_train, "x_train")
@@ -201,8 +205,12 @@ class VAE:
     def validate_training_options(self, options: TrainingOptions) -> TrainingOptions:
         """`options` if this model can train with them on its device, else ValueError naming
         the problem (free bits without a per-dimension KL, IWAE without a reparameterizable
-        posterior, an objective the kernel devices do not run yet)."""
-        self._objective(options)
+        posterior, an objective the kernel devices do not run yet), or MemoryLimitError
+        naming batch_size / iw_samples / hidden when one training step cannot fit in memory
+        (cupyvae.memory.require_training_memory)."""
+        objective = self._objective(options)
+        require_training_memory(self.spec, options, objective.noise_rows(options.batch_size),
+                                self.spec.layout.size * 4 * PARAMETER_BUFFERS)
         return options
 
     def _objective(self, options: TrainingOptions) -> Objective:
@@ -403,9 +411,10 @@ class VAE:
         `importance_rows`; an example with more samples in several chunks): on the kernel
         devices with the log-sum-exp on the device, read back once as one float64 per
         example (KernelExecutor.log_likelihood).  `progress(n)` is called as each group of
-        n examples is done (the n sum to len(x), like fit's progress).  ValueError for a
-        bad n_samples."""
-        n_samples = check_argument("n_samples", n_samples, positive_int)
+        n examples is done (the n sum to len(x), like fit's progress).  OptionError (a
+        ValueError) for an n_samples that is no integer in [1, 2^32 - 1] (the sample index
+        keys Philox as a uint32)."""
+        n_samples = check_argument("n_samples", n_samples, sample_count)
         x = self.validate_data(x, "x")
         return self._executor.log_likelihood(x, n_samples, progress=progress)
 
@@ -418,11 +427,19 @@ class VAE:
         which the model reads as k/255) are first converted to the 0..255 pixel scale,
         log p(255 x) = log p(x) - D log 255; on other data, and on `binarized` data (the
         {0, 1} outcomes of dynamic binarization are no 8-bit intensities), they report the
-        density of x itself.  log_px: nats, any shape (e.g. (N,)); returns float64 bits per
-        dimension of the same shape.  x: the data log_px was computed on (validated like
-        every input, validate_data; only its values' grid is read).  bits_per_dim_basis(x,
-        binarized) says which formula applied."""
-        return self.spec.likelihood.bits_per_dim(log_px, self._data_scale(x, binarized))
+        density of x itself.  log_px: nats, one per example of x (N,) or a scalar (e.g.
+        a mean over x); returns float64 bits per dimension of the same shape.  x: the data
+        log_px was computed on (validated like every input, validate_data; only its values'
+        grid is read).  bits_per_dim_basis(x, binarized) says which formula applied.
+        ValueError for log_px of another length than x, OptionError for a `binarized` that
+        is no bool."""
+        x = self.validate_data(x, "x")
+        scale = self._data_scale(x, binarized)
+        shape, examples = np.shape(log_px), len(x)
+        if shape not in ((), (examples,)):
+            raise ValueError(f"log_px has shape {shape}; expected ({examples},), one value per "
+                             f"example of x, or a scalar")
+        return self.spec.likelihood.bits_per_dim(log_px, scale)
 
     def log_likelihood_note(self, x) -> str | None:
         """What the log-likelihood of data x (N, ...) means when it is not the log-probability
@@ -435,6 +452,7 @@ class VAE:
         return self.spec.likelihood.bits_per_dim_basis(self._data_scale(x, binarized))
 
     def _data_scale(self, x, binarized: bool) -> float:
+        binarized = check_argument("binarized", binarized, boolean)   # "no" is truthy
         x = self.validate_data(x, "x")          # uint8 images become k/255 here, as in loss()
         return 1.0 if binarized else eight_bit_scale(x)
 

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .options import check_argument, positive_int
 from .plots import MAX_SLIDERS, _DatumView, is_image_shape, slider_ranges
 
 IMAGE_PIXELS = 280          # the decoded image is shown about this many pixels wide
@@ -35,11 +36,13 @@ def explore(model, x=None, *, names: Sequence[str] | None = None, max_sliders: i
     `names` labels the sliders (the original notebook's ("pose", "expression")).
 
     The panel has `.sliders`, `.image` (a widgets.Image holding PNG bytes) and `.z` (the
-    current latent point, float32 (latent_dim,)).  Raises MissingExtra without ipywidgets.
+    current latent point, float32 (latent_dim,)).  Raises MissingExtra without ipywidgets,
+    OptionError (a ValueError) for a max_sliders that is no integer >= 1.
     """
+    max_sliders = check_argument("max_sliders", max_sliders, positive_int)
     widgets = _ipywidgets()
     latent_dim = model.config.latent_dim
-    n_sliders = min(latent_dim, int(max_sliders))
+    n_sliders = min(latent_dim, max_sliders)
     if names is not None and len(names) != n_sliders:
         raise ValueError(f"{len(names)} slider names for {n_sliders} sliders")
     z, ranges = _start_and_ranges(model, x)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .options import OptionError
+from .options import UINT32_MAX, OptionError
 from .reference import (iwae_loss_and_grads, kl_per_dimension_for_free_bits,
                         negative_elbo_and_grads)
 from .registry import Registry
@@ -161,6 +161,13 @@ class Iwae(Objective):
 
     @classmethod
     def check_options(cls, options) -> None:
+        rows = options.batch_size * options.iw_samples
+        if rows > UINT32_MAX:   # a step's decoder rows key Philox as a uint32
+            raise OptionError("iw_samples", options.iw_samples,
+                              f"{{batch_size}} {options.batch_size} x {{iw_samples}} "
+                              f"{options.iw_samples} = {rows:,} decoder rows per step, more than "
+                              f"{UINT32_MAX:,} (the rows of a step are counted in uint32); "
+                              "reduce {batch_size} or {iw_samples}", "training option")
         if options.free_bits != 0:
             raise OptionError("free_bits", options.free_bits,
                               "free bits floor the ELBO's KL term, which the IWAE bound does not "

@@ -268,5 +268,9 @@ class CommaList(click.ParamType):
 boolean = Check("must be true or false", _boolean, lambda: None)
 positive_int = integer_at_least(1)
 nonnegative_int = integer_at_least(0)
+# Sample and row counts key Philox as uint32 counters (sample i of example n, row r of a
+# step): a count beyond this would repeat noise or wrap, so it is refused up front.
+UINT32_MAX = 2 ** 32 - 1
+sample_count = integer_at_least(1, UINT32_MAX)
 positive_float = number(0.0, open_min=True)
 nonnegative_float = number(0.0)

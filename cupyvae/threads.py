@@ -26,7 +26,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
-from .options import check_argument, positive_int
+from .options import check_argument, integer_at_least
+
+# At most this many BLAS threads.  A fixed bound, not the machine's core count, so that a run's
+# config.json (which records the count) still validates and resumes on a smaller machine;
+# 1024 is above the cores of any machine a NumPy BLAS runs on, while a count near 2^31 or
+# beyond would overflow the C int that threadpoolctl passes to the BLAS through ctypes.
+MAX_THREADS = 1024
+thread_count = integer_at_least(1, MAX_THREADS)
 
 # The count in force inside blas_threads, so that nested calls with None keep it.
 _ACTIVE: ContextVar[int | None] = ContextVar("cupyvae_blas_threads", default=None)
@@ -69,7 +76,8 @@ def default_threads() -> int:
 @contextmanager
 def blas_threads(threads: int | None) -> Iterator[int]:
     """Run the block with `threads` BLAS threads (None: the enclosing count, else the
-    default); yields the count in force.  ValueError for anything but a positive int."""
+    default); yields the count in force.  ValueError for anything but an int in
+    [1, MAX_THREADS]."""
     active = _ACTIVE.get()
     if threads is None and active is not None:
         yield active
@@ -84,7 +92,8 @@ def blas_threads(threads: int | None) -> Iterator[int]:
 
 
 def check_threads(threads) -> int:
-    return check_argument("threads", threads, positive_int)
+    """`threads` if it is an integer in [1, MAX_THREADS], else OptionError naming it."""
+    return check_argument("threads", threads, thread_count)
 
 
 def with_blas_threads(method):

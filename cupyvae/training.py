@@ -19,7 +19,8 @@ import numpy as np
 
 from .objectives import OBJECTIVES
 from .options import (OptionError, ValidatedOptions, boolean, nonnegative_float, nonnegative_int, number,
-                      option, optional, positive_float, positive_int, registered)
+                      option, optional, positive_float, positive_int, registered, sample_count)
+from .threads import thread_count
 from .schedules import LR_SCHEDULES
 
 # Keys the validation split's shuffle apart from every other use of the model's seed.
@@ -45,7 +46,7 @@ class TrainingOptions(ValidatedOptions):
                             "What training minimises: elbo, the negative ELBO (Kingma & Welling "
                             "2014), or iwae, the importance-weighted bound with --iw-samples "
                             "samples per example (Burda, Grosse & Salakhutdinov 2016).")
-    iw_samples: int = option(1, positive_int,
+    iw_samples: int = option(1, sample_count,
                              "IWAE: importance samples k per example (the decoder runs on "
                              "batch_size * k rows); 1 with objective elbo.")
     free_bits: float = option(0.0, nonnegative_float,
@@ -85,7 +86,7 @@ class TrainingOptions(ValidatedOptions):
                                      "Clip the gradient to this global L2 norm before Adam "
                                      "(Pascanu et al. 2013); unset: no clipping.")
 
-    threads: int | None = option(None, optional(positive_int),
+    threads: int | None = option(None, optional(thread_count),
                                  "BLAS threads of the NumPy path (cupyvae.threads); results repeat "
                                  "bit for bit only with the same count.  Default: 1, which never "
                                  "collapses on a shared machine; 2 trains 1.2-1.8x faster on an "

@@ -15,6 +15,7 @@ import pytest
 import cupyvae
 from cupyvae import memory
 from cupyvae.checkpoint import CheckpointError
+from cupyvae.options import OptionError
 
 from test_cli import assert_one_line_error, run_cli
 
@@ -70,6 +71,117 @@ def test_cli_train_with_a_huge_hidden_layer_fails_in_one_line(tmp_path):
                      "--out", tmp_path / "run", "--device", "cpu", "-q", timeout=60)
     assert_one_line_error(result, "hidden", "GiB")
     assert not (tmp_path / "run").exists()      # refused before the run folder was made
+
+
+# ----------------------------------------------------- a training step the machine cannot hold
+# Boundary: VAE.validate_training_options (fit, a new run folder, --resume), which checks
+# cupyvae.memory.training_step_bytes against the memory limit before any work; and the
+# options' uint32 bounds on counts (TrainingOptions, log_likelihood's n_samples, the CLI).
+def step_bytes(model, batch, rows):
+    from cupyvae.model import PARAMETER_BUFFERS
+    return memory.training_step_bytes(model.spec, batch, rows,
+                                      model.spec.layout.size * 4 * PARAMETER_BUFFERS)
+
+
+def test_a_training_step_beyond_the_memory_limit_is_refused_naming_batch_size(monkeypatch):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    monkeypatch.setattr(memory, "memory_limit", lambda: step_bytes(model, 10, 10))
+    model.fit(X, epochs=1, batch_size=10)            # exactly at the limit: trains
+    with pytest.raises(memory.MemoryLimitError, match=r"^training option batch_size = 11: .*"
+                       r"reduce batch_size or hidden$"):
+        model.fit(X, epochs=1, batch_size=11)
+    assert model.history["epoch"] == [1]            # refused before the epoch began
+
+
+def test_an_iwae_step_of_a_billion_rows_is_refused_at_once_naming_iw_samples(tmp_path):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    start = time.perf_counter()
+    with pytest.raises(memory.MemoryLimitError,
+                       match=r"batch_size 10 x iw_samples 100000000 \(1,000,000,000 decoded rows\)"
+                             r".*reduce batch_size, iw_samples or hidden"):
+        model.fit(X, epochs=1, batch_size=10, objective="iwae", iw_samples=10 ** 8,
+                  checkpoint=tmp_path / "model.safetensors")
+    assert time.perf_counter() - start < 5 and not model.history["epoch"]
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_the_training_step_estimate_is_a_lower_bound_of_what_a_step_allocates():
+    # tracemalloc sees NumPy's allocations; a warm-up fit first, so one-time caches are not
+    # counted.  The estimate claims a lower bound: the traced peak must reach it.
+    import tracemalloc
+    x = np.random.default_rng(0).random((64, 256)).astype(np.float32)
+    cupyvae.VAE((256,), hidden=(8,)).fit(x, epochs=1, batch_size=64, objective="iwae", iw_samples=2)
+    for objective, k in (("elbo", 1), ("iwae", 16)):
+        tracemalloc.start()
+        try:
+            model = cupyvae.VAE((256,), hidden=(512,), latent_dim=5)
+            model.fit(x, epochs=1, batch_size=64, objective=objective, iw_samples=k)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        estimate = step_bytes(model, 64, 64 * k)
+        assert estimate <= peak, (objective, estimate, peak)
+        assert estimate > 64 * k * 512 * 4            # it counts the decoder's rows
+
+
+def test_cli_train_with_a_huge_iwae_step_fails_in_one_line_and_keeps_the_old_run(trained_run, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    result = run_cli("train", "--data", trained_run.parent / "x.npy", "--hidden", "3",
+                     "--batch-size", "10", "--objective", "iwae", "--iw-samples", "100000000",
+                     "--out", run, "--force", "--device", "cpu", "-q", timeout=60)
+    assert_one_line_error(result, "--iw-samples 100000000", "--batch-size", "GiB")
+    assert sorted(p.name for p in run.iterdir()) == before     # --force wiped nothing
+
+
+def test_decoder_rows_beyond_uint32_are_an_option_error_naming_both_fields():
+    cupyvae.TrainingOptions(objective="iwae", batch_size=1, iw_samples=2 ** 32 - 1)
+    with pytest.raises(OptionError, match=r"^training option iw_samples = 2147483648: "
+                       r"batch_size 2 x iw_samples 2147483648 = 4,294,967,296 decoder rows"):
+        cupyvae.TrainingOptions(objective="iwae", batch_size=2, iw_samples=2 ** 31)
+
+
+@pytest.mark.parametrize("count", [2 ** 32, 10 ** 12, 10 ** 30])
+def test_importance_sample_counts_beyond_uint32_are_refused_at_once(count):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    start = time.perf_counter()
+    with pytest.raises(OptionError, match=r"^argument n_samples = .*integer in \[1, 4294967295\]"):
+        model.log_likelihood(X, count)
+    with pytest.raises(OptionError, match=r"^training option iw_samples = "):
+        cupyvae.TrainingOptions(objective="iwae", iw_samples=count)
+    assert time.perf_counter() - start < 5
+
+
+def test_cli_evaluate_refuses_importance_samples_beyond_uint32(trained_run):
+    for count in ("4294967296", "99999999999999999999999"):
+        result = run_cli("evaluate", trained_run, "--iw-samples", count, "-q", timeout=60)
+        assert_one_line_error(result, "--iw-samples", "4294967295")
+
+
+# ----------------------------------------------------- BLAS thread counts
+# Boundary: cupyvae.threads.thread_count, the one rule of TrainingOptions.threads, the
+# methods' `threads` keyword and evaluate's --threads.
+@pytest.mark.parametrize("threads", [1025, 2 ** 63, 10 ** 20])
+def test_thread_counts_beyond_the_bound_are_refused_naming_threads(threads):
+    from cupyvae.threads import MAX_THREADS
+    assert cupyvae.TrainingOptions(threads=MAX_THREADS).threads == 1024
+    model = cupyvae.VAE((4,), hidden=(3,))
+    with pytest.raises(OptionError, match=r"^training option threads = .*\[1, 1024\]"):
+        model.fit(X, epochs=1, batch_size=10, threads=threads)
+    with pytest.raises(OptionError, match=r"^argument threads = "):
+        model.loss(X, threads=threads)
+    assert not model.history["epoch"]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_cli_refuses_a_thread_count_beyond_the_bound(tmp_path, command):
+    args = (["train", "--data", tmp_path / "x.npy", "--out", tmp_path / "run"]
+            if command == "train" else ["evaluate", tmp_path / "run"])
+    result = run_cli(*args, "--threads", "99999999999999999999", timeout=60)
+    assert_one_line_error(result, "--threads", "1024")
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------- counts and seeds of the methods
@@ -274,6 +386,28 @@ def test_npz_uint64_labels_that_would_wrap_are_refused(tmp_path):
         load_dataset(str(tmp_path / "d.npz"))
 
 
+@pytest.mark.parametrize("member, content, fragment", [
+    ("x_train.npy", b"garbage", "member x_train.npy is not a valid .npy array (it starts b'garbage')"),
+    ("y_train.npy", b"", "member y_train.npy is not a valid .npy array (it is empty)"),
+    ("x_test", b"raw", "member x_test is not a valid .npy array"),
+], ids=["garbage", "empty", "no-suffix"])
+def test_an_npz_member_that_is_no_npy_array_is_named(tmp_path, member, content, fragment):
+    # np.load hands such a member back as raw bytes; the loader must not take them for data.
+    import io
+    import re
+    import zipfile
+    from cupyvae.datasets import DatasetError, load_dataset
+    good = io.BytesIO()
+    np.save(good, np.random.default_rng(0).random((4, 3)).astype(np.float32))
+    path = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        if member != "x_train.npy":
+            archive.writestr("x_train.npy", good.getvalue())
+        archive.writestr(member, content)
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(path))}: {re.escape(fragment)}"):
+        load_dataset(str(path))
+
+
 # ----------------------------------------------------- a checkpoint that is no file
 # Boundary: checkpoint.read_checkpoint (every load), which resume now reaches too.
 @pytest.mark.parametrize("make, fragment", [
@@ -391,3 +525,51 @@ def test_cli_writers_refuse_a_wrong_suffix_or_a_missing_folder(trained_run, tmp_
     if "missing" in name:
         assert f"{tmp_path / 'missing'} does not exist" in line
     assert list(tmp_path.iterdir()) == []           # nothing written, no folder created
+
+
+# ----------------------------------------------------- arguments checked before the work
+# Boundaries: VAE.fit's checkpoint path (cupyvae.files.check_writable_file), explore's and
+# bits_per_dim's arguments (check_argument), the emulator's environment (emulator env_int).
+def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(tmp_path):
+    model = cupyvae.VAE((4,), hidden=(3,))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    for path, fragment in ((tmp_path / "folder", "is a folder, not a file"),
+                           (tmp_path / "file" / "m.safetensors", "file is a file, not a folder")):
+        with pytest.raises(ValueError, match=f"^checkpoint {path}.*{fragment}"):
+            model.fit(X, epochs=1, batch_size=10, checkpoint=path)
+    assert not model.history["epoch"]                    # refused before the first epoch
+    model.fit(X, epochs=1, batch_size=10, checkpoint=tmp_path / "new" / "m.safetensors")
+    assert (tmp_path / "new" / "m.safetensors").is_file()   # missing folders are made
+
+
+@pytest.mark.parametrize("bad", [None, -1, 0, 2.5, "3"])
+def test_explore_refuses_a_bad_slider_count_naming_it(bad):
+    # Checked before ipywidgets is imported, so this runs without the notebook extra.
+    with pytest.raises(OptionError, match=r"^argument max_sliders = .*integer >= 1"):
+        cupyvae.explore(cupyvae.VAE((4,), hidden=(3,)), max_sliders=bad)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "99999999999", "2.5"])
+def test_a_bad_emulator_worker_count_names_the_variable(monkeypatch, value):
+    from cupyvae.emulator import _core
+    monkeypatch.setenv("CUPYVAE_EMU_WORKERS", "3")
+    assert _core._default_workers() == 3
+    monkeypatch.setenv("CUPYVAE_EMU_WORKERS", value)
+    with pytest.raises(ValueError, match=rf"^environment variable CUPYVAE_EMU_WORKERS='{value}': "
+                                         r"must be an integer in \[1, 1024\]"):
+        _core._default_workers()
+
+
+def test_bits_per_dim_refuses_a_non_bool_binarized_and_log_px_of_another_length():
+    model = cupyvae.VAE((4,), hidden=(3,), likelihood="continuous-bernoulli")
+    log_px = -np.arange(len(X), dtype=np.float64)
+    assert model.bits_per_dim(log_px, X, binarized=True).shape == (len(X),)
+    assert np.shape(model.bits_per_dim(-3.0, X)) == ()      # a mean over x
+    for bad in ("no", 0, None):
+        with pytest.raises(OptionError, match=r"^argument binarized = .*true or false"):
+            model.bits_per_dim(log_px, X, binarized=bad)
+        with pytest.raises(OptionError, match=r"^argument binarized = "):
+            model.bits_per_dim_basis(X, binarized=bad)
+    with pytest.raises(ValueError, match=r"log_px has shape \(19,\); expected \(20,\)"):
+        model.bits_per_dim(log_px[1:], X)

@@ -432,7 +432,7 @@ def test_bits_per_dim_of_a_density_is_that_of_the_rescaled_data():
 def test_model_bits_per_dim_detects_8bit_data():
     model = cupyvae.VAE((2, 3), hidden=(4,), likelihood="continuous-bernoulli")
     grid = (rng.integers(0, 256, (5, 6)) / 255).astype(np.float32)
-    log_p = np.array([-3.0, 1.5])
+    log_p = np.array([-3.0, 1.5, 0.0, -40.0, 7.25])      # one per example of grid
     assert eight_bit_scale(grid) == 255 and eight_bit_scale(grid + 1e-3) == 1
     np.testing.assert_allclose(model.bits_per_dim(log_p, grid),
                                -log_p / (6 * math.log(2)) + math.log2(255), rtol=1e-14)

@@ -328,7 +328,7 @@ def test_bad_objective_options_are_refused_naming_the_field(changes, field):
 def test_kl_weight_and_warm_up_are_refused_with_iwae():
     """The KL-weight fields come with the schedules (same issue); the rule is checked here
     on a stand-in carrying them."""
-    base = dict(objective="iwae", iw_samples=5, free_bits=0.0, kl_weight=1.0, kl_warmup_steps=0)
+    base = dict(objective="iwae", batch_size=100, iw_samples=5, free_bits=0.0, kl_weight=1.0, kl_warmup_steps=0)
     Iwae.check_options(types.SimpleNamespace(**base))
     for field, value in (("kl_weight", 0.5), ("kl_warmup_steps", 100)):
         with pytest.raises(OptionError, match=f"{field} = .*IWAE bound does not have"):

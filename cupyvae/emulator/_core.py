@@ -50,10 +50,28 @@ class _LaunchDesc(ctypes.Structure):
 
 
 def _default_workers() -> int:
-    env = os.environ.get("CUPYVAE_EMU_WORKERS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(2, os.cpu_count() or 1))
+    return env_int("CUPYVAE_EMU_WORKERS", max(1, min(2, os.cpu_count() or 1)), 1, MAX_WORKERS)
+
+
+# The C runtime holds workers in an int; more OS threads than this only contend.
+MAX_WORKERS = 1024
+
+
+def env_int(name: str, default: int, minimum: int, maximum: int) -> int:
+    """The integer in environment variable `name` (unset or empty: `default`); ValueError
+    naming the variable for anything but an integer in [minimum, maximum] -- the C runtime
+    reads these counts as fixed-width integers, and a typo must not become a crash."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not minimum <= value <= maximum:
+        raise ValueError(f"environment variable {name}={text!r}: must be an integer in "
+                         f"[{minimum}, {maximum}]")
+    return value
 
 
 def _describe(v) -> str:
@@ -257,8 +275,11 @@ class EmulatedModule:
         self.thread_order = thread_order
         self.seed = int(seed)
         self.workers = int(workers)
-        self._stack_size = int(os.environ.get("CUPYVAE_EMU_STACK_KB", DEFAULT_STACK // 1024)) * 1024
-        self._livelock_limit = int(os.environ.get("CUPYVAE_EMU_LIVELOCK_LIMIT", DEFAULT_LIVELOCK_LIMIT))
+        # A fiber's stack, in KB; the floor (an eighth of the default) refuses a typo such as
+        # 1 instead of letting a fiber overflow its stack.
+        self._stack_size = env_int("CUPYVAE_EMU_STACK_KB", DEFAULT_STACK // 1024, 16, 1 << 30) * 1024
+        self._livelock_limit = env_int("CUPYVAE_EMU_LIVELOCK_LIMIT", DEFAULT_LIVELOCK_LIMIT, 1,
+                                       2 ** 64 - 1)
         self._compiled = _build.build_module(code, self.options)
         self._kernels: dict[str, EmulatedKernel] = {}
 
