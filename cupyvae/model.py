@@ -479,11 +479,15 @@ class VAE:
             x = as_float32_examples(x)       # the same rule as the dataset loaders
         except ValueError as exc:
             raise ValueError(f"{what} has {exc}") from None
-        if x.ndim == 0 or x.shape[0] == 0:
+        if x.ndim == 0:
+            raise ValueError(f"{what} is a single number (shape ()); expected examples, "
+                             f"(N, {', '.join(map(str, shape))})")
+        if x.shape[0] == 0:
             raise ValueError(f"{what} is empty (shape {x.shape})")
         if x.shape[1:] not in (shape, (self.config.data_dim,)):
-            raise ValueError(f"{what} has shape {x.shape}; expected (N, {', '.join(map(str, shape))})"
-                             f" or (N, {self.config.data_dim})")
+            shapes = dict.fromkeys([shape, (self.config.data_dim,)])   # once when they coincide
+            expected = " or ".join(f"(N, {', '.join(map(str, s))})" for s in shapes)
+            raise ValueError(f"{what} has shape {x.shape}; expected {expected}")
         x = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
         problem = nonfinite_problem(x)
         if problem:

@@ -632,8 +632,9 @@ def early_stop_message(history: dict, patience: int | None) -> str | None:
     if not stopped_early(history, patience):
         return None
     epoch, loss = best_epoch(history)
-    return (f"stopped early at epoch {history['epoch'][-1]}: the validation loss has not "
-            f"improved for {patience} epochs since epoch {epoch} ({loss:.3f})")
+    last = history["epoch"][-1]
+    return (f"stopped early at epoch {last}: the validation loss has not improved for "
+            f"{last - epoch} epochs since epoch {epoch} ({loss:.3f}; patience {patience})")
 
 
 def selection_bias(config: RunConfig) -> str | None:

@@ -310,3 +310,14 @@ def test_real_fashion_mnist_784_200_2_learns(tmp_path):
     threshold = entropy + 0.5 * (marginal - entropy)
     assert history["val_loss"][-1] < threshold, (history["val_loss"], marginal, entropy)
     assert cupyvae.load(tmp_path / "fm.safetensors").loss(x_val) == model.loss(x_val)
+
+
+def test_shape_errors_name_each_expected_shape_once():
+    flat = cupyvae.VAE((16,), hidden=(3,))
+    with pytest.raises(ValueError, match=r"x has shape \(2, 5\); expected \(N, 16\)$"):
+        flat.encode(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"x is a single number"):
+        flat.encode(np.float32(1))
+    image = cupyvae.VAE((4, 4), hidden=(3,))
+    with pytest.raises(ValueError, match=r"expected \(N, 4, 4\) or \(N, 16\)$"):
+        image.encode(np.zeros((2, 5), np.float32))

@@ -340,3 +340,13 @@ def test_a_missing_best_model_whose_epoch_is_the_last_is_the_last_checkpoint(
     folder = tmp_path / "run"
     (folder / runs.BEST_CHECKPOINT_FILE).unlink()
     assert runs.checkpoint_path(folder, "best").name == runs.CHECKPOINT_FILE
+
+
+def test_the_early_stop_message_counts_the_epochs_since_the_best():
+    # Patience lowered after the fact: 4 epochs without improvement, patience 2.  The
+    # message counts what happened, not the patience.
+    history = {"epoch": [1, 2, 3, 4, 5, 6], "val_loss": [5.0, 4.0, 4.5, 4.6, 4.7, 4.8]}
+    message = runs.early_stop_message(history, 2)
+    assert "stopped early at epoch 6" in message
+    assert "has not improved for 4 epochs since epoch 2" in message and "patience 2" in message
+    assert runs.early_stop_message(history, 5) is None
