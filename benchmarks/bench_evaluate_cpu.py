@@ -13,7 +13,6 @@ rounds; the median, min and max of each are reported and written as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cpu import ROOT, BusyCore, machine, spread  # noqa: E402
+from cupyvae.files import write_json  # noqa: E402
 
 GOAL_SECONDS = 20.0
 
@@ -87,8 +87,7 @@ def main(argv=None) -> int:
             f" (goal < {GOAL_SECONDS:.0f} s: {'met' if s['median'] < GOAL_SECONDS else 'NOT met'})")
         print(f"{condition}: median {s['median']:.1f} s [{s['min']:.1f}-{s['max']:.1f}]{verdict}")
     out = args.out or Path(__file__).resolve().parent / "results" / "evaluate-cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

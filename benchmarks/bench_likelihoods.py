@@ -18,7 +18,6 @@ for test images.  Writes JSON and the pictures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 import cupyvae
 from cupyvae.datasets import load_dataset
-from cupyvae.files import write_atomic
+from cupyvae.files import write_json
 from cupyvae.plots import image_grid
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "discretized-logistic")
@@ -129,7 +128,7 @@ def main(argv=None):
               "iw_samples": args.iw_samples, "quick": args.quick,
               "test_images_statistics": image_statistics(x_test[:args.samples]), "rows": rows}
     path = out / ("likelihoods-quick.json" if args.quick else "likelihoods.json")
-    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())
+    write_json(path, result)
     print(f"wrote {path}")
 
 

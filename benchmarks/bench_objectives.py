@@ -27,19 +27,18 @@ whole test set (about ten times longer).  Results go to benchmarks/results/objec
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 
 import cupyvae
 from cupyvae.datasets import load_dataset
 from cupyvae.executors import binarize_batch
+from cupyvae.files import write_json
 from cupyvae.initialization import DEFAULT_INITIALIZATION
 
 OBJECTIVES = [("elbo", 1), ("iwae", 5), ("iwae", 50)]
@@ -155,8 +154,7 @@ def main(argv=None):
     if args.part in ("init", "both"):
         result["init"] = {"model": "784-200-2 relu, Bernoulli, grey levels", "lr": 1e-3,
                           "rows": init_part(args, data)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

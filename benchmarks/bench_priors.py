@@ -41,7 +41,6 @@ table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -54,7 +53,7 @@ import numpy as np
 import cupyvae
 from cupyvae.datasets import load_dataset
 from cupyvae.executors import binarize_batch, cuda_available
-from cupyvae.files import write_atomic
+from cupyvae.files import write_json
 from cupyvae.initialization import DEFAULT_INITIALIZATION
 from cupyvae.training import TrainingOptions
 
@@ -248,7 +247,7 @@ def main(argv=None) -> int:
               "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, (json.dumps(result, indent=2) + "\n").encode())
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

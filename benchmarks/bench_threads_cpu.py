@@ -15,7 +15,6 @@ thread, and the load average before each condition (a loaded machine is noted, n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cpu import CASES, DATA_SHAPE, LR, BusyCore, load_images, machine, spread  # noqa: E402
+from cupyvae.files import write_json  # noqa: E402
 
 EVAL_ROWS = 10_000
 
@@ -106,8 +106,7 @@ def main(argv=None) -> int:
             print(f"  {name}: " + "; ".join(
                 f"{n} thr {t['median'] * 1e3:.1f} ms [{t['min'] * 1e3:.1f}-{t['max'] * 1e3:.1f}]"
                 f" x{t['speedup_over_1']:.2f}" for n, t in per_count.items()), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

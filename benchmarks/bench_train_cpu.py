@@ -24,7 +24,6 @@ Needs `pip install torch` (the baseline only; e.g. torch==2.13.0, a CPU wheel).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cpu import CASES, DATA_SHAPE, LR, Case, load_images, machine, spread, torch_trainer  # noqa: E402
+from cupyvae.files import write_json  # noqa: E402
 
 LOSS_AGREEMENT_NATS = 0.5
 MIN_EPOCHS = 4
@@ -149,8 +149,7 @@ def main(argv=None) -> int:
         row = race(case, x, epochs, threads)
         result["rows"].append(row)
         print(summary(row), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

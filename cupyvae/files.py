@@ -63,6 +63,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     fsync_directory(path.parent)
 
 
+def write_json(path: str | os.PathLike, content) -> None:
+    """`content` as indented JSON (a final newline), written atomically (write_atomic)."""
+    write_atomic(path, (json.dumps(content, indent=2) + "\n").encode())
+
+
 def _naming(exc: OSError, path: Path) -> OSError:
     """The same error about `path`, the file the caller asked for: the temporary name in
     `exc` (a directory at `path`, a full disk, a read-only folder) means nothing to a user."""

@@ -56,7 +56,7 @@ from .config import VAEConfig
 from .csvdata import csv_reference, is_csv_reference, parse_csv_reference
 from .datasets import Dataset, available_datasets, load_dataset
 from .executors import EXECUTORS, binarize_batch
-from .files import JSONError, parse_json, write_atomic
+from .files import JSONError, parse_json, write_atomic, write_json
 from .model import (VAE, TrainingDiverged, best_checkpoint_path, check_binarizable, kept_epoch,
                     load)
 from .objectives import objective_for
@@ -342,10 +342,6 @@ def _unresumable_patience(folder: Path, wanted: tuple[int, float], added: bool) 
 
 
 # ---------------------------------------------------------------------- writing
-def write_json(path: Path, content: dict) -> None:
-    write_atomic(path, (json.dumps(content, indent=2) + "\n").encode())
-
-
 def write_metrics(path: Path, history: dict) -> None:
     """One row per epoch, one column per history entry (empty where a value is None)."""
     buffer = io.StringIO()
