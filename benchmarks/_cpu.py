@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _baseline import torch_mlp
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:        # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
@@ -124,26 +126,11 @@ def torch_trainer(case: Case, params: dict[str, np.ndarray], x: np.ndarray, thre
     before each epoch (None: torch's default, as it was when this process started)."""
     import torch
     import torch.nn.functional as F
-    from torch import nn
 
     default_threads = torch.get_num_threads()
     torch.manual_seed(0)
 
-    def mlp(prefix: str):
-        layers, i = [], 0
-        while f"{prefix}.{i}.weight" in params:
-            w = params[f"{prefix}.{i}.weight"]
-            linear = nn.Linear(*w.shape)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(w.T.copy()))
-                linear.bias.copy_(torch.from_numpy(params[f"{prefix}.{i}.bias"].copy()))
-            layers.append(linear)
-            i += 1
-            if f"{prefix}.{i}.weight" in params:          # every hidden layer: ReLU
-                layers.append(nn.ReLU())
-        return nn.Sequential(*layers)
-
-    enc, dec = mlp("encoder"), mlp("decoder")
+    enc, dec = torch_mlp(params, "encoder"), torch_mlp(params, "decoder")
     optimizer = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=LR)
     xt = torch.from_numpy(x)
     z_dim, batch = case.z_dim, case.batch

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, Path(__file__).resolve().parent):   # a checkout without `pip install -e .`
     if str(_path) not in sys.path:                       # and benchmarks/_gpu.py
         sys.path.insert(0, str(_path))
+from _baseline import torch_mlp                           # noqa: E402
 from _gpu import require_gpu                              # noqa: E402
 
 LR = 1e-3
@@ -164,24 +165,7 @@ def _free_cupy(device: str) -> None:
 # ------------------------------------------------------------------------------ torch
 def torch_modules(case: Case, params: dict[str, np.ndarray], device: str):
     """Encoder and decoder as nn.Sequential, with cupyvae's weights (W stored (in, out))."""
-    import torch
-    from torch import nn
-
-    def mlp(prefix: str):
-        layers, i = [], 0
-        while f"{prefix}.{i}.weight" in params:
-            w = params[f"{prefix}.{i}.weight"]
-            linear = nn.Linear(*w.shape)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(w.T.copy()))
-                linear.bias.copy_(torch.from_numpy(params[f"{prefix}.{i}.bias"].copy()))
-            layers.append(linear)
-            i += 1
-            if f"{prefix}.{i}.weight" in params:          # every hidden layer: ReLU
-                layers.append(nn.ReLU())
-        return nn.Sequential(*layers).to(device)
-
-    return mlp("encoder"), mlp("decoder")
+    return (torch_mlp(params, "encoder").to(device), torch_mlp(params, "decoder").to(device))
 
 
 def time_torch(case: Case, x, perms, params, device: str, compile_mode: str | None) -> dict:
