@@ -25,6 +25,22 @@ def numpy_blas_threads() -> list[int]:
     return sorted({info["num_threads"] for info in threadpool_info() if info["filepath"] in paths})
 
 
+def record_threads(monkeypatch, callables: dict) -> list:
+    """Wrap the callables {owner: (name, ...)} so that every call appends the BLAS thread
+    counts in force (numpy_blas_threads) to the returned list, all in call order."""
+    seen = []
+    for owner, names in callables.items():
+        for name in names:
+            original = getattr(owner, name)
+
+            def recording(*args, _original=original, **kwargs):
+                seen.append(numpy_blas_threads())
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, recording)
+    return seen
+
+
 def can_run_two_threads() -> bool:
     with threadpool_limits(limits=2, user_api="blas"):
         return numpy_blas_threads() == [2]
@@ -68,14 +84,7 @@ def test_fit_can_ask_for_more_threads_than_the_enclosing_limit():
 
 
 def test_validation_inside_fit_keeps_fits_count(outer_two_threads, monkeypatch):
-    seen = []
-    original = NumpyExecutor.loss_rows
-
-    def recording(self, *args, **kwargs):
-        seen.append(numpy_blas_threads())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(NumpyExecutor, "loss_rows", recording)
+    seen = record_threads(monkeypatch, {NumpyExecutor: ("loss_rows",)})
     model = cupyvae.VAE((12,), latent_dim=2, hidden=(8,), seed=0)
     model.fit(tiny_data(), tiny_data(seed=1), epochs=1, batch_size=10, threads=1)
     assert seen == [[1]]
@@ -88,23 +97,10 @@ def test_validation_inside_fit_keeps_fits_count(outer_two_threads, monkeypatch):
                                   "sample", "sample_latent", "prior_components",
                                   "log_likelihood", "loss_and_grads"])
 def test_every_inference_call_takes_the_threads_keyword(call, outer_two_threads, monkeypatch):
-    seen = []
-    for name in ("encode_raw", "decode_raw", "loss_rows", "loss_and_grads", "log_likelihood",
-                 "sample_raw"):
-        original = getattr(NumpyExecutor, name)
-
-        def recording(self, *args, _original=original, **kwargs):
-            seen.append(numpy_blas_threads())
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(NumpyExecutor, name, recording)
-    original_mlp = reference.mlp_forward      # the VampPrior's pass over its pseudo-inputs too
-
-    def recording_mlp(*args, **kwargs):
-        seen.append(numpy_blas_threads())
-        return original_mlp(*args, **kwargs)
-
-    monkeypatch.setattr(reference, "mlp_forward", recording_mlp)
+    seen = record_threads(monkeypatch, {
+        NumpyExecutor: ("encode_raw", "decode_raw", "loss_rows", "loss_and_grads",
+                        "log_likelihood", "sample_raw"),
+        reference: ("mlp_forward",)})      # the VampPrior's pass over its pseudo-inputs too
     # The VampPrior encodes its pseudo-inputs for sample_latent and prior_components.
     model = cupyvae.VAE((12,), latent_dim=2, hidden=(8,), seed=0, prior="vamp",
                         prior_components=3)
@@ -157,18 +153,6 @@ def train_run(folder: Path, data: Path, epochs: int, threads: int | None) -> Pat
     return folder
 
 
-def record_train_epoch_threads(monkeypatch) -> list:
-    seen = []
-    original = NumpyExecutor.train_epoch
-
-    def recording(self, *args, **kwargs):
-        seen.append(numpy_blas_threads())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(NumpyExecutor, "train_epoch", recording)
-    return seen
-
-
 def test_a_run_records_its_thread_count_even_the_default(tiny_npz, tmp_path):
     stored = lambda folder: json.loads((folder / runs.CONFIG_FILE).read_text())["training"]  # noqa: E731
     assert stored(train_run(tmp_path / "a", tiny_npz, 1, None))["threads"] == default_threads()
@@ -178,7 +162,7 @@ def test_a_run_records_its_thread_count_even_the_default(tiny_npz, tmp_path):
 def test_resume_trains_with_the_recorded_count(tiny_npz, tmp_path, monkeypatch):
     if not can_run_two_threads():
         pytest.skip(f"NumPy's BLAS cannot be set to 2 threads here ({numpy_blas_threads()})")
-    seen = record_train_epoch_threads(monkeypatch)
+    seen = record_threads(monkeypatch, {NumpyExecutor: ("train_epoch",)})
     folder = train_run(tmp_path / "run", tiny_npz, 1, 2)
     with threadpool_limits(limits=1, user_api="blas"):
         runs.resume_run(folder, {"epochs": 2}).train(runs.Reporter())
@@ -187,7 +171,7 @@ def test_resume_trains_with_the_recorded_count(tiny_npz, tmp_path, monkeypatch):
 
 def test_a_one_thread_run_resumed_with_one_thread_is_bit_identical(tiny_npz, tmp_path,
                                                                    outer_two_threads, monkeypatch):
-    seen = record_train_epoch_threads(monkeypatch)
+    seen = record_threads(monkeypatch, {NumpyExecutor: ("train_epoch",)})
     straight = train_run(tmp_path / "straight", tiny_npz, 3, 1)
     resumed = train_run(tmp_path / "resumed", tiny_npz, 1, 1)
     run = runs.resume_run(resumed, {"epochs": 3})     # no --threads: the recorded count
@@ -207,14 +191,7 @@ def test_evaluate_uses_the_runs_count_unless_told_otherwise(tiny_npz, tmp_path, 
     from click.testing import CliRunner
     from cupyvae.cli import main
     folder = train_run(tmp_path / "run", tiny_npz, 1, 1)
-    seen = []
-    original = NumpyExecutor.loss_rows
-
-    def recording(self, *args, **kwargs):
-        seen.append(numpy_blas_threads())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(NumpyExecutor, "loss_rows", recording)
+    seen = record_threads(monkeypatch, {NumpyExecutor: ("loss_rows",)})
     assert runs.evaluate_run(folder, "cpu")["threads"] == 1
     result = CliRunner().invoke(main, ["evaluate", str(folder), "--device", "cpu", "--threads", "2"])
     assert result.exit_code == 0, result.output
@@ -227,14 +204,7 @@ def test_encode_uses_the_runs_count(tiny_npz, tmp_path, monkeypatch):
     if not can_run_two_threads():
         pytest.skip(f"NumPy's BLAS cannot be set to 2 threads here ({numpy_blas_threads()})")
     folder = train_run(tmp_path / "run", tiny_npz, 1, 2)
-    seen = []
-    original = NumpyExecutor.encode_raw
-
-    def recording(self, *args, **kwargs):
-        seen.append(numpy_blas_threads())
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(NumpyExecutor, "encode_raw", recording)
+    seen = record_threads(monkeypatch, {NumpyExecutor: ("encode_raw",)})
     with threadpool_limits(limits=1, user_api="blas"):
         runs.encode_run(folder, tmp_path / "codes.npy", device="cpu")
     assert seen == [[2]]
