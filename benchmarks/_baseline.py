@@ -1,7 +1,25 @@
-"""The PyTorch baseline's networks, shared by the CPU and GPU training races."""
+"""What the CPU and GPU training races share: the benchmarked models (Case: 784-H...-Z at a
+batch size, Adam at LR, 28x28 images) and the PyTorch baseline's networks (torch_mlp)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+LR = 1e-3
+DATA_SHAPE = (28, 28)
+
+
+@dataclass(frozen=True)
+class Case:
+    hidden: tuple
+    z_dim: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return "-".join(map(str, (784, *self.hidden, self.z_dim)))
+
 
 
 def torch_mlp(params: dict[str, np.ndarray], prefix: str):

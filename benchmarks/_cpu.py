@@ -7,35 +7,20 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from _baseline import torch_mlp
+from _baseline import LR, Case, torch_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:        # a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-LR = 1e-3
-DATA_SHAPE = (28, 28)
 # An epoch whose slowest and fastest timed epochs differ by more than this fraction of
 # their median is flagged "noisy" in the JSON and the README table.
 NOISY_SPREAD = 0.25
-
-
-@dataclass(frozen=True)
-class Case:
-    hidden: tuple
-    z_dim: int
-    batch: int
-
-    @property
-    def name(self) -> str:
-        return "-".join(map(str, (784, *self.hidden, self.z_dim)))
-
 
 CASES = [Case((200,), 2, 100), Case((200,), 20, 100), Case((200,), 20, 1000),
          Case((1024, 1024), 64, 1024)]

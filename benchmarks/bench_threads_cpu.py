@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cpu import CASES, DATA_SHAPE, LR, BusyCore, load_images, machine, spread  # noqa: E402
+from _baseline import DATA_SHAPE, LR  # noqa: E402
+from _cpu import CASES, BusyCore, load_images, machine, spread  # noqa: E402
 from cupyvae.files import write_json  # noqa: E402
 
 EVAL_ROWS = 10_000

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cpu import CASES, DATA_SHAPE, LR, Case, load_images, machine, spread, torch_trainer  # noqa: E402
+from _baseline import DATA_SHAPE, LR, Case  # noqa: E402
+from _cpu import CASES, load_images, machine, spread, torch_trainer  # noqa: E402
 from cupyvae.files import write_json  # noqa: E402
 
 LOSS_AGREEMENT_NATS = 0.5

@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -41,23 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, Path(__file__).resolve().parent):   # a checkout without `pip install -e .`
     if str(_path) not in sys.path:                       # and benchmarks/_gpu.py
         sys.path.insert(0, str(_path))
-from _baseline import torch_mlp                           # noqa: E402
+from _baseline import DATA_SHAPE, LR, Case, torch_mlp     # noqa: E402
 from _gpu import require_gpu                              # noqa: E402
-
-LR = 1e-3
-DATA_SHAPE = (28, 28)
-
-
-@dataclass(frozen=True)
-class Case:
-    hidden: tuple
-    z_dim: int
-    batch: int
-
-    @property
-    def name(self) -> str:
-        return "-".join(map(str, (784, *self.hidden, self.z_dim)))
-
 
 CASES = (Case((200,), 2, 100), Case((200,), 20, 100), Case((1024, 1024), 64, 1024))
 TINY_CASE = Case((16,), 2, 32)

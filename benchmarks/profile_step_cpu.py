@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cpu import DATA_SHAPE, LR, load_images  # noqa: E402
+from _baseline import DATA_SHAPE, LR  # noqa: E402
+from _cpu import load_images  # noqa: E402
 
 
 class StageTimer:
